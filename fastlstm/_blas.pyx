@@ -1,0 +1,115 @@
+"""Row-major gemm/gemv on scipy's BLAS, and control of scipy's OpenBLAS thread pool.
+
+Row-major callers swap operands instead of transposing data: C = op(A) op(B) in row-major
+order is C^T = op(B)^T op(A)^T in the column-major order Fortran BLAS expects.
+"""
+import ctypes
+import os
+
+import numpy as np
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+
+cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+               const floating* a, int lda, const floating* b, int ldb, floating beta,
+               floating* c, int ldc) noexcept nogil:
+    """C := alpha * op(A) @ op(B) + beta * C, row-major; C is (m, n), op(A) (m, k)."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef void gemv(bint trans_a, int m, int n, floating alpha, const floating* a, int lda,
+               const floating* x, floating beta, floating* y) noexcept nogil:
+    """y := alpha * op(A) @ x + beta * y, row-major A (m, n)."""
+    # A row-major (m, n) is A^T column-major (n, m): flip the transpose flag.
+    cdef char ta = b'N' if trans_a else b'T'
+    cdef int one = 1
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemv(&ta, &n, &m, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
+    else:
+        dgemv(&ta, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
+
+
+# scipy's OpenBLAS keeps its own thread pool. While OpenMP owns the cores inside a kernel,
+# BLAS must run single-threaded (DESIGN section 4), so the kernels set it to one thread
+# for the call and restore it after. Other BLAS builds expose no such switch: no-op.
+ctypedef void (*set_threads_t)(int) noexcept nogil
+ctypedef int (*get_threads_t)() noexcept nogil
+cdef set_threads_t _set_threads = NULL
+cdef get_threads_t _get_threads = NULL
+
+
+def _find_openblas():
+    import scipy
+    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    names = sorted(os.listdir(libs)) if os.path.isdir(libs) else []
+    for name in names:
+        if "openblas" not in name:
+            continue
+        lib = ctypes.CDLL(os.path.join(libs, name))
+        for prefix in ("scipy_openblas", "openblas"):
+            setter = getattr(lib, prefix + "_set_num_threads", None)
+            getter = getattr(lib, prefix + "_get_num_threads", None)
+            if setter is not None and getter is not None:
+                return (ctypes.cast(setter, ctypes.c_void_p).value,
+                        ctypes.cast(getter, ctypes.c_void_p).value)
+    return None
+
+
+def _load():
+    global _set_threads, _get_threads
+    try:
+        found = _find_openblas()
+    except OSError:
+        found = None
+    if found is not None:
+        _set_threads = <set_threads_t><size_t>found[0]
+        _get_threads = <get_threads_t><size_t>found[1]
+
+
+_load()
+
+
+cdef int blas_threads_limit(int n_threads) noexcept nogil:
+    """Limit scipy's OpenBLAS to ``n_threads``; return the previous count (0: unknown)."""
+    cdef int previous
+    if _get_threads == NULL:
+        return 0
+    previous = _get_threads()
+    if previous != n_threads:
+        _set_threads(n_threads)
+    return previous
+
+
+cdef void blas_threads_restore(int previous) noexcept nogil:
+    if _get_threads != NULL and previous > 0 and _get_threads() != previous:
+        _set_threads(previous)
+
+
+def blas_threads():
+    """Return scipy's OpenBLAS thread count, or None when it cannot be controlled."""
+    return _get_threads() if _get_threads != NULL else None
+
+
+# Test twins: the cdef wrappers called from Python, checked against NumPy.
+def gemm_twin(bint trans_a, bint trans_b, floating alpha, floating[:, ::1] a,
+              floating[:, ::1] b, floating beta, floating[:, ::1] c):
+    """c := alpha * op(a) @ op(b) + beta * c (in place) through the row-major wrapper."""
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    gemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
+         beta, &c[0, 0], c.shape[1])
+
+
+def gemv_twin(bint trans_a, floating alpha, floating[:, ::1] a, floating[::1] x,
+              floating beta, floating[::1] y):
+    """y := alpha * op(a) @ x + beta * y (in place) through the row-major wrapper."""
+    gemv(trans_a, a.shape[0], a.shape[1], alpha, &a[0, 0], a.shape[1], &x[0], beta, &y[0])

@@ -1,0 +1,535 @@
+"""fastlstm.LSTM: a PyTorch ``nn.LSTM``-compatible module over the Cython kernels."""
+import math
+
+import numpy as np
+
+from . import _lstm
+from ._threads import get_num_threads
+from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
+
+_EMPTY_INDEX = np.empty(0, dtype=np.intp)
+_EMPTY_MASK = np.empty(0, dtype=np.uint8)
+
+
+class LSTM:
+    """Multi-layer LSTM with PyTorch's parameters, shapes and semantics, on NumPy arrays.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        Features of the input and of the hidden state.
+    num_layers : int, default 1
+        Stacked layers; layer k > 0 reads the output of layer k-1.
+    bias : bool, default True
+        Whether the gates have the biases ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    batch_first : bool, default False
+        Input and output are (B, T, features) instead of (T, B, features).
+    dropout : float, default 0.0
+        Dropout probability on the outputs of every layer but the last, in train mode.
+    bidirectional : bool, default False
+        Add a direction running backwards in time (parameters suffixed ``_reverse``).
+    dtype : {"float32", "float64"}, default "float32"
+    peephole : bool, default False
+        Peephole weights ``peephole_{i,f,o}_l{k}`` as in ONNX (i, f see c_{t-1}; o sees c_t).
+    seed : int, optional
+        Seed of the initialisation U(-1/sqrt(H), 1/sqrt(H)) and of the dropout masks.
+    reverse : bool, default False
+        A single direction that runs backwards in time (ONNX ``direction="reverse"``).
+    clip : float, optional
+        Clamp every gate pre-activation to [-clip, clip] (ONNX ``clip``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> m = fl.LSTM(8, 16, num_layers=2, seed=0)
+    >>> out, (h_n, c_n) = m(np.zeros((5, 3, 8), np.float32))
+    >>> out.shape, h_n.shape
+    ((5, 3, 16), (2, 3, 16))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", peephole=False, seed=None,
+                 *, reverse=False, clip=None):
+        config = dict(
+            input_size=check_int(input_size, "input_size", 1, 1 << 24),
+            hidden_size=check_int(hidden_size, "hidden_size", 1, 1 << 20),
+            num_layers=check_int(num_layers, "num_layers", 1, 1 << 10),
+            bias=check_bool(bias, "bias"),
+            batch_first=check_bool(batch_first, "batch_first"),
+            dropout=check_float(dropout, "dropout", 0.0, 1.0, high_open=True),
+            bidirectional=check_bool(bidirectional, "bidirectional"),
+            dtype=as_dtype(dtype).name,
+            peephole=check_bool(peephole, "peephole"),
+            seed=None if seed is None else check_int(seed, "seed", 0),
+            reverse=check_bool(reverse, "reverse"),
+            clip=None if clip is None else check_float(clip, "clip", 0.0, math.inf,
+                                                       low_open=True, high_open=True),
+        )
+        if config["bidirectional"] and config["reverse"]:
+            raise ValueError("reverse: a bidirectional LSTM already has a reverse direction; "
+                             "expected reverse=False with bidirectional=True")
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_params", {})
+        self.training = True
+        self._kept = None
+        self._rng = np.random.default_rng(seed)
+        self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
+        self._peephole_grad_blocks = {}
+        self._init_parameters()
+        self.grads = {}
+        for name, param in self._params.items():
+            self.grads[name] = np.zeros_like(param)
+        for key, block in self._peephole_blocks.items():
+            grad_block = np.zeros_like(block)
+            self._peephole_grad_blocks[key] = grad_block
+            for gate_index, name in enumerate(self._peephole_names(*key)):
+                self.grads[name] = grad_block[gate_index * self.hidden_size:
+                                              (gate_index + 1) * self.hidden_size]
+
+    # ------------------------------------------------------------------ configuration
+    input_size = property(lambda self: self._config["input_size"])
+    hidden_size = property(lambda self: self._config["hidden_size"])
+    num_layers = property(lambda self: self._config["num_layers"])
+    bias = property(lambda self: self._config["bias"])
+    batch_first = property(lambda self: self._config["batch_first"])
+    dropout = property(lambda self: self._config["dropout"])
+    bidirectional = property(lambda self: self._config["bidirectional"])
+    peephole = property(lambda self: self._config["peephole"])
+    reverse = property(lambda self: self._config["reverse"])
+    clip = property(lambda self: self._config["clip"])
+    dtype = property(lambda self: np.dtype(self._config["dtype"]))
+    num_directions = property(lambda self: 2 if self.bidirectional else 1)
+
+    def get_config(self):
+        """Return the constructor arguments as a dict (dtype as a string)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config):
+        """Build an LSTM from :meth:`get_config` output."""
+        return cls(**config)
+
+    def __repr__(self):
+        defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                        bidirectional=False, dtype="float32", peephole=False, seed=None,
+                        reverse=False, clip=None)
+        extra = "".join(f", {k}={v!r}" for k, v in self._config.items()
+                        if k in defaults and v != defaults[k])
+        return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+
+    # ------------------------------------------------------------------ parameters
+    def _suffix(self, direction):
+        return "_reverse" if direction == 1 else ""
+
+    def _peephole_names(self, layer, direction):
+        return [f"peephole_{gate}_l{layer}{self._suffix(direction)}" for gate in "ifo"]
+
+    def _layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def _init_parameters(self):
+        H, dtype = self.hidden_size, self.dtype
+        bound = 1.0 / math.sqrt(H)
+
+        def uniform(*shape):
+            return self._rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}{self._suffix(direction)}"
+                self._params["weight_ih" + suffix] = uniform(4 * H, self._layer_input_size(layer))
+                self._params["weight_hh" + suffix] = uniform(4 * H, H)
+                if self.bias:
+                    self._params["bias_ih" + suffix] = uniform(4 * H)
+                    self._params["bias_hh" + suffix] = uniform(4 * H)
+                if self.peephole:
+                    block = uniform(3 * H)
+                    self._peephole_blocks[(layer, direction)] = block
+                    for gate_index, name in enumerate(self._peephole_names(layer, direction)):
+                        self._params[name] = block[gate_index * H:(gate_index + 1) * H]
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"'LSTM' object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self._params:
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            object.__setattr__(self, name, value)
+
+    def named_parameters(self):
+        """Return [(name, array)] in PyTorch's order; the arrays are the live parameters."""
+        return list(self._params.items())
+
+    def parameters(self):
+        """Return the live parameter arrays in PyTorch's order."""
+        return list(self._params.values())
+
+    def state_dict(self):
+        """Return {name: copy of the parameter}, named as PyTorch names them."""
+        return {name: param.copy() for name, param in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters from a mapping of array-likes (NumPy, PyTorch, safetensors).
+
+        Values are copied into the existing arrays. With ``strict``, the names must match
+        exactly. Nothing is changed if any entry is missing, unexpected or mis-shaped.
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict: expected a mapping of name -> array, got "
+                            f"{type(state_dict).__name__}")
+        names = set(state_dict.keys())
+        unexpected = sorted(map(str, names - set(self._params)))
+        missing = sorted(set(self._params) - names) if strict else []
+        if unexpected or missing:
+            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                             f"for {self!r}")
+        converted = {}
+        for name in names:
+            value = as_real_array(state_dict[name], f"state_dict[{name!r}]", self.dtype)
+            expected = self._params[name].shape
+            if value.shape != expected:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {expected}, got "
+                                 f"{value.shape}")
+            converted[name] = value
+        for name, value in converted.items():
+            np.copyto(self._params[name], value)
+
+    def zero_grad(self):
+        """Zero the accumulated parameter gradients in place."""
+        for grad in self.grads.values():
+            grad.fill(0)
+
+    def train(self, mode=True):
+        """Set train mode (calls keep what backward needs; dropout active). Returns self."""
+        self.training = check_bool(mode, "mode")
+        return self
+
+    def eval(self):
+        """Set eval mode (calls keep nothing; safe from many threads). Returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------ input checks
+    def _time_major_input(self, x):
+        x = as_real_array(x, "x", self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x: expected a 3-D (T, B, input_size) / (B, T, input_size) or "
+                             f"2-D unbatched (T, input_size) array, got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, "
+                             f"got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"x: expected at least one time step and one sequence, got "
+                             f"shape {x.shape}")
+        return np.ascontiguousarray(x), unbatched
+
+    def _state_input(self, hx, batch, unbatched):
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            zeros = np.zeros(shape, dtype=self.dtype)
+            return zeros, zeros
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx: expected a tuple (h0, c0), got {type(hx).__name__}")
+        states = []
+        for name, state in zip(("h0", "c0"), hx):
+            state = as_real_array(state, f"hx[{name}]", self.dtype)
+            expected = (shape[0], shape[2]) if unbatched else shape
+            if state.shape != expected:
+                raise ValueError(f"hx[{name}]: expected shape {expected}, got {state.shape}")
+            states.append(np.array(state.reshape(shape), dtype=self.dtype, order="C"))
+        return states[0], states[1]
+
+    def _lengths_input(self, lengths, steps, batch):
+        if lengths is None:
+            return None
+        if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
+            lengths = lengths.detach().cpu().numpy()
+        array = np.asarray(lengths)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"lengths: expected integers, got dtype {array.dtype}")
+        if array.shape != (batch,):
+            raise ValueError(f"lengths: expected shape ({batch},) (one per sequence), got "
+                             f"{array.shape}")
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+            raise ValueError(f"lengths: expected whole numbers, got {array.tolist()}")
+        if np.any(array < 1) or np.any(array > steps):
+            raise ValueError(f"lengths: expected values in [1, {steps}] (the time steps), got "
+                             f"min {array.min()}, max {array.max()}")
+        array = array.astype(np.intp)
+        return None if np.all(array == steps) else array
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, x, hx=None, lengths=None):
+        """Run the LSTM.
+
+        Parameters
+        ----------
+        x : array-like
+            (T, B, input_size), (B, T, input_size) with ``batch_first``, or (T, input_size).
+        hx : tuple of array-like, optional
+            (h0, c0), each (D*num_layers, B, H) (or (D*num_layers, H) unbatched); zeros if None.
+        lengths : array-like of int, optional
+            (B,) valid steps of each sequence, in [1, T] (packed-sequence semantics).
+
+        Returns
+        -------
+        out : ndarray
+            (T, B, D*H) or (B, T, D*H) with ``batch_first``; zeros past a sequence's end.
+        (h_n, c_n) : tuple of ndarray
+            Each (D*num_layers, B, H), taken at each sequence's last valid step.
+        """
+        x, unbatched = self._time_major_input(x)
+        steps, batch = x.shape[0], x.shape[1]
+        h0, c0 = self._state_input(hx, batch, unbatched)
+        lengths = self._lengths_input(lengths, steps, batch)
+        out, h_n, c_n, kept = self._forward(x, h0, c0, lengths, self.training)
+        if self.training:
+            kept["out_shape"] = (steps, out.shape[2]) if unbatched else (
+                (batch, steps, out.shape[2]) if self.batch_first else out.shape)
+            self._kept = kept
+        if unbatched:
+            return out[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+        if self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return out, (h_n, c_n)
+
+    forward = __call__
+
+    def _direction_params(self, layer, direction):
+        suffix = f"_l{layer}{self._suffix(direction)}"
+        params = self._params
+        bias = (params["bias_ih" + suffix] + params["bias_hh" + suffix] if self.bias
+                else np.empty(0, self.dtype))
+        peep = self._peephole_blocks.get((layer, direction), np.empty(0, self.dtype))
+        return suffix, params["weight_ih" + suffix], params["weight_hh" + suffix], bias, peep
+
+    def _forward(self, x, h0, c0, lengths, training):
+        steps, batch = x.shape[0], x.shape[1]
+        H, D, dtype = self.hidden_size, self.num_directions, self.dtype
+        n_threads = get_num_threads()
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0)
+        kept = dict(x=x if not training else x.copy(), h0=h0, c0=c0, lengths=lengths,
+                    layers=[], n_threads=n_threads)
+        layer_input = kept["x"]
+        for layer in range(self.num_layers):
+            out = np.empty((steps, batch, D * H), dtype=dtype)
+            record = dict(input=layer_input, directions=[], mask=None)
+            for direction in range(D):
+                index = layer * D + direction
+                _, W_ih, W_hh, bias, peep = self._direction_params(layer, direction)
+                state_steps = steps if training else 2
+                buffers = dict(
+                    gates=np.empty(steps * batch * 4 * H, dtype=dtype),
+                    hidden=np.empty(state_steps * batch * H, dtype=dtype),
+                    cells=np.empty(state_steps * batch * H, dtype=dtype),
+                    clipped=(np.empty(steps * batch * 4 * H, dtype=np.uint8)
+                             if training and self.clip is not None else _EMPTY_MASK),
+                )
+                _lstm.lstm_forward(
+                    out, direction * H, h_n[index], c_n[index], buffers["gates"],
+                    buffers["hidden"], buffers["cells"], buffers["clipped"], layer_input,
+                    h0[index], c0[index], W_ih, W_hh, bias, peep,
+                    _EMPTY_INDEX if lengths is None else lengths,
+                    direction == 1 or self.reverse, training, self.clip or 0.0, n_threads)
+                record["directions"].append(buffers)
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                record["mask"] = (self._rng.random(out.shape) < keep).astype(dtype) / dtype.type(keep)
+                out *= record["mask"]
+            kept["layers"].append(record)
+            layer_input = out
+        return layer_input, h_n, c_n, kept
+
+    def backward(self, grad_out, grad_state=None):
+        """Backpropagate through the last train-mode call.
+
+        Parameters
+        ----------
+        grad_out : array-like
+            dL/d out, shaped like the ``out`` that call returned.
+        grad_state : tuple, optional
+            (dL/dh_n, dL/dc_n), each shaped like h_n / c_n or None.
+
+        Returns
+        -------
+        dx : ndarray
+            dL/dx, shaped like that call's x.
+        (dh0, dc0) : tuple of ndarray
+            Gradients of the initial states, shaped like h_n / c_n.
+
+        Parameter gradients are added to :attr:`grads`.
+        """
+        kept = self._kept
+        if kept is None:
+            raise RuntimeError("backward: no train-mode call to backpropagate through (call the "
+                               "module in train mode first; each call supports one backward)")
+        x = kept["x"]
+        steps, batch = x.shape[0], x.shape[1]
+        H, D, L, dtype = self.hidden_size, self.num_directions, self.num_layers, self.dtype
+        grad = self._grad_output(grad_out, steps, batch)
+        dh0, dc0 = self._grad_state(grad_state, batch)
+        self._kept = None
+        lengths = kept["lengths"]
+        dgates = np.empty(steps * batch * 4 * H, dtype=dtype)
+        for layer in reversed(range(L)):
+            record = kept["layers"][layer]
+            if record["mask"] is not None:
+                grad = grad * record["mask"]
+            layer_input = record["input"]
+            dx = np.empty_like(layer_input)
+            for direction in range(D):
+                index = layer * D + direction
+                suffix, W_ih, W_hh, _, peep = self._direction_params(layer, direction)
+                buffers = record["directions"][direction]
+                db = np.zeros(4 * H, dtype=dtype) if self.bias else np.empty(0, dtype)
+                dpeep = self._peephole_grad_blocks.get((layer, direction), np.empty(0, dtype))
+                _lstm.lstm_backward(
+                    dx, direction == 1, dh0[index], dc0[index], self.grads["weight_ih" + suffix],
+                    self.grads["weight_hh" + suffix], db, dpeep, dgates, grad, direction * H,
+                    buffers["gates"], buffers["hidden"], buffers["cells"], buffers["clipped"],
+                    layer_input, kept["h0"][index], kept["c0"][index], W_ih, W_hh, peep,
+                    _EMPTY_INDEX if lengths is None else lengths, direction == 1 or self.reverse,
+                    kept["n_threads"])
+                if self.bias:
+                    self.grads["bias_ih" + suffix] += db
+                    self.grads["bias_hh" + suffix] += db
+            grad = dx
+        return self._format_backward(grad, dh0, dc0, kept)
+
+    def _grad_output(self, grad_out, steps, batch):
+        kept_shape = self._kept["out_shape"]
+        grad = as_real_array(grad_out, "grad_out", self.dtype)
+        if grad.shape != kept_shape:
+            raise ValueError(f"grad_out: expected shape {kept_shape} (the output of the last "
+                             f"train-mode call), got {grad.shape}")
+        if grad.ndim == 2:
+            grad = grad[:, None, :]
+        elif self.batch_first:
+            grad = grad.transpose(1, 0, 2)
+        return np.ascontiguousarray(grad)
+
+    def _grad_state(self, grad_state, batch):
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        unbatched = len(self._kept["out_shape"]) == 2
+        grads = [np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)]
+        if grad_state is None:
+            return grads
+        if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
+            raise TypeError(f"grad_state: expected a tuple (grad_h_n, grad_c_n), got "
+                            f"{type(grad_state).__name__}")
+        for k, (name, value) in enumerate(zip(("grad_h_n", "grad_c_n"), grad_state)):
+            if value is None:
+                continue
+            value = as_real_array(value, f"grad_state[{name}]", self.dtype)
+            expected = (shape[0], shape[2]) if unbatched else shape
+            if value.shape != expected:
+                raise ValueError(f"grad_state[{name}]: expected shape {expected}, got "
+                                 f"{value.shape}")
+            grads[k][...] = value.reshape(shape)
+        return grads
+
+    def _format_backward(self, dx, dh0, dc0, kept):
+        if len(kept["out_shape"]) == 2:
+            return dx[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
+        if self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, (dh0, dc0)
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, batch_size=1):
+        """Return a stateful single-step runner for embedded inference.
+
+        ``y_t = s.step(x_t)`` takes x_t (B, input_size), or (input_size,) when batch_size
+        is 1, and returns the last layer's h_t; ``s.state`` is (h, c), each
+        (num_layers, B, H); ``s.reset()`` zeroes it. Unidirectional modules only.
+        """
+        batch_size = check_int(batch_size, "batch_size", 1, 1 << 24)
+        if self.bidirectional or self.reverse:
+            raise ValueError("stream: expected a forward-only LSTM, got "
+                             f"bidirectional={self.bidirectional}, reverse={self.reverse}")
+        layers = []
+        for layer in range(self.num_layers):
+            suffix = f"_l{layer}"
+            params = self._params
+            layers.append((params["weight_ih" + suffix], params["weight_hh" + suffix],
+                           params.get("bias_ih" + suffix), params.get("bias_hh" + suffix),
+                           self._peephole_blocks.get((layer, 0))))
+        return Stream(layers, batch_size, self.dtype, self.clip or 0.0)
+
+    # ------------------------------------------------------------------ interop
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """Build an LSTM with the configuration and weights of a ``torch.nn.LSTM``."""
+        for attribute in ("input_size", "hidden_size", "num_layers", "state_dict"):
+            if not hasattr(module, attribute):
+                raise TypeError(f"module: expected a torch.nn.LSTM, got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"module: proj_size={module.proj_size} is not supported, expected 0")
+        state = module.state_dict()
+        if dtype is None:
+            dtype = str(state["weight_ih_l0"].dtype).replace("torch.", "")
+        m = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                batch_first=module.batch_first, dropout=float(module.dropout),
+                bidirectional=module.bidirectional, dtype=dtype)
+        m.load_state_dict(state)
+        return m.train(bool(module.training))
+
+    def to_torch(self):
+        """Return an equivalent ``torch.nn.LSTM`` (imports torch)."""
+        unsupported = [name for name in ("peephole", "reverse", "clip")
+                       if self._config[name] not in (False, None)]
+        if unsupported:
+            raise ValueError(f"to_torch: torch.nn.LSTM has no {', '.join(unsupported)}; "
+                             f"got {self!r}")
+        import torch
+
+        module = torch.nn.LSTM(self.input_size, self.hidden_size, self.num_layers, bias=self.bias,
+                               batch_first=self.batch_first, dropout=self.dropout,
+                               bidirectional=self.bidirectional,
+                               dtype=getattr(torch, self.dtype.name))
+        with torch.no_grad():
+            module.load_state_dict({name: torch.from_numpy(param.copy())
+                                    for name, param in self._params.items()})
+        return module.train(self.training)
+
+    @classmethod
+    def from_keras(cls, weights, **kwargs):
+        """Build an LSTM from Keras LSTM weights (see :func:`fastlstm.interop.from_keras`)."""
+        from .interop import from_keras
+
+        return from_keras(weights, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, model_or_path):
+        """Build an LSTM from an ONNX LSTM graph (see :func:`fastlstm.onnx.from_onnx`)."""
+        from .onnx import from_onnx
+
+        return from_onnx(model_or_path)
+
+    def to_onnx(self, path, **kwargs):
+        """Export to an ONNX file (see :func:`fastlstm.onnx.to_onnx`)."""
+        from .onnx import to_onnx
+
+        return to_onnx(self, path, **kwargs)
+
+
+class Stream(_lstm.StreamKernel):
+    """Stateful single-step LSTM inference; made by :meth:`LSTM.stream`."""
+
+    def __init__(self, layers, batch_size, dtype, clip):
+        self.batch_size = batch_size
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def state(self):
+        """(h, c), each (num_layers, B, H): the live state arrays."""
+        return self.h, self.c

@@ -1,0 +1,69 @@
+"""Build the fastlstm Cython extensions.
+
+OpenMP is detected by compiling a tiny program with ``-fopenmp``; without it the kernels
+build serially (with a loud warning) and stay correct. The gate nonlinearities are compiled
+for several instruction sets at once (``target_clones`` in ``_pointwise.h``) so one portable
+build runs AVX-512/AVX2 code where the CPU has it. ``FASTLSTM_NATIVE=1`` adds
+``-march=native`` for a local build tuned to this machine.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from setuptools import Extension, setup
+import numpy
+from Cython.Build import cythonize
+
+OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def openmp_flags():
+    """Return (compile_args, link_args) for OpenMP, or ([], []) if the compiler lacks it."""
+    if os.environ.get("FASTLSTM_NO_OPENMP"):
+        return [], []
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler.split()[0]) is None:
+        return [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "omp_test.c")
+        with open(source, "w") as f:
+            f.write(OPENMP_TEST)
+        result = subprocess.run(
+            compiler.split() + ["-fopenmp", source, "-o", os.path.join(tmp, "omp_test")],
+            capture_output=True,
+        )
+    if result.returncode != 0:
+        return [], []
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+omp_compile, omp_link = openmp_flags()
+if not omp_compile:
+    print("\n" + "!" * 78 + "\n!! WARNING: OpenMP not found; fastlstm kernels are built SERIAL "
+          "(single thread).\n" + "!" * 78 + "\n", file=sys.stderr)
+
+compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
+if os.environ.get("FASTLSTM_NATIVE"):
+    compile_args.append("-march=native")
+compile_args += omp_compile
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+          ("FASTLSTM_OPENMP", "1" if omp_compile else "0")]
+
+
+def extension(name):
+    return Extension(
+        f"fastlstm.{name}", [f"fastlstm/{name}.pyx"], include_dirs=["fastlstm", numpy.get_include()],
+        extra_compile_args=compile_args, extra_link_args=omp_link, libraries=["m"],
+        define_macros=macros,
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [extension(name) for name in ("_openmp", "_blas", "_lstm")],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
+                             "cdivision": True, "initializedcheck": False},
+    ),
+)

@@ -1,0 +1,32 @@
+"""Shared test helpers: optional references fail (not skip) when CI is set."""
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+
+def require(module_name):
+    """Import an optional reference library; skip locally if absent, fail under CI."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module_name)
+    return pytest.importorskip(module_name)
+
+
+def report(label, actual, expected):
+    """Print and return the max absolute and relative difference between two arrays."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    abs_diff = float(np.max(np.abs(actual - expected), initial=0.0))
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    rel_diff = abs_diff / max(scale, 1e-30)
+    print(f"{label}: max abs diff {abs_diff:.3e}, rel to max|ref| {rel_diff:.3e}")
+    return abs_diff, rel_diff
+
+
+def assert_close(label, actual, expected, rtol):
+    """Assert max|actual-expected| <= rtol * max(1, max|expected|), printing the difference."""
+    abs_diff, _ = report(label, actual, expected)
+    scale = max(1.0, float(np.max(np.abs(np.asarray(expected, dtype=np.float64)), initial=0.0)))
+    assert np.shape(actual) == np.shape(expected), f"{label}: shape {np.shape(actual)} != {np.shape(expected)}"
+    assert abs_diff <= rtol * scale, f"{label}: max abs diff {abs_diff:.3e} > {rtol:.1e} * {scale:.3g}"
