@@ -100,16 +100,17 @@ def blas_threads():
 
 
 # Test twins: the cdef wrappers called from Python, checked against NumPy.
-def gemm_twin(bint trans_a, bint trans_b, floating alpha, floating[:, ::1] a,
-              floating[:, ::1] b, floating beta, floating[:, ::1] c):
+def gemm_twin(bint trans_a, bint trans_b, double alpha, floating[:, ::1] a,
+              floating[:, ::1] b, double beta, floating[:, ::1] c):
     """c := alpha * op(a) @ op(b) + beta * c (in place) through the row-major wrapper."""
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
-    gemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
-         beta, &c[0, 0], c.shape[1])
+    gemm(trans_a, trans_b, m, n, k, <floating>alpha, &a[0, 0], a.shape[1], &b[0, 0],
+         b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
 
 
-def gemv_twin(bint trans_a, floating alpha, floating[:, ::1] a, floating[::1] x,
-              floating beta, floating[::1] y):
+def gemv_twin(bint trans_a, double alpha, floating[:, ::1] a, floating[::1] x,
+              double beta, floating[::1] y):
     """y := alpha * op(a) @ x + beta * y (in place) through the row-major wrapper."""
-    gemv(trans_a, a.shape[0], a.shape[1], alpha, &a[0, 0], a.shape[1], &x[0], beta, &y[0])
+    gemv(trans_a, a.shape[0], a.shape[1], <floating>alpha, &a[0, 0], a.shape[1], &x[0],
+         <floating>beta, &y[0])
