@@ -34,6 +34,10 @@ cdef extern from "_pointwise.h":
     void cell_backward_d(double* dz, double* dc, double* dpeep, const double* dh,
                          const double* act, const unsigned char* clipped, const double* c,
                          const double* c_prev, const double* peep, int n, int H) noexcept nogil
+    void matvec_f(float* y, const float* W, const float* x, int rows, int cols,
+                  int ldw) noexcept nogil
+    void matvec_d(double* y, const double* W, const double* x, int rows, int cols,
+                  int ldw) noexcept nogil
 
 cdef enum:
     UNIT_ALIGN = 16     # units per thread are multiples of this (whole vector chunks)
@@ -65,6 +69,15 @@ cdef inline void _cell_backward(floating* dz, floating* dc, floating* dpeep, con
         cell_backward_f(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H)
     else:
         cell_backward_d(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H)
+
+
+cdef inline void _matvec(floating* y, const floating* W, const floating* x, int rows,
+                         int cols, int ldw) noexcept nogil:
+    # y = W @ x, W row-major (rows, cols): a hand-vectorised gemv for the B=1 recurrence
+    if floating is float:
+        matvec_f(y, W, x, rows, cols, ldw)
+    else:
+        matvec_d(y, W, x, rows, cols, ldw)
 
 
 cdef void _forward_thread(
@@ -117,7 +130,7 @@ cdef void _forward_thread(
         if nj > 0:
             if B == 1:
                 # z_mine = w_mine @ h_prev[0]
-                gemv(False, <int>(4 * nj), H, 1, w_mine, H, h_prev, 0, z_mine)
+                _matvec(z_mine, w_mine, h_prev, <int>(4 * nj), H, H)
             else:
                 # z_mine = h_prev @ w_mine.T
                 gemm(False, True, B, <int>(4 * nj), H, 1, h_prev, H, w_mine, H, 0, z_mine,

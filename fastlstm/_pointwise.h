@@ -68,22 +68,29 @@ static inline __attribute__((always_inline)) float fl_tanhf(float x)
 
 static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
+typedef float fl_vec_f __attribute__((vector_size(64)));
+typedef double fl_vec_d __attribute__((vector_size(64)));
+
 #define REAL float
+#define FL_VEC fl_vec_f
 #define FL_NAME(name) name##_f
 #define FL_SIGMOID fl_sigmoidf
 #define FL_TANH fl_tanhf
 #include "_pointwise_impl.h"
 #undef REAL
+#undef FL_VEC
 #undef FL_NAME
 #undef FL_SIGMOID
 #undef FL_TANH
 
 #define REAL double
+#define FL_VEC fl_vec_d
 #define FL_NAME(name) name##_d
 #define FL_SIGMOID fl_sigmoid
 #define FL_TANH tanh
 #include "_pointwise_impl.h"
 #undef REAL
+#undef FL_VEC
 #undef FL_NAME
 #undef FL_SIGMOID
 #undef FL_TANH

@@ -9,7 +9,9 @@ FL_CLONES static void FL_NAME(cell_forward)(
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
     REAL clip, int n, int H, int zh_stride)
 {
-    REAL zi[FL_CHUNK], zf[FL_CHUNK], zg[FL_CHUNK], zo[FL_CHUNK], ct[FL_CHUNK];
+    /* Every loop reads the inputs and writes only these locals, so none needs an alias
+     * check; results are copied out at the end of each chunk. */
+    REAL zi[FL_CHUNK], zf[FL_CHUNK], zg[FL_CHUNK], zo[FL_CHUNK], ct[FL_CHUNK], ht[FL_CHUNK];
     for (int j0 = 0; j0 < n; j0 += FL_CHUNK) {
         const int m = n - j0 < FL_CHUNK ? n - j0 : FL_CHUNK;
         for (int j = 0; j < m; j++) {
@@ -55,11 +57,12 @@ FL_CLONES static void FL_NAME(cell_forward)(
         }
         for (int j = 0; j < m; j++) {
             zo[j] = FL_SIGMOID(zo[j]);
-            c[j0 + j] = ct[j];
-            h[j0 + j] = zo[j] * FL_TANH(ct[j]);
+            ht[j] = zo[j] * FL_TANH(ct[j]);
         }
+        memcpy(c + j0, ct, m * sizeof(REAL));
+        memcpy(h + j0, ht, m * sizeof(REAL));
         if (out)
-            memcpy(out + j0, h + j0, m * sizeof(REAL));
+            memcpy(out + j0, ht, m * sizeof(REAL));
         if (act) {
             memcpy(act + j0, zi, m * sizeof(REAL));
             memcpy(act + H + j0, zf, m * sizeof(REAL));
@@ -126,5 +129,35 @@ FL_CLONES static void FL_NAME(cell_backward)(
         memcpy(dz + H + j0, dzf, m * sizeof(REAL));
         memcpy(dz + 2 * H + j0, dzg, m * sizeof(REAL));
         memcpy(dz + 3 * H + j0, dzo, m * sizeof(REAL));
+    }
+}
+
+/* y (rows,) = W @ x for row-major W (rows, cols) with leading dimension ldw: the B=1
+ * recurrent product. Four rows at a time in vector accumulators (GCC vector extensions,
+ * lowered to AVX-512, AVX2 or SSE by target_clones), summed once per row at the end. */
+FL_CLONES static void FL_NAME(matvec)(REAL *y, const REAL *W, const REAL *x, int rows,
+                                      int cols, int ldw)
+{
+    const int lanes = (int)(sizeof(FL_VEC) / sizeof(REAL));
+    const int body = cols - cols % lanes;
+    for (int r = 0; r < rows; r += 4) {
+        const int m = rows - r < 4 ? rows - r : 4;
+        FL_VEC acc[4] = {{0}};
+        REAL sum[4] = {0};
+        for (int k = 0; k < body; k += lanes) {
+            FL_VEC xv, wv;
+            memcpy(&xv, x + k, sizeof xv);
+            for (int i = 0; i < m; i++) {
+                memcpy(&wv, W + (size_t)(r + i) * ldw + k, sizeof wv);
+                acc[i] += wv * xv;
+            }
+        }
+        for (int i = 0; i < m; i++) {
+            for (int l = 0; l < lanes; l++)
+                sum[i] += acc[i][l];
+            for (int k = body; k < cols; k++)
+                sum[i] += W[(size_t)(r + i) * ldw + k] * x[k];
+            y[r + i] = sum[i];
+        }
     }
 }

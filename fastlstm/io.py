@@ -1,0 +1,317 @@
+"""Save and load models as safetensors files, written and read with NumPy alone.
+
+A safetensors file is ``u64 little-endian header length n | n bytes of JSON header | data``.
+The header maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
+(offsets relative to the start of the data) and may hold ``"__metadata__"``, a str -> str
+map. Data is little-endian in C order. ``save`` stores the model's class, its config as JSON
+and the fastlstm version in the metadata; ``load`` rebuilds the model from a fixed registry
+of classes and never unpickles anything.
+
+The reader is strict: every header field, offset and size is validated against the file
+size before any tensor is read, so a truncated, corrupted or lying file raises
+``ValueError`` (naming the path and the problem) without large allocations.
+"""
+import json
+import math
+import os
+from importlib import import_module
+
+import numpy as np
+
+from . import __version__
+
+FORMAT = "fastlstm"
+MAX_HEADER_BYTES = 100 * 2**20
+MAX_DIMS = 32  # the most NumPy 1.x arrays have
+# model class name -> (module, attribute); load never builds anything else.
+REGISTRY = {"LSTM": ("fastlstm.lstm", "LSTM"), "Sequential": ("fastlstm.models", "Sequential")}
+
+# safetensors dtype code -> little-endian NumPy dtype. BF16 has no NumPy dtype: it is read
+# as its raw 16 bits and widened exactly to float32.
+_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_CODES = {dtype: code for code, dtype in _DTYPES.items() if code != "BF16"}
+_PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80) and a version
+_ZIP_MAGIC = b"PK\x03\x04"    # torch.save writes a zip archive holding a pickle
+
+
+def save(obj, path):
+    """Write a model (e.g. ``fastlstm.LSTM``) to ``path`` as a safetensors file.
+
+    Parameters
+    ----------
+    obj : LSTM or Sequential
+        Any registered model class: it provides ``get_config()`` and ``state_dict()``.
+    path : str or os.PathLike
+        Destination file; it is overwritten.
+    """
+    class_name = _registered_name(obj)
+    config = json.dumps(obj.get_config(), sort_keys=True)
+    metadata = {"format": FORMAT, "class": class_name, "config": config, "version": __version__}
+    write_safetensors(obj.state_dict(), path, metadata=metadata)
+
+
+def load(path):
+    """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
+
+    Raises ``ValueError`` naming the path if the file is not a valid fastlstm safetensors
+    file, names an unknown class, or holds a config or tensors the class rejects.
+    """
+    entries, metadata, _ = _read(path, with_data=False)
+    where = repr(os.fspath(path))
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{where}: metadata 'format' is {metadata.get('format')!r:.100}, "
+                         f"expected {FORMAT!r}; use fastlstm.io.read_safetensors(path) to read "
+                         f"raw tensors and model.load_state_dict(...) to load them")
+    class_name = metadata.get("class")
+    if class_name not in REGISTRY:
+        raise ValueError(f"{where}: metadata 'class' is {class_name!r:.100}, expected one of "
+                         f"{sorted(REGISTRY)}")
+    try:
+        config = json.loads(metadata.get("config", ""))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{where}: metadata 'config' is not valid JSON ({exc!s:.200})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: metadata 'config' must be a JSON object, got "
+                         f"{type(config).__name__}")
+    if class_name == "LSTM":  # check sizes before from_config allocates the parameters
+        count = _lstm_parameter_count(config)
+        stored = sum(math.prod(shape) for _, shape, _, _ in entries.values())
+        if count is not None and count != stored:
+            raise ValueError(f"{where}: the LSTM config implies {count} parameters, "
+                             f"the file holds {stored}")
+    module_name, attribute = REGISTRY[class_name]
+    cls = getattr(import_module(module_name), attribute)
+    try:
+        obj = cls.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: invalid {class_name} config {config!r:.500}: "
+                         f"{exc}") from None
+    tensors = read_safetensors(path)
+    expected = obj.state_dict()
+    for name, array in tensors.items():
+        if name in expected and array.dtype != expected[name].dtype:
+            raise ValueError(f"{where}: tensor {name!r} has dtype {array.dtype}, but "
+                             f"the config says {expected[name].dtype}")
+    try:
+        obj.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: tensors do not match the {class_name} config: "
+                         f"{exc}") from None
+    return obj
+
+
+def read_safetensors(path):
+    """Read every tensor of a safetensors file (e.g. one written by PyTorch).
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray
+        Native-endian, C-contiguous, writable arrays in file order; BF16 tensors are
+        widened exactly to float32. Use ``model.load_state_dict(read_safetensors(path))``.
+    """
+    return _read(path)[2]
+
+
+def read_metadata(path):
+    """Return the ``__metadata__`` map (str -> str) of a safetensors file, or ``{}``."""
+    return _read(path, with_data=False)[1]
+
+
+def write_safetensors(tensors, path, metadata=None):
+    """Write a mapping name -> array to ``path`` as a safetensors file.
+
+    Parameters
+    ----------
+    tensors : mapping of str -> array-like
+        Arrays of a bool, integer or float16/32/64 dtype.
+    path : str or os.PathLike
+    metadata : mapping of str -> str, optional
+    """
+    path = os.fspath(path)  # a str or path-like, never a file descriptor
+    arrays = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"tensors: names must be non-empty strings other than "
+                             f"'__metadata__', got {name!r}")
+        array = np.asarray(value)
+        little = array.dtype.newbyteorder("<") if array.dtype.byteorder != "|" else array.dtype
+        if little not in _CODES:
+            raise TypeError(f"tensors[{name!r}]: dtype must be one of "
+                            f"{sorted(str(d) for d in _CODES)}, got {array.dtype}")
+        arrays[name] = np.ascontiguousarray(array, dtype=little)
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError(f"metadata: expected a mapping of str -> str, got {metadata!r}")
+        header["__metadata__"] = dict(metadata)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # pad so that the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for array in arrays.values():
+            f.write(array.tobytes(order="C"))
+
+
+def _lstm_parameter_count(config):
+    """Number of parameters an LSTM config implies; None if its sizes are not ints."""
+    sizes = config.get("input_size"), config.get("hidden_size"), config.get("num_layers", 1)
+    if not all(type(size) is int and size >= 0 for size in sizes):
+        return None  # from_config reports the bad value
+    input_size, hidden, layers = sizes
+    directions = 2 if config.get("bidirectional") is True else 1
+    inputs = input_size + (layers - 1) * directions * hidden  # summed over the layers
+    per_layer = (8 * hidden if config.get("bias", True) is True else 0) \
+        + (3 * hidden if config.get("peephole") is True else 0)
+    return directions * (4 * hidden * (inputs + layers * hidden) + layers * per_layer)
+
+
+def _registered_name(obj):
+    """Name under which ``load`` rebuilds ``obj``'s class; TypeError for any other class."""
+    name = type(obj).__name__
+    if name in REGISTRY:
+        module_name, attribute = REGISTRY[name]
+        if type(obj) is getattr(import_module(module_name), attribute):
+            return name
+    raise TypeError(f"obj: expected one of {sorted(REGISTRY)} (fastlstm models), got "
+                    f"{type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def _read(path, with_data=True):
+    """Validate the file's header against its size; return (entries, metadata, tensors).
+
+    ``entries`` maps names to (dtype_code, shape, begin, end); ``tensors`` (names to arrays)
+    is empty unless ``with_data``.
+    """
+    where = repr(os.fspath(path))
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        _check_not_other_format(prefix, where)
+        if len(prefix) < 8:
+            raise ValueError(f"{where}: not a safetensors file (only {file_size} bytes, the "
+                             f"8-byte header length is missing)")
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > MAX_HEADER_BYTES:
+            raise ValueError(f"{where}: not a safetensors file (header length {header_size} "
+                             f"bytes exceeds the {MAX_HEADER_BYTES}-byte limit)")
+        if 8 + header_size > file_size:
+            raise ValueError(f"{where}: truncated or not a safetensors file (header length "
+                             f"{header_size} bytes, but the file has {file_size} bytes)")
+        raw_header = f.read(header_size)
+        if len(raw_header) != header_size:
+            raise ValueError(f"{where}: file shrank while being read")
+        entries, metadata = _parse_header(raw_header, file_size - 8 - header_size, where)
+        tensors = {}
+        if with_data:
+            data_start = 8 + header_size
+            for name, (dtype, shape, begin, _) in entries.items():
+                f.seek(data_start + begin)
+                tensors[name] = _read_tensor(f, dtype, shape, where, name)
+    return entries, metadata, tensors
+
+
+def _check_not_other_format(prefix, where):
+    """Name the format of a pickle or a torch.save zip renamed as safetensors."""
+    if prefix[:4] == _ZIP_MAGIC:
+        raise ValueError(f"{where}: not a safetensors file (it is a zip archive, as written by "
+                         f"torch.save; fastlstm never unpickles, convert it with "
+                         f"safetensors.torch.save_file)")
+    if len(prefix) >= 2 and prefix[0] == _PICKLE_PROTOCOL_BYTE and 2 <= prefix[1] <= 5:
+        raise ValueError(f"{where}: not a safetensors file (it looks like a pickle, protocol "
+                         f"{prefix[1]}; fastlstm never unpickles)")
+
+
+def _parse_header(raw_header, data_size, where):
+    """Validate the JSON header; return ({name: (dtype_code, shape, begin, end)}, metadata)."""
+    if not raw_header.lstrip(b" ").startswith(b"{"):
+        raise ValueError(f"{where}: not a safetensors file (the header is not a JSON object)")
+    try:
+        header = json.loads(raw_header.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, duplicate keys, deep nesting
+        raise ValueError(f"{where}: invalid safetensors header ({exc!s:.200})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: invalid safetensors header (expected a JSON object, got "
+                         f"{type(header).__name__})")
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError(f"{where}: invalid safetensors header ('__metadata__' must map str -> "
+                         f"str, got {metadata!r:.200})")
+    entries = {name: _parse_entry(name, entry, where) for name, entry in header.items()}
+    end = 0
+    for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda item: item[1][2:]):
+        if begin != end:
+            problem = "overlaps the previous tensor" if begin < end else "leaves a gap before it"
+            raise ValueError(f"{where}: tensor {name!r} data_offsets [{begin}, {stop}] {problem} "
+                             f"(previous data ends at {end})")
+        end = stop
+    if end != data_size:
+        raise ValueError(f"{where}: tensor data occupies {end} bytes but the file holds "
+                         f"{data_size} bytes after the header (truncated or padded file)")
+    return entries, metadata
+
+
+def _parse_entry(name, entry, where):
+    """Validate one tensor's header entry; return (dtype_code, shape, begin, end)."""
+    label = f"{where}: tensor {name!r}"
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"{label}: expected an object with keys dtype, shape, data_offsets, "
+                         f"got {entry!r:.200}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ValueError(f"{label}: unsupported dtype {dtype!r:.50}, expected one of "
+                         f"{sorted(_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise ValueError(f"{label}: shape must be a list of non-negative integers, got "
+                         f"{shape!r:.200}")
+    if len(shape) > MAX_DIMS or math.prod(max(n, 1) for n in shape) * _DTYPES[dtype].itemsize \
+            > np.iinfo(np.intp).max:
+        raise ValueError(f"{label}: shape {shape!r:.200} is too large for an array")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
+            or offsets[0] > offsets[1]):
+        raise ValueError(f"{label}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                         f"got {offsets!r:.200}")
+    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise ValueError(f"{label}: data_offsets {offsets} span {offsets[1] - offsets[0]} "
+                         f"bytes, but dtype {dtype} and shape {shape} need {nbytes}")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _read_tensor(f, dtype_code, shape, where, name):
+    """Read exactly one validated tensor from the current position of ``f``."""
+    array = np.empty(shape, dtype=_DTYPES[dtype_code])
+    buffer = array.reshape(-1).view(np.uint8)
+    if f.readinto(buffer) != buffer.size:
+        raise ValueError(f"{where}: tensor {name!r}: file shrank while being read")
+    if dtype_code == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise _DuplicateKey(f"duplicate key {duplicate!r:.100}")
+    return dict(pairs)
