@@ -3,9 +3,9 @@
 
 One call handles one layer and one direction over time-major contiguous buffers. Inside a
 call OpenMP owns the cores and BLAS runs single-threaded (DESIGN section 4): thread k owns
-the hidden units [j0, j1) and the matching rows of W_hh, packed once per call so they stay
-in its cache; per time step it does one gemm h_{t-1} @ W_hh[slice].T, the fused pointwise
-pass for its units, and one barrier.
+the hidden units [j0, j1) and the four matching row blocks of W_hh, which stay in its
+cache across steps; per time step it computes h_{t-1} @ W_hh[its rows].T (gemm, or a
+hand-vectorised matvec when B = 1), the fused pointwise pass for its units, and one barrier.
 """
 from cython cimport floating
 from cython.parallel cimport parallel
@@ -86,7 +86,7 @@ cdef void _forward_thread(
         floating* gates,                        # OUT (T, B, 4H) x-projection, then activated gates
         floating* hidden, floating* cells,      # OUT (T, B, H) when training, else (2, B, H) ring
         unsigned char* clipped,                 # OUT (T, B, 4H) clip mask (training), or NULL
-        floating* w_packed, floating* z_rec,    # scratch (4H * H), (B * 4H)
+        floating* z_rec,                        # scratch (B * 4H)
         const floating* x, int in_size,         # IN (T, B, in)
         const floating* h0, const floating* c0,  # IN (B, H)
         const floating* W_ih, const floating* W_hh,  # IN (4H, in), (4H, H)
@@ -95,7 +95,7 @@ cdef void _forward_thread(
         int T, int B, int H, bint reverse, bint training, floating clip) noexcept nogil:
     cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size()
     cdef Py_ssize_t G = 4 * H, r0, r1, j0, j1, nj, r, s, t, b, row, gate
-    cdef floating* w_mine
+    cdef const floating* w_gate
     cdef floating* z_mine
     cdef floating* h_t
     cdef floating* c_t
@@ -113,28 +113,27 @@ cdef void _forward_thread(
     gemm(False, True, <int>(r1 - r0), <int>G, in_size, 1, x + r0 * in_size, in_size,
          W_ih, in_size, 1, gates + r0 * G, <int>G)
 
-    # 2. This thread's hidden units and its rows of W_hh, packed as (4, nj, H).
+    # 2. This thread's hidden units [j0, j1): its four row blocks of W_hh stay in its cache.
     _split(H, n_threads, tid, UNIT_ALIGN, &j0, &j1)
     nj = j1 - j0
-    w_mine = w_packed + 4 * j0 * H
     z_mine = z_rec + B * 4 * j0
-    for gate in range(4):
-        memcpy(w_mine + gate * nj * H, W_hh + (gate * H + j0) * H, nj * H * sizeof(floating))
     fl_omp_barrier()
 
-    # 3. Recurrence: one gemm, one fused pointwise pass, one barrier per step.
+    # 3. Recurrence: the gate products, one fused pointwise pass, one barrier per step.
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_t = hidden + (t if training else s % 2) * B * H
         c_t = cells + (t if training else s % 2) * B * H
         if nj > 0:
-            if B == 1:
-                # z_mine = w_mine @ h_prev[0]
-                _matvec(z_mine, w_mine, h_prev, <int>(4 * nj), H, H)
-            else:
-                # z_mine = h_prev @ w_mine.T
-                gemm(False, True, B, <int>(4 * nj), H, 1, h_prev, H, w_mine, H, 0, z_mine,
-                     <int>(4 * nj))
+            for gate in range(4):
+                w_gate = W_hh + (gate * H + j0) * H
+                if B == 1:
+                    # z_mine[gate] = W_hh[gate*H + j0 : gate*H + j1] @ h_prev[0]
+                    _matvec(z_mine + gate * nj, w_gate, h_prev, <int>nj, H, H)
+                else:
+                    # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
+                    gemm(False, True, B, <int>nj, H, 1, h_prev, H, w_gate, H, 0,
+                         z_mine + gate * nj, <int>(4 * nj))
             for b in range(B):
                 row = t * B + b
                 if lengths == NULL or t < lengths[b]:
@@ -253,12 +252,9 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     training with clip (else empty). Empty bias/peep/lengths arrays mean absent.
     """
     cdef int T = x.shape[0], B = x.shape[1], in_size = x.shape[2], H = W_hh.shape[1]
-    cdef floating* w_packed = <floating*>malloc(4 * H * H * sizeof(floating) + 1)
     cdef floating* z_rec = <floating*>malloc(B * 4 * H * sizeof(floating) + 1)
     cdef int blas_previous
-    if w_packed == NULL or z_rec == NULL:
-        free(w_packed)
-        free(z_rec)
+    if z_rec == NULL:
         raise MemoryError("fastlstm: cannot allocate the forward workspace")
     with nogil:
         blas_previous = blas_threads_limit(1)
@@ -266,14 +262,13 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
             _forward_thread(&out[0, 0, out_col], out.shape[2], &h_n[0, 0], &c_n[0, 0],
                             &gates[0], &hidden[0], &cells[0],
                             &clipped[0] if clipped.shape[0] > 0 else NULL,
-                            w_packed, z_rec, &x[0, 0, 0], in_size, &h0[0, 0], &c0[0, 0],
+                            z_rec, &x[0, 0, 0], in_size, &h0[0, 0], &c0[0, 0],
                             &W_ih[0, 0], &W_hh[0, 0],
                             &bias[0] if bias.shape[0] > 0 else NULL,
                             &peep[0] if peep.shape[0] > 0 else NULL,
                             &lengths[0] if lengths.shape[0] > 0 else NULL,
                             T, B, H, reverse, training, <floating>clip)
         blas_threads_restore(blas_previous)
-    free(w_packed)
     free(z_rec)
 
 

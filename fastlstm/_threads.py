@@ -1,4 +1,5 @@
 """The thread count the kernels use: a user setting capped by the usable cores."""
+import functools
 import os
 
 from . import _openmp
@@ -7,8 +8,9 @@ from .validation import check_int
 _requested = None
 
 
+@functools.lru_cache(maxsize=None)
 def usable_cores():
-    """Cores this process may run on: CPU affinity and the cgroup CPU quota."""
+    """Cores this process may run on: CPU affinity and the cgroup CPU quota (read once)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
