@@ -38,9 +38,14 @@ cdef extern from "_pointwise.h":
                   int ldw) noexcept nogil
     void matvec_d(double* y, const double* W, const double* x, int rows, int cols,
                   int ldw) noexcept nogil
+    void gemm_nt_f(float* C, int ldc, const float* A, int lda, const float* Bt, int ldb,
+                   int M, int N, int K) noexcept nogil
+    void gemm_nt_d(double* C, int ldc, const double* A, int lda, const double* Bt, int ldb,
+                   int M, int N, int K) noexcept nogil
 
 cdef enum:
     UNIT_ALIGN = 16     # units per thread are multiples of this (whole vector chunks)
+    SMALL_BATCH = 1000  # up to this batch the hand-tiled product beats BLAS
 
 
 cdef inline void _split(Py_ssize_t n, int parts, int k, int align,
@@ -78,6 +83,15 @@ cdef inline void _matvec(floating* y, const floating* W, const floating* x, int 
         matvec_f(y, W, x, rows, cols, ldw)
     else:
         matvec_d(y, W, x, rows, cols, ldw)
+
+
+cdef inline void _gemm_nt(floating* C, int ldc, const floating* A, int lda,
+                          const floating* Bt, int ldb, int M, int N, int K) noexcept nogil:
+    # C = A @ Bt.T with both operands read along K: the small-batch recurrent product
+    if floating is float:
+        gemm_nt_f(C, ldc, A, lda, Bt, ldb, M, N, K)
+    else:
+        gemm_nt_d(C, ldc, A, lda, Bt, ldb, M, N, K)
 
 
 cdef void _forward_thread(
@@ -130,6 +144,10 @@ cdef void _forward_thread(
                 if B == 1:
                     # z_mine[gate] = W_hh[gate*H + j0 : gate*H + j1] @ h_prev[0]
                     _matvec(z_mine + gate * nj, w_gate, h_prev, <int>nj, H, H)
+                elif B <= SMALL_BATCH:
+                    # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
+                    _gemm_nt(z_mine + gate * nj, <int>(4 * nj), h_prev, H, w_gate, H, B,
+                             <int>nj, H)
                 else:
                     # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
                     gemm(False, True, B, <int>nj, H, 1, h_prev, H, w_gate, H, 0,

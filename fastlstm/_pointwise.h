@@ -19,6 +19,121 @@
 #define FL_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
 #else
 #define FL_CLONES
+/* Fold two vectors of 16 partial sums: each output lane pair adds lanes 8 apart, a's
+ * in the low half, b's in the high half. Four levels turn 16 rows' accumulators into
+ * one vector of their 16 sums, in row order. */
+#define FL_FOLD(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+static inline __attribute__((always_inline)) fl_vec_f fl_fold1(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+         + FL_FOLD(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold2(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+         + FL_FOLD(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold3(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+         + FL_FOLD(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold4(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + FL_FOLD(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* y (rows,) = W @ x, float: 16 rows at a time, one vector accumulator per row, the 16
+ * accumulators folded into one vector of sums (no scalar horizontal adds). */
+FL_CLONES static void matvec_f(float *y, const float *W, const float *x, int rows, int cols,
+                               int ldw)
+{
+    const int body = cols - cols % 16;
+    int r = 0;
+    for (; r + 16 <= rows; r += 16) {
+        fl_vec_f acc[16] = {{0}};
+        for (int k = 0; k < body; k += 16) {
+            fl_vec_f xv, wv;
+            memcpy(&xv, x + k, sizeof xv);
+            for (int i = 0; i < 16; i++) {
+                memcpy(&wv, W + (size_t)(r + i) * ldw + k, sizeof wv);
+                acc[i] += wv * xv;
+            }
+        }
+        fl_vec_f level1[8], level2[4], level3[2], sums;
+        for (int i = 0; i < 8; i++)
+            level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
+        for (int i = 0; i < 4; i++)
+            level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
+        for (int i = 0; i < 2; i++)
+            level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
+        sums = fl_fold4(level3[0], level3[1]);
+        for (int k = body; k < cols; k++)
+            for (int i = 0; i < 16; i++)
+                sums[i] += W[(size_t)(r + i) * ldw + k] * x[k];
+        memcpy(y + r, &sums, sizeof sums);
+    }
+    if (r < rows)
+        matvec_rows_f(y + r, W + (size_t)r * ldw, x, rows - r, cols, ldw);
+}
+
+#define matvec_d matvec_rows_d
+
+/* C[m, n] = dot(A[m], Bt[n]) for A (M, K) and Bt (N, K) row-major: C = A @ Bt.T, the
+ * recurrent product h_{t-1} @ W_hh[rows].T with both operands read along K. Tiles of 4
+ * rows of A by 4 rows of Bt (16 vector accumulators, folded as in matvec_f); ragged edges
+ * go through matvec_rows_f. */
+FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, const float *Bt,
+                                int ldb, int M, int N, int K)
+{
+    const int body = K - K % 16;
+    const int m_tiles = M - M % 4, n_tiles = N - N % 4;
+    for (int m = 0; m < m_tiles; m += 4) {
+        for (int n = 0; n < n_tiles; n += 4) {
+            fl_vec_f acc[16] = {{0}};
+            for (int k = 0; k < body; k += 16) {
+                fl_vec_f a[4], b[4];
+                for (int i = 0; i < 4; i++) {
+                    memcpy(&a[i], A + (size_t)(m + i) * lda + k, sizeof a[i]);
+                    memcpy(&b[i], Bt + (size_t)(n + i) * ldb + k, sizeof b[i]);
+                }
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++)
+                        acc[4 * i + j] += a[i] * b[j];
+            }
+            fl_vec_f level1[8], level2[4], level3[2], sums;
+            for (int i = 0; i < 8; i++)
+                level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
+            for (int i = 0; i < 4; i++)
+                level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
+            for (int i = 0; i < 2; i++)
+                level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
+            sums = fl_fold4(level3[0], level3[1]);
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) {
+                    float total = sums[4 * i + j];
+                    for (int k = body; k < K; k++)
+                        total += A[(size_t)(m + i) * lda + k] * Bt[(size_t)(n + j) * ldb + k];
+                    C[(size_t)(m + i) * ldc + n + j] = total;
+                }
+        }
+        if (n_tiles < N)
+            for (int i = 0; i < 4; i++)
+                matvec_rows_f(C + (size_t)(m + i) * ldc + n_tiles, Bt + (size_t)n_tiles * ldb,
+                              A + (size_t)(m + i) * lda, N - n_tiles, K, ldb);
+    }
+    for (int m = m_tiles; m < M; m++)
+        matvec_f(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
+}
+
+static void gemm_nt_d(double *C, int ldc, const double *A, int lda, const double *Bt, int ldb,
+                      int M, int N, int K)
+{
+    for (int m = 0; m < M; m++)
+        matvec_rows_d(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
+}
+
 #endif
 
 static inline __attribute__((always_inline)) float fl_expf(float x)
@@ -94,5 +209,120 @@ typedef double fl_vec_d __attribute__((vector_size(64)));
 #undef FL_NAME
 #undef FL_SIGMOID
 #undef FL_TANH
+
+/* Fold two vectors of 16 partial sums: each output lane pair adds lanes 8 apart, a's
+ * in the low half, b's in the high half. Four levels turn 16 rows' accumulators into
+ * one vector of their 16 sums, in row order. */
+#define FL_FOLD(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+static inline __attribute__((always_inline)) fl_vec_f fl_fold1(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+         + FL_FOLD(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold2(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+         + FL_FOLD(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold3(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+         + FL_FOLD(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+}
+static inline __attribute__((always_inline)) fl_vec_f fl_fold4(fl_vec_f a, fl_vec_f b)
+{
+    return FL_FOLD(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + FL_FOLD(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* y (rows,) = W @ x, float: 16 rows at a time, one vector accumulator per row, the 16
+ * accumulators folded into one vector of sums (no scalar horizontal adds). */
+FL_CLONES static void matvec_f(float *y, const float *W, const float *x, int rows, int cols,
+                               int ldw)
+{
+    const int body = cols - cols % 16;
+    int r = 0;
+    for (; r + 16 <= rows; r += 16) {
+        fl_vec_f acc[16] = {{0}};
+        for (int k = 0; k < body; k += 16) {
+            fl_vec_f xv, wv;
+            memcpy(&xv, x + k, sizeof xv);
+            for (int i = 0; i < 16; i++) {
+                memcpy(&wv, W + (size_t)(r + i) * ldw + k, sizeof wv);
+                acc[i] += wv * xv;
+            }
+        }
+        fl_vec_f level1[8], level2[4], level3[2], sums;
+        for (int i = 0; i < 8; i++)
+            level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
+        for (int i = 0; i < 4; i++)
+            level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
+        for (int i = 0; i < 2; i++)
+            level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
+        sums = fl_fold4(level3[0], level3[1]);
+        for (int k = body; k < cols; k++)
+            for (int i = 0; i < 16; i++)
+                sums[i] += W[(size_t)(r + i) * ldw + k] * x[k];
+        memcpy(y + r, &sums, sizeof sums);
+    }
+    if (r < rows)
+        matvec_rows_f(y + r, W + (size_t)r * ldw, x, rows - r, cols, ldw);
+}
+
+#define matvec_d matvec_rows_d
+
+/* C[m, n] = dot(A[m], Bt[n]) for A (M, K) and Bt (N, K) row-major: C = A @ Bt.T, the
+ * recurrent product h_{t-1} @ W_hh[rows].T with both operands read along K. Tiles of 4
+ * rows of A by 4 rows of Bt (16 vector accumulators, folded as in matvec_f); ragged edges
+ * go through matvec_rows_f. */
+FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, const float *Bt,
+                                int ldb, int M, int N, int K)
+{
+    const int body = K - K % 16;
+    const int m_tiles = M - M % 4, n_tiles = N - N % 4;
+    for (int m = 0; m < m_tiles; m += 4) {
+        for (int n = 0; n < n_tiles; n += 4) {
+            fl_vec_f acc[16] = {{0}};
+            for (int k = 0; k < body; k += 16) {
+                fl_vec_f a[4], b[4];
+                for (int i = 0; i < 4; i++) {
+                    memcpy(&a[i], A + (size_t)(m + i) * lda + k, sizeof a[i]);
+                    memcpy(&b[i], Bt + (size_t)(n + i) * ldb + k, sizeof b[i]);
+                }
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++)
+                        acc[4 * i + j] += a[i] * b[j];
+            }
+            fl_vec_f level1[8], level2[4], level3[2], sums;
+            for (int i = 0; i < 8; i++)
+                level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
+            for (int i = 0; i < 4; i++)
+                level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
+            for (int i = 0; i < 2; i++)
+                level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
+            sums = fl_fold4(level3[0], level3[1]);
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) {
+                    float total = sums[4 * i + j];
+                    for (int k = body; k < K; k++)
+                        total += A[(size_t)(m + i) * lda + k] * Bt[(size_t)(n + j) * ldb + k];
+                    C[(size_t)(m + i) * ldc + n + j] = total;
+                }
+        }
+        if (n_tiles < N)
+            for (int i = 0; i < 4; i++)
+                matvec_rows_f(C + (size_t)(m + i) * ldc + n_tiles, Bt + (size_t)n_tiles * ldb,
+                              A + (size_t)(m + i) * lda, N - n_tiles, K, ldb);
+    }
+    for (int m = m_tiles; m < M; m++)
+        matvec_f(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
+}
+
+static void gemm_nt_d(double *C, int ldc, const double *A, int lda, const double *Bt, int ldb,
+                      int M, int N, int K)
+{
+    for (int m = 0; m < M; m++)
+        matvec_rows_d(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
+}
 
 #endif

@@ -4,16 +4,16 @@
  * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;
  * peep: p_i | p_f | p_o at stride H or NULL; c_prev, c, h, out: (n,); out, act, clipped
  * may be NULL. clip <= 0 means no clipping. */
-FL_CLONES static void FL_NAME(cell_forward)(
+static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
-    REAL clip, int n, int H, int zh_stride)
+    REAL clip, int H, int zh_stride, int j0, const int m)
 {
     /* Every loop reads the inputs and writes only these locals, so none needs an alias
-     * check; results are copied out at the end of each chunk. */
+     * check; results are copied out at the end. Called with m = FL_CHUNK (a constant) for
+     * whole chunks, so the loops become straight-line vector code. */
     REAL zi[FL_CHUNK], zf[FL_CHUNK], zg[FL_CHUNK], zo[FL_CHUNK], ct[FL_CHUNK], ht[FL_CHUNK];
-    for (int j0 = 0; j0 < n; j0 += FL_CHUNK) {
-        const int m = n - j0 < FL_CHUNK ? n - j0 : FL_CHUNK;
+    {
         for (int j = 0; j < m; j++) {
             zi[j] = zx[j0 + j] + zh[j0 + j];
             zf[j] = zx[H + j0 + j] + zh[zh_stride + j0 + j];
@@ -72,18 +72,31 @@ FL_CLONES static void FL_NAME(cell_forward)(
     }
 }
 
+FL_CLONES static void FL_NAME(cell_forward)(
+    REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
+    const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
+    REAL clip, int n, int H, int zh_stride)
+{
+    int j0 = 0;
+    for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+        FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
+                                    zh_stride, j0, FL_CHUNK);
+    if (j0 < n)
+        FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
+                                    zh_stride, j0, n - j0);
+}
+
 /* Backward cell for one row. dz: OUT 4 blocks at stride H (pre-activation gradients);
  * dc: IN dL/dc_t from later steps, OUT dL/dc_{t-1}; dpeep: IN/OUT accumulated, 3 blocks
  * at stride H, or NULL; dh: IN dL/dh_t (n,); act, clipped: 4 blocks at stride H (clipped
  * may be NULL); c, c_prev: (n,); peep as in the forward. */
-FL_CLONES static void FL_NAME(cell_backward)(
+static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
     REAL *dz, REAL *dc, REAL *dpeep,
     const REAL *dh, const REAL *act, const unsigned char *clipped,
-    const REAL *c, const REAL *c_prev, const REAL *peep, int n, int H)
+    const REAL *c, const REAL *c_prev, const REAL *peep, int H, int j0, const int m)
 {
     REAL dzi[FL_CHUNK], dzf[FL_CHUNK], dzg[FL_CHUNK], dzo[FL_CHUNK], dct[FL_CHUNK];
-    for (int j0 = 0; j0 < n; j0 += FL_CHUNK) {
-        const int m = n - j0 < FL_CHUNK ? n - j0 : FL_CHUNK;
+    {
         for (int j = 0; j < m; j++) {
             const REAL i = act[j0 + j], f = act[H + j0 + j];
             const REAL g = act[2 * H + j0 + j], o = act[3 * H + j0 + j];
@@ -132,10 +145,24 @@ FL_CLONES static void FL_NAME(cell_backward)(
     }
 }
 
+FL_CLONES static void FL_NAME(cell_backward)(
+    REAL *dz, REAL *dc, REAL *dpeep,
+    const REAL *dh, const REAL *act, const unsigned char *clipped,
+    const REAL *c, const REAL *c_prev, const REAL *peep, int n, int H)
+{
+    int j0 = 0;
+    for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+        FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
+                                     FL_CHUNK);
+    if (j0 < n)
+        FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
+                                     n - j0);
+}
+
 /* y (rows,) = W @ x for row-major W (rows, cols) with leading dimension ldw: the B=1
  * recurrent product. Four rows at a time in vector accumulators (GCC vector extensions,
  * lowered to AVX-512, AVX2 or SSE by target_clones), summed once per row at the end. */
-FL_CLONES static void FL_NAME(matvec)(REAL *y, const REAL *W, const REAL *x, int rows,
+FL_CLONES static void FL_NAME(matvec_rows)(REAL *y, const REAL *W, const REAL *x, int rows,
                                       int cols, int ldw)
 {
     const int lanes = (int)(sizeof(FL_VEC) / sizeof(REAL));

@@ -165,8 +165,10 @@ class LSTM:
         return list(self._params.items())
 
     def parameters(self):
-        """Return the live parameter arrays in PyTorch's order."""
-        return list(self._params.values())
+        """Return [Parameter(name, data, grad)] (live arrays), the input optimizers take."""
+        from .modules import Parameter
+
+        return [Parameter(name, param, self.grads[name]) for name, param in self._params.items()]
 
     def state_dict(self):
         """Return {name: copy of the parameter}, named as PyTorch names them."""

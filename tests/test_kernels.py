@@ -53,7 +53,7 @@ def module_records(module, x, hx, lengths):
     replay = fl.LSTM(**module.get_config())
     replay.load_state_dict(module.state_dict())
     replay._rng = np.random.default_rng(module.get_config()["seed"])
-    replay._rng.uniform(size=sum(p.size for p in replay.parameters()))  # the init draws
+    replay._rng.uniform(size=sum(p.data.size for p in replay.parameters()))  # the init draws
     replay(x, hx, lengths=lengths)
     return replay._kept["layers"]
 

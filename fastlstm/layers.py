@@ -1,0 +1,603 @@
+"""Keras-style layers for :class:`fastlstm.Sequential`: ``LSTM``, ``Dense``, ``Embedding``,
+``Dropout``, ``Bidirectional``.
+
+Each layer is a :class:`fastlstm.modules.Module` (train mode at creation, explicit
+``backward``) that creates its parameters when it is built: on its first call, by
+``build(input_shape)``, or when added to a ``Sequential`` whose input shape is known (the
+first layer's ``input_shape``: the shape of one sample, without the batch axis, as in
+Keras). Building late lets a seeded ``Sequential`` seed every layer. Inputs are
+batch-first: ``LSTM`` takes (batch, time, features). Initialisation follows Keras:
+glorot-uniform kernels, orthogonal recurrent kernels, zero biases with the LSTM forget gate
+at 1, embeddings ~ U(-0.05, 0.05). Every layer takes ``name``, ``dtype`` ("float32" or
+"float64") and ``seed`` (initialisation and dropout masks).
+
+``get_weights()`` / ``set_weights(ws)`` use Keras' layouts (Dense: kernel (in, units),
+bias; LSTM: kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates i, f, c, o), so
+weights move between Keras and fastlstm models by position.
+"""
+import re
+
+import numpy as np
+
+from .losses import sigmoid, softmax
+from .modules import Module, as_index_array, dropout_mask
+from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
+
+
+def _shape(shape, name):
+    """A sample shape: tuple of positive ints or None (unknown length)."""
+    if shape is None:
+        return None
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(None if s is None else check_int(s, name, minimum=1) for s in shape)
+    except TypeError:
+        raise ValueError(f"{name}: expected a tuple of positive ints (or None), got "
+                         f"{shape!r}") from None
+    return shape
+
+
+def _compatible(shape, built_shape):
+    """Same rank and equal sizes wherever both are known."""
+    return len(shape) == len(built_shape) and all(
+        a is None or b is None or a == b for a, b in zip(shape, built_shape))
+
+
+def glorot_uniform(rng, fan_in, fan_out, shape, dtype):
+    """U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(dtype)
+
+
+def orthogonal(rng, rows, cols, dtype):
+    """A (rows, cols) matrix with orthonormal columns (rows >= cols), Keras' Orthogonal."""
+    q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return (q * np.sign(np.diag(r))).astype(dtype)
+
+
+class Layer(Module):
+    """Base of the Keras-style layers.
+
+    Subclasses implement ``_build(input_shape, rng)``, ``compute_output_shape``,
+    ``forward``, ``backward`` and extend ``get_config``. ``input_shape`` excludes the batch.
+    """
+
+    def __init__(self, input_shape=None, name=None, dtype="float32", seed=None):
+        self.name = name
+        self.dtype = as_dtype(dtype)
+        self.seed = None if seed is None else check_int(seed, "seed", minimum=0)
+        self.input_shape = _shape(input_shape, "input_shape")
+        self.built_input_shape = None
+
+    @property
+    def built(self):
+        return self.built_input_shape is not None
+
+    @property
+    def default_name(self):
+        """snake_case class name, e.g. ``"lstm"``, ``"dense"``."""
+        return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", type(self).__name__).lower()
+
+    def build(self, input_shape):
+        """Create the parameters for samples of ``input_shape`` (no batch axis); once."""
+        input_shape = _shape(input_shape, "input_shape")
+        if self.built:
+            if not _compatible(input_shape, self.built_input_shape):
+                raise ValueError(f"{self.name or self.default_name}: already built for input "
+                                 f"shape {self.built_input_shape}, got {input_shape}")
+            return
+        self._build(input_shape, np.random.default_rng(self.seed))
+        self.built_input_shape = input_shape
+
+    def __call__(self, x, *args, **kwargs):
+        if not self.built:
+            self.build(self.input_shape or np.shape(x)[1:])
+        return self.forward(x, *args, **kwargs)
+
+    def count_params(self):
+        """Number of scalar parameters (0 before the layer is built)."""
+        return self.num_parameters()
+
+    def get_weights(self):
+        """Copies of the parameters in Keras' order and layout."""
+        return [array.copy() for _, array in self.named_parameters()]
+
+    def set_weights(self, weights):
+        """Load ``get_weights()``-style arrays (Keras order and layout) into the parameters."""
+        self._require_built("set_weights")
+        names = [name for name, _ in self.named_parameters()]
+        if len(weights) != len(names):
+            raise ValueError(f"weights: expected {len(names)} arrays {names}, got {len(weights)}")
+        self.load_state_dict(dict(zip(names, weights)))
+
+    def _require_built(self, what):
+        """Build from the constructor's ``input_shape`` if needed; ValueError without one."""
+        if not self.built:
+            if self.input_shape is None:
+                raise ValueError(f"{self.name or self.default_name}: {what} needs the layer "
+                                 f"built (call it on data, give input_shape, or add it to a "
+                                 f"built Sequential)")
+            self.build(self.input_shape)
+
+    def get_config(self):
+        """Constructor arguments, JSON-serialisable (``from_config`` rebuilds the layer)."""
+        return {"name": self.name, "dtype": self.dtype.name, "seed": self.seed,
+                "input_shape": None if self.input_shape is None else list(self.input_shape)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def _check_input(self, x, expected_ndim, what):
+        """Float input of rank ``expected_ndim`` (None: any rank >= 2) whose last axis
+        matches the build."""
+        x = as_real_array(x, "x", self.dtype)
+        rank_ok = x.ndim >= 2 if expected_ndim is None else x.ndim == expected_ndim
+        if not rank_ok or x.shape[-1] != self.built_input_shape[-1]:
+            shape = ("batch",) + tuple("?" if s is None else s for s in self.built_input_shape)
+            raise ValueError(f"x: {self.name or self.default_name} expects {what} of shape "
+                             f"{shape}, got {x.shape}")
+        return x
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
+                         if v is not None and k not in ("dtype", "seed"))
+
+
+# activation name -> (f(z), dL/dz from dL/da and a)
+_ACTIVATIONS = {
+    "linear": (lambda z: z, lambda g, a: g),
+    "relu": (lambda z: np.maximum(z, 0), lambda g, a: g * (a > 0)),
+    "tanh": (np.tanh, lambda g, a: g * (1 - a * a)),
+    "sigmoid": (sigmoid, lambda g, a: g * a * (1 - a)),
+    "softmax": (softmax, lambda g, a: a * (g - np.sum(g * a, axis=-1, keepdims=True))),
+}
+
+
+def activation(name):
+    """The activation function of a name in ``Dense``'s list."""
+    return _ACTIVATIONS[name][0]
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` over the last axis (any rank >= 2).
+
+    Parameters
+    ----------
+    units : int
+    activation : None, "linear", "relu", "tanh", "sigmoid" or "softmax" (last axis)
+    use_bias : bool
+
+    ``forward(x, logits=True)`` returns the pre-activation and makes ``backward`` take the
+    gradient with respect to it (``Sequential`` uses this to fuse softmax and cross-entropy).
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_int(units, "units", minimum=1)
+        activation = "linear" if activation is None else activation
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected None or one of {sorted(_ACTIVATIONS)}, got "
+                             f"{activation!r}")
+        self.activation = activation
+        self.use_bias = check_bool(use_bias, "use_bias")
+
+    def _build(self, input_shape, rng):
+        if not input_shape or input_shape[-1] is None:
+            raise ValueError(f"input_shape: Dense needs a known last axis, got {input_shape}")
+        fan_in = input_shape[-1]
+        self._add_parameter("kernel", glorot_uniform(rng, fan_in, self.units,
+                                                     (fan_in, self.units), self.dtype))
+        if self.use_bias:
+            self._add_parameter("bias", np.zeros(self.units, self.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def forward(self, x, logits=False):
+        # x is (..., in), kernel is (in, units), out is (..., units)
+        x = self._check_input(x, None, "inputs")
+        z = x @ self.kernel
+        if self.use_bias:
+            z += self.bias
+        out = z if logits else _ACTIVATIONS[self.activation][0](z)
+        self._keep((x, None if logits else out))
+        return out
+
+    def backward(self, grad_out):
+        """Accumulate dkernel, dbias; return dx."""
+        x, out = self._take()
+        grad = as_real_array(grad_out, "grad_out", self.dtype)
+        if grad.shape != x.shape[:-1] + (self.units,):
+            raise ValueError(f"grad_out: expected shape {x.shape[:-1] + (self.units,)}, got "
+                             f"{grad.shape}")
+        if out is not None:
+            grad = _ACTIVATIONS[self.activation][1](grad, out)
+        rows = grad.reshape(-1, self.units)
+        self._grads["kernel"] += x.reshape(-1, x.shape[-1]).T @ rows
+        if self.use_bias:
+            self._grads["bias"] += rows.sum(axis=0)
+        return grad @ self.kernel.T
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias}
+
+
+class Embedding(Layer):
+    """Integer indices (batch, ...) -> vectors (batch, ..., output_dim).
+
+    Parameters
+    ----------
+    input_dim : int
+        Vocabulary size; indices must lie in [0, input_dim).
+    output_dim : int
+    """
+
+    def __init__(self, input_dim, output_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = check_int(input_dim, "input_dim", minimum=1)
+        self.output_dim = check_int(output_dim, "output_dim", minimum=1)
+
+    def _build(self, input_shape, rng):
+        self._add_parameter("embeddings", rng.uniform(-0.05, 0.05, (self.input_dim,
+                                                                    self.output_dim))
+                            .astype(self.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def forward(self, x):
+        indices = as_index_array(x, self.input_dim, "x")
+        self._keep(indices)
+        return self.embeddings[indices]
+
+    def backward(self, grad_out):
+        """Accumulate dembeddings; returns None (indices have no gradient)."""
+        indices = self._take()
+        grad = as_real_array(grad_out, "grad_out", self.dtype)
+        if grad.shape != indices.shape + (self.output_dim,):
+            raise ValueError(f"grad_out: expected shape {indices.shape + (self.output_dim,)}, "
+                             f"got {grad.shape}")
+        np.add.at(self._grads["embeddings"], indices.reshape(-1),
+                  grad.reshape(-1, self.output_dim))
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim,
+                "output_dim": self.output_dim}
+
+
+class Dropout(Layer):
+    """Zero inputs with probability ``rate`` in train mode, scaling the rest by 1/(1-rate)."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_float(rate, "rate", 0.0, 1.0)
+
+    def _build(self, input_shape, rng):
+        self._rng = rng
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x):
+        x = as_real_array(x, "x", self.dtype)
+        mask = None
+        if self.training and self.rate > 0:
+            mask = dropout_mask(self._rng, x.shape, self.rate, self.dtype)
+            x = x * mask
+        self._keep((mask,))
+        return x
+
+    def backward(self, grad_out):
+        (mask,) = self._take()
+        grad = as_real_array(grad_out, "grad_out", self.dtype)
+        return grad if mask is None else grad * mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+_MERGE_MODES = ("concat", "sum", "ave")
+
+
+class LSTM(Layer):
+    """Keras' ``LSTM`` on :class:`fastlstm.LSTM` (batch-first).
+
+    Parameters
+    ----------
+    units : int
+        Hidden size H.
+    return_sequences : bool
+        Output every step (batch, time, H) instead of the last one (batch, H).
+    return_state : bool
+        Also return the final states: ``[output, h, c]`` (each (batch, H)); not usable
+        inside ``Sequential``. ``backward(grad, grad_state=(grad_h, grad_c))`` then takes
+        their gradients (either may be None).
+    stateful : bool
+        Start each call from the final state of the previous call (gradients stop at the
+        call boundary: truncated BPTT). The batch size must stay the same;
+        ``reset_states()`` returns to zeros.
+    dropout : float
+        Input dropout: the fraction of input features dropped in train mode, with one mask
+        per sequence shared by all its steps (Keras' ``dropout``).
+    use_bias, unit_forget_bias : bool
+        Keras' bias options (the forget-gate bias starts at 1).
+    activation, recurrent_activation :
+        Only Keras' defaults "tanh" and "sigmoid" exist (fixed in the kernels).
+    """
+
+    _num_directions = 1
+    _merge_mode = "concat"
+
+    def __init__(self, units, return_sequences=False, return_state=False, stateful=False,
+                 dropout=0.0, use_bias=True, unit_forget_bias=True, activation="tanh",
+                 recurrent_activation="sigmoid", **kwargs):
+        super().__init__(**kwargs)
+        if activation != "tanh":
+            raise ValueError(f"activation: only 'tanh' is supported, got {activation!r}")
+        if recurrent_activation != "sigmoid":
+            raise ValueError(f"recurrent_activation: only 'sigmoid' is supported, got "
+                             f"{recurrent_activation!r}")
+        self.dropout = check_float(dropout, "dropout", 0.0, 1.0, high_open=True)
+        self.units = check_int(units, "units", minimum=1)
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
+        self.return_state = check_bool(return_state, "return_state")
+        self.stateful = check_bool(stateful, "stateful")
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.unit_forget_bias = check_bool(unit_forget_bias, "unit_forget_bias")
+        self.lstm = None
+        self._state = None
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(f"input_shape: LSTM expects (timesteps, features) with known "
+                             f"features, got {input_shape}")
+        from .lstm import LSTM as CoreLSTM
+        n_in, H = input_shape[-1], self.units
+        self.lstm = CoreLSTM(n_in, H, bias=self.use_bias, batch_first=True,
+                             bidirectional=self._num_directions == 2, dtype=self.dtype.name,
+                             seed=int(rng.integers(2**31)))
+        init = {}
+        for suffix in ("", "_reverse")[:self._num_directions]:
+            init[f"weight_ih_l0{suffix}"] = glorot_uniform(rng, n_in, 4 * H, (4 * H, n_in),
+                                                           self.dtype)
+            init[f"weight_hh_l0{suffix}"] = orthogonal(rng, 4 * H, H, self.dtype)
+            if self.use_bias:
+                bias = np.zeros(4 * H, self.dtype)
+                if self.unit_forget_bias:
+                    bias[H:2 * H] = 1
+                init[f"bias_ih_l0{suffix}"] = bias
+                init[f"bias_hh_l0{suffix}"] = np.zeros(4 * H, self.dtype)
+        self.lstm.load_state_dict(init)
+        if not self.training:
+            self.lstm.eval()
+        self._rng = rng
+
+    @property
+    def _width(self):
+        return self.units * (self._num_directions if self._merge_mode == "concat" else 1)
+
+    def compute_output_shape(self, input_shape):
+        if self.return_sequences:
+            return (input_shape[0], self._width)
+        return (self._width,)
+
+    def reset_states(self):
+        """Forget the carried state of a stateful layer."""
+        self._state = None
+
+    def forward(self, x):
+        # x is (B, T, in); out is (B, T, width) or (B, width)
+        x = self._check_input(x, 3, "inputs")
+        B, T, _ = x.shape
+        mask = None
+        if self.training and self.dropout > 0:
+            mask = dropout_mask(self._rng, (B, 1, x.shape[2]), self.dropout, self.dtype)
+            x = x * mask
+        hx = None
+        if self.stateful and self._state is not None:
+            if self._state[0].shape[1] != B:
+                raise ValueError(f"x: a stateful LSTM keeps batch size "
+                                 f"{self._state[0].shape[1]}, got {B} (call reset_states() "
+                                 f"to change it)")
+            hx = self._state
+        out, (h_n, c_n) = self.lstm(x, hx)
+        if self.stateful:
+            self._state = (h_n.copy(), c_n.copy())
+        self._keep((mask, T))
+        y = out if self.return_sequences else _directions_last(h_n)
+        y = self._merge(y)
+        if not self.return_state:
+            return y
+        states = []
+        for d in range(self._num_directions):
+            states += [h_n[d], c_n[d]]
+        return [y, *states]
+
+    def backward(self, grad_out, grad_state=None):
+        """Backward of the last train-mode call; returns dx (B, T, in).
+
+        With ``return_state``, ``grad_state`` holds the gradients of the returned states in
+        their order (h, c per direction); any may be None.
+        """
+        mask, T = self._take()
+        grad = self._unmerge(as_real_array(grad_out, "grad_out", self.dtype))
+        D, H = self._num_directions, self.units
+        B = grad.shape[0]
+        expected = (B, T, D * H) if self.return_sequences else (B, D * H)
+        if grad.shape != expected:
+            raise ValueError(f"grad_out: expected shape {expected[:-1] + (self._width,)}, got "
+                             f"{np.shape(grad_out)}")
+        grad_h = grad_c = None
+        if self.return_sequences:
+            grad_seq = grad
+        else:
+            grad_seq = np.zeros((B, T, D * H), self.dtype)
+            grad_h = np.ascontiguousarray(grad.reshape(B, D, H).transpose(1, 0, 2))
+        if grad_state is not None:
+            grad_h, grad_c = self._state_grads(grad_state, grad_h, B)
+        dx, _ = self.lstm.backward(grad_seq, (grad_h, grad_c))
+        return dx if mask is None else dx * mask
+
+    def _state_grads(self, grad_state, grad_h, B):
+        """Stack per-direction (h, c) gradients into (D, B, H) arrays, adding to grad_h."""
+        D, H = self._num_directions, self.units
+        if not self.return_state or len(grad_state) != 2 * D:
+            raise ValueError(f"grad_state: expected {2 * D} gradients (h, c per direction) for a "
+                             f"layer with return_state=True, got {len(grad_state)}")
+        stacked = []
+        for which, base in ((0, grad_h), (1, None)):
+            total = np.zeros((D, B, H), self.dtype) if base is None else base.copy()
+            for d in range(D):
+                g = grad_state[2 * d + which]
+                if g is not None:
+                    g = as_real_array(g, "grad_state", self.dtype)
+                    if g.shape != (B, H):
+                        raise ValueError(f"grad_state[{2 * d + which}]: expected shape "
+                                         f"{(B, H)}, got {g.shape}")
+                    total[d] += g
+            stacked.append(total)
+        return stacked
+
+    def _merge(self, y):
+        """Combine the directions on the last axis (concat, sum or average)."""
+        if self._num_directions == 1 or self._merge_mode == "concat":
+            return y
+        H = self.units
+        total = y[..., :H] + y[..., H:]
+        return total if self._merge_mode == "sum" else total * self.dtype.type(0.5)
+
+    def _unmerge(self, grad):
+        if self._num_directions == 1 or self._merge_mode == "concat":
+            return grad
+        if self._merge_mode == "ave":
+            grad = grad * self.dtype.type(0.5)
+        return np.concatenate([grad, grad], axis=-1)
+
+    def get_weights(self):
+        """[kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,)] per direction (Keras);
+        empty before the layer is built."""
+        if not self.built:
+            return []
+        weights = []
+        for suffix in ("", "_reverse")[:self._num_directions]:
+            weights += [getattr(self.lstm, f"weight_ih_l0{suffix}").T.copy(),
+                        getattr(self.lstm, f"weight_hh_l0{suffix}").T.copy()]
+            if self.use_bias:
+                weights.append(getattr(self.lstm, f"bias_ih_l0{suffix}")
+                               + getattr(self.lstm, f"bias_hh_l0{suffix}"))
+        return weights
+
+    def set_weights(self, weights):
+        """Load Keras' [kernel, recurrent_kernel, bias] (per direction) into the layer."""
+        per = 3 if self.use_bias else 2
+        self._require_built("set_weights")
+        if len(weights) != per * self._num_directions:
+            raise ValueError(f"weights: expected {per * self._num_directions} arrays, got "
+                             f"{len(weights)}")
+        state = {}
+        for d, suffix in enumerate(("", "_reverse")[:self._num_directions]):
+            w = [np.asarray(a) for a in weights[per * d:per * (d + 1)]]
+            state[f"weight_ih_l0{suffix}"] = w[0].T
+            state[f"weight_hh_l0{suffix}"] = w[1].T
+            if self.use_bias:
+                state[f"bias_ih_l0{suffix}"] = w[2]
+                state[f"bias_hh_l0{suffix}"] = np.zeros_like(w[2])
+        self.lstm.load_state_dict(state)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "return_sequences": self.return_sequences, "return_state": self.return_state,
+                "stateful": self.stateful, "dropout": self.dropout, "use_bias": self.use_bias,
+                "unit_forget_bias": self.unit_forget_bias}
+
+
+def _directions_last(h_n):
+    """(D, B, H) final states -> (B, D*H), directions concatenated [forward, reverse]."""
+    D, B, H = h_n.shape
+    return np.ascontiguousarray(h_n.transpose(1, 0, 2).reshape(B, D * H))
+
+
+class Bidirectional(Layer):
+    """Run an ``LSTM`` layer over the sequence in both directions (Keras' ``Bidirectional``).
+
+    Parameters
+    ----------
+    layer : LSTM
+        Its configuration is used (the instance itself is not trained).
+    merge_mode : "concat" (default), "sum" or "ave"
+        How the forward and reverse outputs combine on the last axis. The reverse outputs of
+        ``return_sequences=True`` are aligned with the input steps; the last output of the
+        reverse direction is its state after reading the whole sequence backwards.
+    """
+
+    def __init__(self, layer, merge_mode="concat", **kwargs):
+        if not isinstance(layer, LSTM) or isinstance(layer, Bidirectional):
+            raise TypeError(f"layer: expected a fastlstm.layers.LSTM, got {type(layer).__name__}")
+        if merge_mode not in _MERGE_MODES:
+            raise ValueError(f"merge_mode: expected one of {_MERGE_MODES}, got {merge_mode!r}")
+        config = layer.get_config()
+        super().__init__(**{"dtype": config["dtype"], "seed": config["seed"],
+                            "input_shape": config["input_shape"], **kwargs})
+        config.update(input_shape=None, dtype=self.dtype.name, seed=self.seed)
+        self.merge_mode = merge_mode
+        self.layer = LSTM.from_config(config)
+        self.layer._num_directions = 2
+        self.layer._merge_mode = merge_mode
+
+    def _build(self, input_shape, rng):
+        self.layer.seed = int(rng.integers(2**31)) if self.seed is not None else None
+        self.layer.build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def backward(self, grad_out, grad_state=None):
+        return self.layer.backward(grad_out, grad_state)
+
+    def reset_states(self):
+        self.layer.reset_states()
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    def set_weights(self, weights):
+        self._require_built("set_weights")
+        self.layer.set_weights(weights)
+
+    def get_config(self):
+        inner = self.layer.get_config()
+        inner.update(name=None, seed=None)
+        return {**super().get_config(), "layer": {"class_name": "LSTM", "config": inner},
+                "merge_mode": self.merge_mode}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layer = deserialize(config.pop("layer"))
+        return cls(layer, **config)
+
+
+_CLASSES = {cls.__name__: cls for cls in (LSTM, Dense, Embedding, Dropout, Bidirectional)}
+
+
+def serialize(layer):
+    """``{"class_name", "config"}`` of a built-in layer (TypeError for other classes)."""
+    if type(layer) is not _CLASSES.get(type(layer).__name__):
+        raise TypeError(f"layer: cannot serialize {type(layer).__qualname__}; only "
+                        f"{sorted(_CLASSES)} are known")
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(config):
+    """The layer :func:`serialize` described."""
+    if not isinstance(config, dict) or config.get("class_name") not in _CLASSES:
+        raise ValueError(f"layer config: expected {{'class_name': one of {sorted(_CLASSES)}, "
+                         f"'config': {{...}}}}, got {config!r:.200}")
+    return _CLASSES[config["class_name"]].from_config(dict(config.get("config", {})))

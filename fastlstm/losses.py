@@ -1,0 +1,246 @@
+"""Losses by their Keras names, each returning its value and its gradient.
+
+``value, grad = loss(y_true, y_pred)`` (Keras argument order: targets first): ``value`` is
+a Python float, the mean over the batch (and over time steps for sequence outputs);
+``grad`` is d value / d y_pred, shaped like ``y_pred``. ``loss.value(y_true, y_pred)``
+returns the value alone.
+
+====================================  ========================================  ============
+string                                class                                     reduction
+====================================  ========================================  ============
+``mse``, ``mean_squared_error``       :class:`MeanSquaredError`                 mean of all
+``mae``, ``mean_absolute_error``      :class:`MeanAbsoluteError`                mean of all
+``binary_crossentropy``               :class:`BinaryCrossentropy`               mean of all
+``categorical_crossentropy``          :class:`CategoricalCrossentropy`          sum over
+                                                                                classes, mean
+                                                                                over the rest
+``sparse_categorical_crossentropy``   :class:`SparseCategoricalCrossentropy`    same
+====================================  ========================================  ============
+
+The cross-entropies take probabilities (clipped to [1e-7, 1 - 1e-7], as Keras does, with
+zero gradient where clipped) or, with ``from_logits=True``, logits (exact log-sum-exp
+maths, no clipping). :func:`for_logits` gives the logits version that ``Sequential`` uses
+when the last ``Dense`` has a softmax (or sigmoid) activation: the softmax and the
+cross-entropy are then differentiated together, ``grad = softmax(z) - y``, which stays
+accurate where the probabilities saturate.
+
+Regression targets shaped like ``y_pred`` without its last axis of size 1 (``y`` of shape
+(n,) for a ``Dense(1)`` output (n, 1)) are accepted. Sparse targets are integer class
+indices shaped like ``y_pred`` without its class axis (or with a trailing axis of 1).
+"""
+import numpy as np
+
+from .modules import as_index_array
+from .validation import as_real_array, check_bool
+
+EPSILON = 1e-7
+
+
+def sigmoid(z):
+    """Logistic function through tanh: never overflows."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def log_softmax(z):
+    """log(softmax(z)) over the last axis, shifted by the max for stability."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(z):
+    """softmax(z) over the last axis."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def as_prediction(y_pred):
+    """``y_pred`` as a float array (its own float dtype, else float64)."""
+    y_pred = np.asarray(y_pred)
+    dtype = y_pred.dtype if y_pred.dtype.kind == "f" else np.dtype(np.float64)
+    return as_real_array(y_pred, "y_pred", dtype)
+
+
+def dense_targets(y_true, y_pred):
+    """``y_true`` as floats shaped like ``y_pred`` (a missing trailing axis of 1 is added)."""
+    y_true = as_real_array(y_true, "y_true", y_pred.dtype)
+    if y_true.shape != y_pred.shape:
+        if y_pred.shape[-1:] == (1,) and y_true.shape == y_pred.shape[:-1]:
+            return y_true.reshape(y_pred.shape)
+        raise ValueError(f"y_true: expected shape {y_pred.shape} (that of y_pred), got "
+                         f"{y_true.shape}")
+    return y_true
+
+
+def sparse_targets(y_true, y_pred):
+    """Class indices shaped like ``y_pred`` without its class axis, checked in range."""
+    y_true = np.asarray(y_true)
+    if y_true.shape == y_pred.shape[:-1] + (1,):
+        y_true = y_true.reshape(y_pred.shape[:-1])
+    if y_true.shape != y_pred.shape[:-1]:
+        raise ValueError(f"y_true: expected class indices of shape {y_pred.shape[:-1]} (y_pred "
+                         f"without its class axis), got {y_true.shape}")
+    return as_index_array(y_true, y_pred.shape[-1], "y_true")
+
+
+class Loss:
+    """Base class: subclasses define ``__call__(y_true, y_pred) -> (value, grad)``."""
+
+    name = "loss"
+
+    def value(self, y_true, y_pred):
+        """The loss value alone (a float)."""
+        return self(y_true, y_pred)[0]
+
+    def get_config(self):
+        """Constructor arguments, JSON-serialisable."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MeanSquaredError(Loss):
+    """mean((y_pred - y_true)**2)."""
+
+    name = "mean_squared_error"
+
+    def __call__(self, y_true, y_pred):
+        y_pred = as_prediction(y_pred)
+        diff = y_pred - dense_targets(y_true, y_pred)
+        return float(np.mean(diff * diff)), diff * (2.0 / max(diff.size, 1))
+
+
+class MeanAbsoluteError(Loss):
+    """mean(|y_pred - y_true|); the gradient at 0 is 0."""
+
+    name = "mean_absolute_error"
+
+    def __call__(self, y_true, y_pred):
+        y_pred = as_prediction(y_pred)
+        diff = y_pred - dense_targets(y_true, y_pred)
+        return float(np.mean(np.abs(diff))), np.sign(diff) / max(diff.size, 1)
+
+
+class _CrossEntropy(Loss):
+    def __init__(self, from_logits=False):
+        self.from_logits = check_bool(from_logits, "from_logits")
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
+
+
+def clip_probabilities(p):
+    """(p clipped to [eps, 1 - eps], 1.0 where p was inside else 0.0)."""
+    clipped = np.clip(p, EPSILON, 1.0 - EPSILON)
+    return clipped, (clipped == p).astype(p.dtype)
+
+
+class BinaryCrossentropy(_CrossEntropy):
+    """-mean(y log p + (1 - y) log(1 - p)) for targets in [0, 1]."""
+
+    name = "binary_crossentropy"
+
+    def __call__(self, y_true, y_pred):
+        y_pred = as_prediction(y_pred)
+        y = dense_targets(y_true, y_pred)
+        n = max(y.size, 1)
+        if self.from_logits:
+            z = y_pred
+            losses = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+            return float(np.mean(losses)), (sigmoid(z) - y) / n
+        p, inside = clip_probabilities(y_pred)
+        losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+        return float(np.mean(losses)), inside * (p - y) / (p * (1 - p)) / n
+
+
+class CategoricalCrossentropy(_CrossEntropy):
+    """-sum(y log p) over the class (last) axis, averaged over the other axes."""
+
+    name = "categorical_crossentropy"
+
+    def __call__(self, y_true, y_pred):
+        y_pred = as_prediction(y_pred)
+        y = dense_targets(y_true, y_pred)
+        n = max(y.size // max(y.shape[-1], 1), 1)
+        if self.from_logits:
+            log_p = log_softmax(y_pred)
+            grad = np.exp(log_p) * y.sum(axis=-1, keepdims=True) - y
+            return float(-np.sum(y * log_p) / n), grad / n
+        p, inside = clip_probabilities(y_pred)
+        return float(-np.sum(y * np.log(p)) / n), -inside * y / p / n
+
+
+class SparseCategoricalCrossentropy(_CrossEntropy):
+    """Categorical cross-entropy with integer class targets."""
+
+    name = "sparse_categorical_crossentropy"
+
+    def __call__(self, y_true, y_pred):
+        y_pred = as_prediction(y_pred)
+        target = sparse_targets(y_true, y_pred)
+        n = max(target.size, 1)
+        rows = y_pred.reshape(-1, y_pred.shape[-1])
+        index = np.arange(rows.shape[0]), target.reshape(-1)
+        if self.from_logits:
+            log_p = log_softmax(rows)
+            grad = np.exp(log_p)
+            grad[index] -= 1
+            return float(-np.sum(log_p[index]) / n), (grad / n).reshape(y_pred.shape)
+        p, inside = clip_probabilities(rows[index])
+        grad = np.zeros_like(rows)
+        grad[index] = -inside / p / n
+        return float(-np.sum(np.log(p)) / n), grad.reshape(y_pred.shape)
+
+
+_BY_NAME = {
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
+
+
+def get(identifier):
+    """A loss from a Keras name (``"mse"``), a :class:`Loss`, or a ``get_config`` dict.
+
+    The dict form is ``{"class_name": "CategoricalCrossentropy", "config": {...}}``, as
+    :func:`serialize` writes it.
+    """
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key not in _BY_NAME:
+            raise ValueError(f"loss: unknown name {identifier!r}, expected one of "
+                             f"{sorted(_BY_NAME)} or a fastlstm.losses.Loss")
+        return _BY_NAME[key]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
+        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
+    raise TypeError(f"loss: expected a name such as 'mse', a fastlstm.losses.Loss or a "
+                    f"serialized loss dict, got {identifier!r}")
+
+
+def serialize(loss):
+    """``{"class_name", "config"}`` for a built-in loss; None for a custom one."""
+    if type(loss).__name__ in _CLASSES and type(loss) is _CLASSES[type(loss).__name__]:
+        return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return None
+
+
+def for_logits(loss, activation):
+    """The from-logits twin of ``loss`` when it can absorb ``activation``, else None.
+
+    Softmax folds into (sparse) categorical cross-entropy and sigmoid into binary
+    cross-entropy, when the loss takes probabilities.
+    """
+    if getattr(loss, "from_logits", True):
+        return None
+    if activation == "softmax" and type(loss) in (CategoricalCrossentropy,
+                                                  SparseCategoricalCrossentropy):
+        return type(loss)(from_logits=True)
+    if activation == "sigmoid" and type(loss) is BinaryCrossentropy:
+        return BinaryCrossentropy(from_logits=True)
+    return None

@@ -1,0 +1,189 @@
+"""Metrics with Keras' stateful interface: ``update_state``, ``result``, ``reset_state``.
+
+A metric accumulates over batches (``Sequential.fit`` reports the epoch's running value);
+``metric(y_true, y_pred)`` updates it and returns the result. Every metric is exact over
+what it has seen: sums and counts are accumulated, not per-batch means.
+
+Strings accepted by ``Sequential.compile(metrics=[...])`` (the string becomes the name in
+the History): ``mse``/``mean_squared_error``, ``mae``/``mean_absolute_error``,
+``accuracy``/``acc`` (binary, categorical or sparse, chosen from the shapes of the first
+batch as Keras does), ``binary_accuracy``, ``categorical_accuracy``,
+``sparse_categorical_accuracy``, ``perplexity``.
+"""
+import numpy as np
+
+from .losses import clip_probabilities, as_prediction, dense_targets, log_softmax, sparse_targets
+
+
+class Metric:
+    """Base class: subclasses return (sum, count) of a batch from ``_batch_sum``."""
+
+    def __init__(self, name=None):
+        self.name = name or self.default_name
+        self.reset_state()
+
+    def reset_state(self):
+        """Forget every batch seen."""
+        self._total, self._count = 0.0, 0
+
+    def update_state(self, y_true, y_pred):
+        """Add one batch."""
+        total, count = self._batch_sum(y_true, as_prediction(y_pred))
+        self._total += float(total)
+        self._count += int(count)
+
+    def result(self):
+        """The metric over all batches since the last reset (NaN before any)."""
+        return self._total / self._count if self._count else float("nan")
+
+    def __call__(self, y_true, y_pred):
+        self.update_state(y_true, y_pred)
+        return self.result()
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class MeanSquaredError(Metric):
+    """Mean of (y_pred - y_true)**2 over every element."""
+
+    default_name = "mean_squared_error"
+
+    def _batch_sum(self, y_true, y_pred):
+        diff = y_pred - dense_targets(y_true, y_pred)
+        return np.sum(diff * diff), diff.size
+
+
+class MeanAbsoluteError(Metric):
+    """Mean of |y_pred - y_true| over every element."""
+
+    default_name = "mean_absolute_error"
+
+    def _batch_sum(self, y_true, y_pred):
+        diff = y_pred - dense_targets(y_true, y_pred)
+        return np.sum(np.abs(diff)), diff.size
+
+
+class BinaryAccuracy(Metric):
+    """Fraction of elements where (y_pred > threshold) equals the 0/1 target."""
+
+    default_name = "binary_accuracy"
+
+    def __init__(self, name=None, threshold=0.5):
+        self.threshold = float(threshold)
+        super().__init__(name)
+
+    def _batch_sum(self, y_true, y_pred):
+        y = dense_targets(y_true, y_pred)
+        return np.sum((y_pred > self.threshold) == (y > 0.5)), y.size
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold}
+
+
+class CategoricalAccuracy(Metric):
+    """Fraction of positions where argmax(y_pred) equals argmax(y_true) (one-hot)."""
+
+    default_name = "categorical_accuracy"
+
+    def _batch_sum(self, y_true, y_pred):
+        y = dense_targets(y_true, y_pred)
+        hits = np.argmax(y_pred, axis=-1) == np.argmax(y, axis=-1)
+        return np.sum(hits), hits.size
+
+
+class SparseCategoricalAccuracy(Metric):
+    """Fraction of positions where argmax(y_pred) equals the integer target."""
+
+    default_name = "sparse_categorical_accuracy"
+
+    def _batch_sum(self, y_true, y_pred):
+        hits = np.argmax(y_pred, axis=-1) == sparse_targets(y_true, y_pred)
+        return np.sum(hits), hits.size
+
+
+class Accuracy(Metric):
+    """Keras' ``"accuracy"``: binary if y_pred has one output unit, categorical if y_true is
+    shaped like y_pred (one-hot), sparse otherwise; decided on the first batch."""
+
+    default_name = "accuracy"
+
+    def reset_state(self):
+        super().reset_state()
+        self._kind = None
+
+    def _batch_sum(self, y_true, y_pred):
+        if self._kind is None:
+            if y_pred.shape[-1:] == (1,):
+                self._kind = BinaryAccuracy()
+            elif np.shape(y_true) == y_pred.shape:
+                self._kind = CategoricalAccuracy()
+            else:
+                self._kind = SparseCategoricalAccuracy()
+        return self._kind._batch_sum(y_true, y_pred)
+
+
+class Perplexity(Metric):
+    """exp(mean cross-entropy per position), from probabilities (or logits).
+
+    Targets are integer classes (shaped like y_pred without its class axis) or one-hot
+    (shaped like y_pred). A uniform guess over C classes scores C.
+    """
+
+    default_name = "perplexity"
+
+    def __init__(self, name=None, from_logits=False):
+        self.from_logits = bool(from_logits)
+        super().__init__(name)
+
+    def _batch_sum(self, y_true, y_pred):
+        log_p = log_softmax(y_pred) if self.from_logits else np.log(clip_probabilities(y_pred)[0])
+        if np.shape(y_true) == y_pred.shape and y_pred.shape[-1] > 1:
+            y = dense_targets(y_true, y_pred)
+            return -np.sum(y * log_p), y.size // y.shape[-1]
+        target = sparse_targets(y_true, y_pred).reshape(-1)
+        rows = log_p.reshape(-1, y_pred.shape[-1])
+        return -np.sum(rows[np.arange(target.size), target]), target.size
+
+    def result(self):
+        return float(np.exp(super().result()))
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+_BY_NAME = {
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "accuracy": Accuracy, "acc": Accuracy,
+    "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "perplexity": Perplexity,
+}
+_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
+
+
+def get(identifier):
+    """A fresh metric from a name (which becomes its ``name``), a :class:`Metric`, or a
+    ``{"class_name", "config"}`` dict as :func:`serialize` writes it."""
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier.lower() not in _BY_NAME:
+            raise ValueError(f"metrics: unknown name {identifier!r}, expected one of "
+                             f"{sorted(_BY_NAME)} or a fastlstm.metrics.Metric")
+        return _BY_NAME[identifier.lower()](name=identifier)
+    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
+        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
+    raise TypeError(f"metrics: expected names such as 'mae', fastlstm.metrics.Metric objects "
+                    f"or serialized metric dicts, got {identifier!r}")
+
+
+def serialize(metric):
+    """``{"class_name", "config"}`` for a built-in metric; None for a custom one."""
+    if type(metric) is _CLASSES.get(type(metric).__name__):
+        return {"class_name": type(metric).__name__, "config": metric.get_config()}
+    return None

@@ -1,0 +1,462 @@
+"""``Sequential``: a Keras-style stack of :mod:`fastlstm.layers` with compile/fit/evaluate/predict.
+
+::
+
+    model = fl.Sequential([fl.layers.LSTM(32, input_shape=(12, 1)), fl.layers.Dense(1)])
+    model.compile(loss="mse", optimizer="adam", metrics=["mae"])
+    history = model.fit(x, y, epochs=10, batch_size=32, validation_split=0.1)
+    loss, mae = model.evaluate(x, y)
+    y_hat = model.predict(x)
+    fl.save(model, "model.safetensors"); model = fl.load("model.safetensors")
+
+``Sequential`` is also a :class:`fastlstm.modules.Module`: ``model(x)``, ``model.backward``,
+``model.parameters()`` and ``state_dict()`` work as for the PyTorch-style modules
+(parameter names ``"<layer index>.<parameter>"``, e.g. ``"0.lstm.weight_ih_l0"``).
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import layers as layers_module
+from . import losses as losses_module
+from . import metrics as metrics_module
+from . import optim
+from .modules import Module
+from .validation import check_float, check_int
+
+
+def _layer_seed(seed, index):
+    """A per-layer seed derived from the model seed and the layer's position."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _format_logs(logs):
+    return " - ".join(f"{key}: {value:.4g}" for key, value in logs.items())
+
+
+class Sequential(Module):
+    """A linear stack of Keras-style layers.
+
+    Parameters
+    ----------
+    layers : list of fastlstm.layers.Layer, optional
+    seed : int, optional
+        Makes the model deterministic: layers without their own seed get one derived from
+        it and their position, and ``fit`` shuffles with a generator seeded by it.
+    name : str, optional
+    """
+
+    def __init__(self, layers=None, seed=None, name=None):
+        self.seed = None if seed is None else check_int(seed, "seed", minimum=0)
+        self.name = name or "sequential"
+        self.layers = []
+        self.loss = self.optimizer = None
+        self.metrics = []
+        self.stop_training = False
+        self.history = None
+        self._rng = np.random.default_rng(self.seed)
+        self._logits_loss = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # ----------------------------------------------------------------- structure
+    def add(self, layer):
+        """Append a layer; builds it at once when the model's input shape is known."""
+        if not isinstance(layer, layers_module.Layer):
+            raise TypeError(f"layer: expected a fastlstm.layers layer, got "
+                            f"{type(layer).__name__}")
+        if getattr(layer, "return_state", False):
+            raise ValueError("layer: an LSTM with return_state=True returns several arrays and "
+                             "cannot be stacked in Sequential")
+        if layer.name is None:
+            used = {existing.name for existing in self.layers}
+            base = layer.default_name
+            layer.name = base if base not in used else next(
+                f"{base}_{i}" for i in range(1, len(used) + 2) if f"{base}_{i}" not in used)
+        self.layers.append(layer)
+        input_shape = self.layers[0].input_shape or self.layers[0].built_input_shape
+        if input_shape is not None:
+            self.build(input_shape)
+
+    def named_children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    @property
+    def built(self):
+        return bool(self.layers) and all(layer.built for layer in self.layers)
+
+    @property
+    def input_shape(self):
+        """Shape of one input sample (no batch axis), once known."""
+        return self.layers[0].built_input_shape if self.layers else None
+
+    def build(self, input_shape):
+        """Build every layer for samples of ``input_shape`` (no batch axis)."""
+        if not self.layers:
+            raise ValueError("Sequential.build: the model has no layers")
+        shape = tuple(input_shape)
+        for index, layer in enumerate(self.layers):
+            if layer.seed is None and self.seed is not None and not layer.built:
+                layer.seed = _layer_seed(self.seed, index)
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def output_shapes(self):
+        """Output shape of each layer (no batch axis); the model must be built."""
+        shapes, shape = [], self.input_shape
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, print_fn=print):
+        """Print a table of the layers, their output shapes and parameter counts."""
+        if not self.built:
+            print_fn(f'Model: "{self.name}" (not built: give input_shape to the first layer '
+                     f'or call the model on data)')
+            return
+        rows = [(f"{layer.name} ({type(layer).__name__})",
+                 str((None, *shape)), f"{layer.count_params():,}")
+                for layer, shape in zip(self.layers, self.output_shapes())]
+        header = ("Layer (type)", "Output Shape", "Param #")
+        widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
+        line = "".join(text.ljust(width) for text, width in zip(header, widths))
+        print_fn(f'Model: "{self.name}"')
+        print_fn("=" * len(line))
+        print_fn(line)
+        print_fn("=" * len(line))
+        for row in rows:
+            print_fn("".join(text.ljust(width) for text, width in zip(row, widths)))
+        print_fn("=" * len(line))
+        print_fn(f"Total params: {self.num_parameters():,}")
+
+    def reset_states(self):
+        """Reset the carried state of every stateful LSTM layer."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_states"):
+                layer.reset_states()
+
+    # ----------------------------------------------------------------- forward / backward
+    def forward(self, x, logits=False):
+        """Run the layers; with ``logits`` the last Dense layer skips its activation."""
+        if not self.layers:
+            raise ValueError("Sequential: the model has no layers")
+        if not self.built:
+            self.build(np.shape(x)[1:])
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        last = self.layers[-1]
+        return last(x, logits=True) if logits else last(x)
+
+    def backward(self, grad_out):
+        """Backpropagate ``grad_out`` through the layers of the last train-mode call."""
+        grad = grad_out
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    # ----------------------------------------------------------------- training
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Set the optimizer, the loss and the metrics (names, objects or config dicts).
+
+        ``optimizer``: ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adamw"`` (Keras defaults) or a
+        ``fastlstm.optim`` optimizer (created without parameters; bound when training starts).
+        ``loss``: a Keras name from :mod:`fastlstm.losses` or a ``Loss``. ``metrics``: names
+        from :mod:`fastlstm.metrics` or ``Metric`` objects; a name becomes the History key.
+        """
+        if loss is None:
+            raise ValueError("loss: compile needs a loss, e.g. 'mse'")
+        self.optimizer = optim.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if isinstance(metrics, (str, dict, metrics_module.Metric)):
+            metrics = [metrics]
+        self.metrics = [metrics_module.get(m) for m in (metrics or [])]
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"metrics: names must be distinct and not 'loss', got {names}")
+        self._logits_loss = None
+
+    def _check_compiled(self, what):
+        if self.loss is None:
+            raise RuntimeError(f"Sequential.{what}: call compile(optimizer, loss, metrics) first")
+
+    def _prepare(self, x):
+        """Build on the first data and decide whether softmax/sigmoid folds into the loss."""
+        if not self.built:
+            self.build(np.shape(x)[1:])
+        last = self.layers[-1]
+        activation = getattr(last, "activation", None) if isinstance(
+            last, layers_module.Dense) else None
+        self._logits_loss = losses_module.for_logits(self.loss, activation)
+
+    def _loss_and_predictions(self, x, y):
+        """(loss value, grad w.r.t. the last layer's output, predictions) for one batch."""
+        if self._logits_loss is not None:
+            z = self.forward(x, logits=True)
+            value, grad = self._logits_loss(y, z)
+            return value, grad, layers_module.activation(self.layers[-1].activation)(z)
+        y_pred = self.forward(x)
+        value, grad = self.loss(y, y_pred)
+        return value, grad, y_pred
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on one batch; returns the batch loss."""
+        self._check_compiled("train_on_batch")
+        self._prepare(x)
+        self._bind_optimizer()
+        self.train()
+        return self._train_step(x, y)[0]
+
+    def _train_step(self, x, y):
+        self.zero_grad()
+        value, grad, y_pred = self._loss_and_predictions(x, y)
+        self.backward(grad)
+        self.optimizer.step()
+        return value, y_pred
+
+    def _bind_optimizer(self):
+        params = self.parameters()
+        bound = self.optimizer.params
+        if not bound:
+            self.optimizer.set_parameters(params)
+        elif [id(p.data) for p in bound] != [id(p.data) for p in params]:
+            raise ValueError("optimizer: already bound to other parameters; give compile a "
+                             "fresh optimizer")
+
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Train for ``epochs`` epochs (from ``initial_epoch``); returns a ``History``.
+
+        Parameters
+        ----------
+        x, y : arrays with the samples on the first axis
+        batch_size : int
+        epochs : int
+        verbose : 0 (silent), 1 (a tqdm progress bar per epoch when stdout is a terminal and
+            tqdm is installed, else one line per epoch) or 2 (one line per epoch)
+        callbacks : list of fastlstm.callbacks.Callback
+        validation_split : float in [0, 1)
+            Hold out this fraction of the samples, taken from the end before shuffling.
+        validation_data : (x_val, y_val), overrides ``validation_split``
+        shuffle : bool
+            Reshuffle the training samples every epoch.
+        """
+        self._check_compiled("fit")
+        batch_size = _batch_size(batch_size)
+        epochs = check_int(epochs, "epochs", minimum=1)
+        initial_epoch = check_int(initial_epoch, "initial_epoch", minimum=0)
+        x, y = _check_pair(x, y, "x", "y")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data: expected a pair (x_val, y_val)")
+            x_val, y_val = _check_pair(*validation_data, "validation_data[0]",
+                                       "validation_data[1]")
+        elif check_float(validation_split, "validation_split", 0.0, 1.0, high_open=True) > 0:
+            split = int(len(x) * (1.0 - validation_split))
+            if split < 1 or split == len(x):
+                raise ValueError(f"validation_split: {validation_split} of {len(x)} samples "
+                                 f"leaves an empty training or validation set")
+            x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
+        else:
+            x_val = y_val = None
+
+        self._prepare(x)
+        self._bind_optimizer()
+        history = callbacks_module.History()
+        callback_list = [history, *(callbacks or [])]
+        for callback in callback_list:
+            callback.set_model(self)
+        history.params = {"epochs": epochs, "steps": math.ceil(len(x) / batch_size),
+                          "verbose": verbose}
+        self.history = history
+        self.stop_training = False
+        was_training = self.training
+        bar_class = _progress_bar_class(verbose)
+        for callback in callback_list:
+            callback.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for callback in callback_list:
+                callback.on_epoch_begin(epoch)
+            started = time.perf_counter()
+            bar = None if bar_class is None else bar_class(
+                total=math.ceil(len(x) / batch_size), desc=f"Epoch {epoch + 1}/{epochs}",
+                unit="batch", file=sys.stdout, leave=True, dynamic_ncols=True)
+            logs = self._train_epoch(x, y, batch_size, shuffle, callback_list, bar)
+            if x_val is not None:
+                val_logs = self._evaluate_logs(x_val, y_val, batch_size)
+                logs.update((f"val_{key}", value) for key, value in val_logs.items())
+            if verbose and bar is None:
+                print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - started:.1f}s - "
+                      f"{_format_logs(logs)}", flush=True)
+            elif bar is not None and x_val is not None:
+                print(f"  {_format_logs({k: v for k, v in logs.items() if k.startswith('val_')})}",
+                      flush=True)
+            for callback in callback_list:
+                callback.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for callback in callback_list:
+            callback.on_train_end()
+        self.train(was_training)
+        return history
+
+    def _train_epoch(self, x, y, batch_size, shuffle, callback_list, bar):
+        """One pass over (x, y), updating ``bar`` if any; returns the epoch logs
+        (sample-weighted means of the batch losses, metrics over every sample)."""
+        n = len(x)
+        order = self._rng.permutation(n) if shuffle else np.arange(n)
+        for metric in self.metrics:
+            metric.reset_state()
+        self.train()
+        loss_sum, seen = 0.0, 0
+        try:
+            for batch, start in enumerate(range(0, n, batch_size)):
+                index = order[start:start + batch_size]
+                for callback in callback_list:
+                    callback.on_train_batch_begin(batch)
+                value, y_pred = self._train_step(x[index], y[index])
+                loss_sum += value * len(index)
+                seen += len(index)
+                for metric in self.metrics:
+                    metric.update_state(y[index], y_pred)
+                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
+                for callback in callback_list:
+                    callback.on_train_batch_end(batch, logs)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+                    bar.update(1)
+                if self.stop_training:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return logs
+
+    def _evaluate_logs(self, x, y, batch_size):
+        """{"loss": ..., metric names: ...} over (x, y), in eval mode."""
+        metrics = self.metrics
+        for metric in metrics:
+            metric.reset_state()
+        was_training = self.training
+        self.eval()
+        loss_sum = 0.0
+        try:
+            for start in range(0, len(x), batch_size):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                value, _, y_pred = self._loss_and_predictions(xb, yb)
+                loss_sum += value * len(xb)
+                for metric in metrics:
+                    metric.update_state(yb, y_pred)
+        finally:
+            self.train(was_training)
+        return {"loss": loss_sum / len(x), **{m.name: m.result() for m in metrics}}
+
+    def evaluate(self, x, y, batch_size=32, verbose=0):
+        """Loss (a float) without metrics, else ``[loss, *metrics]``, in eval mode."""
+        self._check_compiled("evaluate")
+        batch_size = _batch_size(batch_size)
+        x, y = _check_pair(x, y, "x", "y")
+        self._prepare(x)
+        logs = self._evaluate_logs(x, y, batch_size)
+        if verbose:
+            print(_format_logs(logs))
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=32, verbose=0):
+        """Outputs for ``x``, computed in eval mode ``batch_size`` samples at a time."""
+        batch_size = _batch_size(batch_size)
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = [self.forward(x[start:start + batch_size])
+                       for start in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        if verbose:
+            print(f"predict: {len(x)} samples")
+        return np.concatenate(outputs, axis=0)
+
+    # ----------------------------------------------------------------- persistence
+    def get_weights(self):
+        """All layers' weights, Keras order and layout, as one list."""
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        """Load ``get_weights()``-style arrays, layer by layer (the model must be built)."""
+        if not self.built:
+            raise ValueError("set_weights: the model is not built (give the first layer "
+                             "input_shape or call the model on data)")
+        weights = list(weights)
+        expected = sum(len(layer.get_weights()) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"weights: expected {expected} arrays, got {len(weights)}")
+        for layer in self.layers:
+            count = len(layer.get_weights())
+            layer.set_weights(weights[:count])
+            weights = weights[count:]
+
+    def get_config(self):
+        """JSON-serialisable description: layers, input shape, seed, compile settings.
+
+        Optimizer state is not included; the optimizer's hyperparameters are.
+        """
+        config = {"name": self.name, "seed": self.seed,
+                  "layers": [layers_module.serialize(layer) for layer in self.layers],
+                  "input_shape": None if not self.built else list(self.input_shape)}
+        if self.loss is not None:
+            compiled = {"loss": losses_module.serialize(self.loss),
+                        "optimizer": optim.serialize(self.optimizer),
+                        "metrics": [metrics_module.serialize(m) for m in self.metrics]}
+            if compiled["loss"] and compiled["optimizer"] and all(compiled["metrics"]):
+                config["compile"] = compiled
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild (and compile, if the config says how) the model ``get_config`` described."""
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError(f"config: expected a dict with a 'layers' list, got {config!r:.200}")
+        model = cls([layers_module.deserialize(c) for c in config["layers"]],
+                    seed=config.get("seed"), name=config.get("name"))
+        if config.get("input_shape") is not None and not model.built:
+            model.build(config["input_shape"])
+        if config.get("compile"):
+            compiled = config["compile"]
+            model.compile(optimizer=compiled["optimizer"], loss=compiled["loss"],
+                          metrics=compiled["metrics"])
+        return model
+
+    def save(self, path):
+        """``fl.save(self, path)``: a safetensors file that ``fl.load`` rebuilds."""
+        from .io import save
+        save(self, path)
+
+
+def _check_pair(x, y, x_name, y_name):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{x_name}, {y_name}: expected the same non-zero number of samples on "
+                         f"the first axis, got shapes {x.shape} and {y.shape}")
+    return x, y
+
+
+def _batch_size(value):
+    return 32 if value is None else check_int(value, "batch_size", minimum=1)
+
+
+def _progress_bar_class(verbose):
+    """tqdm when verbose == 1, stdout is a terminal and tqdm is installed, else None."""
+    if verbose != 1 or not sys.stdout.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
