@@ -89,15 +89,23 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
 {
     const int body = K - K % 16;
     const int m_tiles = M - M % 4, n_tiles = N - N % 4;
-    for (int m = 0; m < m_tiles; m += 4) {
-        for (int n = 0; n < n_tiles; n += 4) {
+    for (int n = 0; n < n_tiles; n += 4) {    /* these 4 rows of Bt stay in L1 across A */
+        const float *b0 = Bt + (size_t)n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb;
+        const float *b3 = b2 + ldb;
+        for (int m = 0; m < m_tiles; m += 4) {
+            const float *a0 = A + (size_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda;
+            const float *a3 = a2 + lda;
             fl_vec_f acc[16] = {{0}};
             for (int k = 0; k < body; k += 16) {
                 fl_vec_f a[4], b[4];
-                for (int i = 0; i < 4; i++) {
-                    memcpy(&a[i], A + (size_t)(m + i) * lda + k, sizeof a[i]);
-                    memcpy(&b[i], Bt + (size_t)(n + i) * ldb + k, sizeof b[i]);
-                }
+                memcpy(&a[0], a0 + k, sizeof a[0]);
+                memcpy(&a[1], a1 + k, sizeof a[1]);
+                memcpy(&a[2], a2 + k, sizeof a[2]);
+                memcpy(&a[3], a3 + k, sizeof a[3]);
+                memcpy(&b[0], b0 + k, sizeof b[0]);
+                memcpy(&b[1], b1 + k, sizeof b[1]);
+                memcpy(&b[2], b2 + k, sizeof b[2]);
+                memcpy(&b[3], b3 + k, sizeof b[3]);
                 for (int i = 0; i < 4; i++)
                     for (int j = 0; j < 4; j++)
                         acc[4 * i + j] += a[i] * b[j];
@@ -118,11 +126,11 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
                     C[(size_t)(m + i) * ldc + n + j] = total;
                 }
         }
-        if (n_tiles < N)
-            for (int i = 0; i < 4; i++)
-                matvec_rows_f(C + (size_t)(m + i) * ldc + n_tiles, Bt + (size_t)n_tiles * ldb,
-                              A + (size_t)(m + i) * lda, N - n_tiles, K, ldb);
     }
+    if (n_tiles < N)
+        for (int m = 0; m < m_tiles; m++)
+            matvec_rows_f(C + (size_t)m * ldc + n_tiles, Bt + (size_t)n_tiles * ldb,
+                          A + (size_t)m * lda, N - n_tiles, K, ldb);
     for (int m = m_tiles; m < M; m++)
         matvec_f(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
 }
@@ -281,14 +289,21 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
     const int body = K - K % 16;
     const int m_tiles = M - M % 4, n_tiles = N - N % 4;
     for (int m = 0; m < m_tiles; m += 4) {
+        const float *a0 = A + (size_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
         for (int n = 0; n < n_tiles; n += 4) {
+            const float *b0 = Bt + (size_t)n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb;
+            const float *b3 = b2 + ldb;
             fl_vec_f acc[16] = {{0}};
             for (int k = 0; k < body; k += 16) {
                 fl_vec_f a[4], b[4];
-                for (int i = 0; i < 4; i++) {
-                    memcpy(&a[i], A + (size_t)(m + i) * lda + k, sizeof a[i]);
-                    memcpy(&b[i], Bt + (size_t)(n + i) * ldb + k, sizeof b[i]);
-                }
+                memcpy(&a[0], a0 + k, sizeof a[0]);
+                memcpy(&a[1], a1 + k, sizeof a[1]);
+                memcpy(&a[2], a2 + k, sizeof a[2]);
+                memcpy(&a[3], a3 + k, sizeof a[3]);
+                memcpy(&b[0], b0 + k, sizeof b[0]);
+                memcpy(&b[1], b1 + k, sizeof b[1]);
+                memcpy(&b[2], b2 + k, sizeof b[2]);
+                memcpy(&b[3], b3 + k, sizeof b[3]);
                 for (int i = 0; i < 4; i++)
                     for (int j = 0; j < 4; j++)
                         acc[4 * i + j] += a[i] * b[j];

@@ -8,6 +8,16 @@ from ._threads import get_num_threads
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
+_ALIGNMENT = 64   # bytes: whole cache lines, so vector loads of weight rows never split
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = np.empty(count * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
+    offset = -raw.ctypes.data % _ALIGNMENT
+    return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 
 
@@ -132,7 +142,9 @@ class LSTM:
         bound = 1.0 / math.sqrt(H)
 
         def uniform(*shape):
-            return self._rng.uniform(-bound, bound, size=shape).astype(dtype)
+            param = aligned_empty(shape, dtype)
+            param[...] = self._rng.uniform(-bound, bound, size=shape)
+            return param
 
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
