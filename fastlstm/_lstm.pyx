@@ -45,6 +45,8 @@ cdef extern from "_pointwise.h":
                    int M, int N, int K) noexcept nogil
     void gemm_nt_d(double* C, int ldc, const double* A, int lda, const double* Bt, int ldb,
                    int M, int N, int K) noexcept nogil
+    void gemm_nn_f(float* C, int ldc, const float* A, int lda, const float* B, int ldb,
+                   int M, int N, int K, int accumulate) noexcept nogil
 
 cdef enum:
     UNIT_ALIGN = 16     # units per thread are multiples of this (whole vector chunks)
@@ -228,8 +230,12 @@ cdef void _backward_thread(
             for b in range(B):
                 if t < lengths[b]:
                     memset(dh + b * H + j0, 0, nj * sizeof(floating))
-        gemm(False, False, B, <int>nj, <int>G, 1, dgates + t * B * G, <int>G, W_hh + j0, H,
-             0 if all_active else 1, dh + j0, H)
+        if floating is float and B <= SMALL_BATCH:
+            gemm_nn_f(dh + j0, H, dgates + t * B * G, <int>G, W_hh + j0, H, B, <int>nj,
+                      <int>G, 0 if all_active else 1)
+        else:
+            gemm(False, False, B, <int>nj, <int>G, 1, dgates + t * B * G, <int>G, W_hh + j0,
+                 H, 0 if all_active else 1, dh + j0, H)
     fl_omp_barrier()
 
     # Whole-sequence weight gradients, rows of the 4H gate axis split across threads.

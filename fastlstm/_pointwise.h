@@ -135,6 +135,64 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
         matvec_f(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
 }
 
+/* C (M, N) (+)= A (M, K) @ B (K, N), all row-major: the backward recurrent product
+ * dh = dgates_t @ W_hh[:, slice]. Blocks of 4 rows of C by 32 columns (8 vector
+ * accumulators); each k broadcasts A[m, k] against one row of B. */
+static inline __attribute__((always_inline)) void gemm_nn_block_f(
+    float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K,
+    int accumulate, const int rows)
+{
+    fl_vec_f acc[4][2];
+    for (int i = 0; i < rows; i++) {
+        if (accumulate) {
+            memcpy(&acc[i][0], C + (size_t)i * ldc, sizeof acc[i][0]);
+            memcpy(&acc[i][1], C + (size_t)i * ldc + 16, sizeof acc[i][1]);
+        } else {
+            acc[i][0] = (fl_vec_f){0};
+            acc[i][1] = (fl_vec_f){0};
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        fl_vec_f b0, b1;
+        memcpy(&b0, B + (size_t)k * ldb, sizeof b0);
+        memcpy(&b1, B + (size_t)k * ldb + 16, sizeof b1);
+        for (int i = 0; i < rows; i++) {
+            const float a = A[(size_t)i * lda + k];
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        memcpy(C + (size_t)i * ldc, &acc[i][0], sizeof acc[i][0]);
+        memcpy(C + (size_t)i * ldc + 16, &acc[i][1], sizeof acc[i][1]);
+    }
+}
+
+FL_CLONES static void gemm_nn_f(float *C, int ldc, const float *A, int lda, const float *B,
+                                int ldb, int M, int N, int K, int accumulate)
+{
+    const int n_body = N - N % 32;
+    for (int m = 0; m < M; m += 4) {
+        const int rows = M - m < 4 ? M - m : 4;
+        float *c = C + (size_t)m * ldc;
+        const float *a = A + (size_t)m * lda;
+        for (int n = 0; n < n_body; n += 32) {
+            if (rows == 4)
+                gemm_nn_block_f(c + n, ldc, a, lda, B + n, ldb, K, accumulate, 4);
+            else
+                gemm_nn_block_f(c + n, ldc, a, lda, B + n, ldb, K, accumulate, rows);
+        }
+        for (int i = 0; i < rows; i++) {
+            for (int n = n_body; n < N; n++) {
+                float total = accumulate ? c[(size_t)i * ldc + n] : 0.0f;
+                for (int k = 0; k < K; k++)
+                    total += a[(size_t)i * lda + k] * B[(size_t)k * ldb + n];
+                c[(size_t)i * ldc + n] = total;
+            }
+        }
+    }
+}
+
 static void gemm_nt_d(double *C, int ldc, const double *A, int lda, const double *Bt, int ldb,
                       int M, int N, int K)
 {
@@ -331,6 +389,64 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
     }
     for (int m = m_tiles; m < M; m++)
         matvec_f(C + (size_t)m * ldc, Bt, A + (size_t)m * lda, N, K, ldb);
+}
+
+/* C (M, N) (+)= A (M, K) @ B (K, N), all row-major: the backward recurrent product
+ * dh = dgates_t @ W_hh[:, slice]. Blocks of 4 rows of C by 32 columns (8 vector
+ * accumulators); each k broadcasts A[m, k] against one row of B. */
+static inline __attribute__((always_inline)) void gemm_nn_block_f(
+    float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K,
+    int accumulate, const int rows)
+{
+    fl_vec_f acc[4][2];
+    for (int i = 0; i < rows; i++) {
+        if (accumulate) {
+            memcpy(&acc[i][0], C + (size_t)i * ldc, sizeof acc[i][0]);
+            memcpy(&acc[i][1], C + (size_t)i * ldc + 16, sizeof acc[i][1]);
+        } else {
+            acc[i][0] = (fl_vec_f){0};
+            acc[i][1] = (fl_vec_f){0};
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        fl_vec_f b0, b1;
+        memcpy(&b0, B + (size_t)k * ldb, sizeof b0);
+        memcpy(&b1, B + (size_t)k * ldb + 16, sizeof b1);
+        for (int i = 0; i < rows; i++) {
+            const float a = A[(size_t)i * lda + k];
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        memcpy(C + (size_t)i * ldc, &acc[i][0], sizeof acc[i][0]);
+        memcpy(C + (size_t)i * ldc + 16, &acc[i][1], sizeof acc[i][1]);
+    }
+}
+
+FL_CLONES static void gemm_nn_f(float *C, int ldc, const float *A, int lda, const float *B,
+                                int ldb, int M, int N, int K, int accumulate)
+{
+    const int n_body = N - N % 32;
+    for (int m = 0; m < M; m += 4) {
+        const int rows = M - m < 4 ? M - m : 4;
+        float *c = C + (size_t)m * ldc;
+        const float *a = A + (size_t)m * lda;
+        for (int n = 0; n < n_body; n += 32) {
+            if (rows == 4)
+                gemm_nn_block_f(c + n, ldc, a, lda, B + n, ldb, K, accumulate, 4);
+            else
+                gemm_nn_block_f(c + n, ldc, a, lda, B + n, ldb, K, accumulate, rows);
+        }
+        for (int i = 0; i < rows; i++) {
+            for (int n = n_body; n < N; n++) {
+                float total = accumulate ? c[(size_t)i * ldc + n] : 0.0f;
+                for (int k = 0; k < K; k++)
+                    total += a[(size_t)i * lda + k] * B[(size_t)k * ldb + n];
+                c[(size_t)i * ldc + n] = total;
+            }
+        }
+    }
 }
 
 static void gemm_nt_d(double *C, int ldc, const double *A, int lda, const double *Bt, int ldb,

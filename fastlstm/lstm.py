@@ -8,6 +8,10 @@ from ._threads import get_num_threads
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
+# Below this many multiply-adds per time step (B * 4H * H) a second thread costs more in
+# per-step barriers than it saves; threads also own at least one 16-unit block each.
+_MIN_WORK_PER_THREAD = 1 << 15
+_UNITS_PER_BLOCK = 16
 _ALIGNMENT = 64   # bytes: whole cache lines, so vector loads of weight rows never split
 
 
@@ -325,10 +329,16 @@ class LSTM:
         peep = self._peephole_blocks.get((layer, direction), np.empty(0, self.dtype))
         return suffix, params["weight_ih" + suffix], params["weight_hh" + suffix], bias, peep
 
+    def _kernel_threads(self, batch):
+        """Threads for one kernel call: the setting, capped by the work per time step."""
+        H = self.hidden_size
+        useful = min(batch * 4 * H * H // _MIN_WORK_PER_THREAD, -(-H // _UNITS_PER_BLOCK))
+        return max(1, min(get_num_threads(), useful))
+
     def _forward(self, x, h0, c0, lengths, training):
         steps, batch = x.shape[0], x.shape[1]
         H, D, dtype = self.hidden_size, self.num_directions, self.dtype
-        n_threads = get_num_threads()
+        n_threads = self._kernel_threads(batch)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
         kept = dict(x=x if not training else x.copy(), h0=h0, c0=c0, lengths=lengths,

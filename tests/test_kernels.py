@@ -71,11 +71,18 @@ def test_kernels_match_reference_with_lengths(config, dtype):
     run_both(config, (7, 4, 3, 20), dtype, [7, 1, 4, 6])
 
 
-def test_threads_split_hidden_units_unevenly():
-    """H smaller than one vector chunk per thread: some threads own no units."""
+@pytest.mark.parametrize("size", [(5, 3, 4, 3), (4, 2, 3, 37)], ids=str)
+def test_threads_split_hidden_units_unevenly(monkeypatch, size):
+    """Force 2 threads on tiny H: a thread may own no units, or a ragged block."""
+    import fastlstm.lstm
+
+    monkeypatch.setattr(fastlstm.lstm, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(fastlstm.lstm, "_UNITS_PER_BLOCK", 1)
     previous = fl.get_num_threads()
     try:
         fl.set_num_threads(2)
-        run_both(dict(num_layers=2, bidirectional=True), (5, 3, 4, 3), "float64", [5, 2, 1])
+        for dtype in ("float32", "float64"):
+            run_both(dict(num_layers=2, bidirectional=True, peephole=True), size, dtype,
+                     [size[0], 2, 1][:size[1]])
     finally:
         fl.set_num_threads(previous)

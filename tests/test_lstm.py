@@ -361,3 +361,42 @@ def test_float_lengths_and_tensor_lengths_accepted():
     b, _ = m(x, lengths=np.array([3.0, 5.0]))
     np.testing.assert_array_equal(a, b)
     assert not np.any(a[3:, 0])
+
+
+def test_no_memory_growth_over_many_calls():
+    import tracemalloc
+
+    m = fl.LSTM(4, 8, num_layers=2, bidirectional=True, seed=0)
+    x = make_input((12, 3, 4))
+    stream = fl.LSTM(4, 8, seed=0).stream(1)
+
+    def cycle():
+        m.train()
+        out, _ = m(x)
+        m.backward(out)
+        m.zero_grad()
+        m.eval()
+        m(x, lengths=[12, 5, 1])
+        stream.step(x[0, 0])
+
+    for _ in range(800):    # Cython's and NumPy's internal caches fill up first
+        cycle()
+    tracemalloc.start()
+    for _ in range(20):
+        cycle()
+    baseline, _ = tracemalloc.get_traced_memory()
+    for _ in range(200):
+        cycle()
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"traced memory growth over 200 cycles: {current - baseline} bytes")
+    assert current - baseline < 50_000
+
+
+def test_absurd_sizes_fail_cleanly():
+    with pytest.raises((MemoryError, ValueError)):
+        fl.LSTM(10, 1 << 20)
+    with pytest.raises(ValueError, match="hidden_size"):
+        fl.LSTM(10, 1 << 21)
+    with pytest.raises(ValueError, match="input_size"):
+        fl.LSTM(1 << 30, 4)
