@@ -361,10 +361,13 @@ cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c,
             for g in range(G):
                 zx[b * G + g] = ((bias_ih[g] if bias_ih != NULL else 0)
                                  + (bias_hh[g] if bias_hh != NULL else 0))
-        if B == 1:
-            # zx += W_ih @ x ; zh = W_hh @ h
-            gemv(False, G, in_size, 1, <const floating*>W_ih[layer], in_size, layer_in, 1, zx)
-            gemv(False, G, H, 1, <const floating*>W_hh[layer], H, h_layer, 0, zh)
+        if B <= SMALL_BATCH:
+            # zh = x @ W_ih.T (scratch) ; zx += zh ; zh = h @ W_hh.T, hand-vectorised kernels
+            _gemm_nt(zh, G, layer_in, in_size, <const floating*>W_ih[layer], in_size, B, G,
+                     in_size)
+            for g in range(B * G):
+                zx[g] += zh[g]
+            _gemm_nt(zh, G, h_layer, H, <const floating*>W_hh[layer], H, B, G, H)
         else:
             # zx += x @ W_ih.T ; zh = h @ W_hh.T
             gemm(False, True, B, G, in_size, 1, layer_in, in_size,
