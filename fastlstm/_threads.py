@@ -1,15 +1,17 @@
 """The thread count the kernels use: a user setting capped by the usable cores."""
+from __future__ import annotations
+
 import functools
 import os
 
 from . import _openmp
 from .validation import check_int
 
-_requested = None
+_requested: int | None = None
 
 
 @functools.lru_cache(maxsize=None)
-def usable_cores():
+def usable_cores() -> int:
     """Cores this process may run on: CPU affinity and the cgroup CPU quota (read once)."""
     try:
         cores = len(os.sched_getaffinity(0))
@@ -25,13 +27,17 @@ def usable_cores():
     return max(1, cores)
 
 
-def set_num_threads(n):
-    """Set the number of threads the kernels use (capped at the usable cores)."""
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads the kernels use (capped at the usable cores).
+
+    ``None`` goes back to the default: the usable cores, limited by ``OMP_NUM_THREADS``
+    and threadpoolctl's OpenMP limits.
+    """
     global _requested
-    _requested = check_int(n, "n", minimum=1)
+    _requested = None if n is None else check_int(n, "n", minimum=1)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads the next kernel call uses.
 
     Without :func:`set_num_threads` this is the usable cores, limited by

@@ -196,6 +196,8 @@ def test_stream_rejects_bidirectional_and_bad_steps():
 
 # ---------------------------------------------------------------- threads
 def test_num_threads_setting_and_validation():
+    from fastlstm import _openmp, _threads
+
     previous = fl.get_num_threads()
     try:
         fl.set_num_threads(1)
@@ -204,6 +206,9 @@ def test_num_threads_setting_and_validation():
             fl.set_num_threads(0)
         with pytest.raises(TypeError, match="n: expected an int"):
             fl.set_num_threads(1.5)
+        fl.set_num_threads(None)
+        assert fl.get_num_threads() == max(1, min(_threads.usable_cores(),
+                                                  _openmp.max_threads()))
     finally:
         fl.set_num_threads(previous)
 
