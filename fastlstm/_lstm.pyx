@@ -284,9 +284,12 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     cdef int blas_previous
     if z_rec == NULL:
         raise MemoryError("fastlstm: cannot allocate the forward workspace")
+    # Small batches: OpenMP threads own hidden-unit slices, BLAS single-threaded. Large
+    # batches: one thread runs the steps and BLAS threads each big product (DESIGN 4).
+    cdef bint blas_owns_threads = B > SMALL_BATCH
     with nogil:
-        blas_previous = blas_threads_limit(1)
-        with parallel(num_threads=n_threads):
+        blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
+        with parallel(num_threads=1 if blas_owns_threads else n_threads):
             _forward_thread(&out[0, 0, out_col], out.shape[2], &h_n[0, 0], &c_n[0, 0],
                             &gates[0], &hidden[0], &cells[0],
                             &clipped[0] if clipped.shape[0] > 0 else NULL,
@@ -319,9 +322,10 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     """
     cdef int T = x.shape[0], B = x.shape[1], in_size = x.shape[2], H = W_hh.shape[1]
     cdef int blas_previous
+    cdef bint blas_owns_threads = B > SMALL_BATCH     # as in lstm_forward
     with nogil:
-        blas_previous = blas_threads_limit(1)
-        with parallel(num_threads=n_threads):
+        blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
+        with parallel(num_threads=1 if blas_owns_threads else n_threads):
             _backward_thread(&dx[0, 0, 0], accumulate_dx, &dh[0, 0], &dc[0, 0],
                              &dW_ih[0, 0], &dW_hh[0, 0],
                              &db[0] if db.shape[0] > 0 else NULL,
