@@ -213,13 +213,14 @@ def test_num_threads_setting_and_validation():
         fl.set_num_threads(previous)
 
 
-def test_one_thread_pool_and_same_result_for_1_and_2_threads():
+@pytest.mark.parametrize("batch", [8, 40])   # OpenMP owns the threads / BLAS owns them
+def test_one_thread_pool_and_same_result_for_1_and_2_threads(batch):
     threadpoolctl = require("threadpoolctl")
     from fastlstm import _openmp
 
     m = fl.LSTM(32, 64, num_layers=2, bidirectional=True, seed=0)
-    x = make_input((20, 8, 32))
-    g = make_input((20, 8, 128), seed=1)
+    x = make_input((20, batch, 32))
+    g = make_input((20, batch, 128), seed=1)
     results = {}
     previous = fl.get_num_threads()
     try:
