@@ -15,7 +15,8 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from ._blas cimport blas_threads_limit, blas_threads_restore, gemm, gemv
-from ._openmp cimport fl_omp_barrier, fl_omp_team_size, fl_omp_thread_id
+from ._openmp cimport (fl_barrier_t, fl_barrier_wait, fl_omp_barrier, fl_omp_team_size,
+                       fl_omp_thread_id)
 
 cnp.import_array()
 
@@ -111,8 +112,9 @@ cdef void _forward_thread(
         const floating* W_ih, const floating* W_hh,  # IN (4H, in), (4H, H)
         const floating* bias, const floating* peep,  # IN (4H,) or NULL, (3H,) or NULL
         const Py_ssize_t* lengths,              # IN (B,) or NULL
-        int T, int B, int H, bint reverse, bint training, floating clip) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size()
+        int T, int B, int H, bint reverse, bint training, floating clip,
+        fl_barrier_t* barrier) noexcept nogil:
+    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size(), sense = 0
     cdef Py_ssize_t G = 4 * H, r0, r1, j0, j1, nj, r, s, t, b, row, gate
     cdef const floating* w_gate
     cdef floating* z_mine
@@ -136,6 +138,8 @@ cdef void _forward_thread(
     _split(H, n_threads, tid, UNIT_ALIGN, &j0, &j1)
     nj = j1 - j0
     z_mine = z_rec + B * 4 * j0
+    if tid == 0:
+        barrier.n = n_threads
     fl_omp_barrier()
 
     # 3. Recurrence: the gate products, one fused pointwise pass, one barrier per step.
@@ -171,7 +175,7 @@ cdef void _forward_thread(
                     memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
                     memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
                     memset(out + row * out_stride + j0, 0, nj * sizeof(floating))
-        fl_omp_barrier()
+        fl_barrier_wait(barrier, &sense)
         h_prev = h_t
         c_prev = c_t
 
@@ -193,8 +197,8 @@ cdef void _backward_thread(
         const floating* h0, const floating* c0,  # IN (B, H)
         const floating* W_ih, const floating* W_hh, const floating* peep,
         const Py_ssize_t* lengths,              # IN (B,) or NULL
-        int T, int B, int H, bint reverse) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size()
+        int T, int B, int H, bint reverse, fl_barrier_t* barrier) noexcept nogil:
+    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size(), sense = 0
     cdef Py_ssize_t G = 4 * H, TB = <Py_ssize_t>T * B, j0, j1, nj, g0, g1, r0, r1
     cdef Py_ssize_t s, t, b, j, r, g, row, t_first
     cdef const floating* c_prev
@@ -202,6 +206,9 @@ cdef void _backward_thread(
 
     _split(H, n_threads, tid, UNIT_ALIGN, &j0, &j1)
     nj = j1 - j0
+    if tid == 0:
+        barrier.n = n_threads
+    fl_omp_barrier()
     for s in range(T):
         t = s if reverse else T - 1 - s
         if reverse:
@@ -224,7 +231,7 @@ cdef void _backward_thread(
                 all_active = False
                 for g in range(4):
                     memset(dgates + row * G + g * H + j0, 0, nj * sizeof(floating))
-        fl_omp_barrier()
+        fl_barrier_wait(barrier, &sense)
         # dh[:, j0:j1] = dgates[t] @ W_hh[:, j0:j1]  (rows past their end keep dh)
         if not all_active:
             for b in range(B):
@@ -236,7 +243,7 @@ cdef void _backward_thread(
         else:
             gemm(False, False, B, <int>nj, <int>G, 1, dgates + t * B * G, <int>G, W_hh + j0,
                  H, 0 if all_active else 1, dh + j0, H)
-    fl_omp_barrier()
+    fl_barrier_wait(barrier, &sense)
 
     # Whole-sequence weight gradients, rows of the 4H gate axis split across threads.
     _split(G, n_threads, tid, 1, &g0, &g1)
@@ -287,6 +294,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     # Small batches: OpenMP threads own hidden-unit slices, BLAS single-threaded. Large
     # batches: one thread runs the steps and BLAS threads each big product (DESIGN 4).
     cdef bint blas_owns_threads = B > SMALL_BATCH
+    cdef fl_barrier_t barrier = fl_barrier_t(0, 0, 0)
     with nogil:
         blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
         with parallel(num_threads=1 if blas_owns_threads else n_threads):
@@ -298,7 +306,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
                             &bias[0] if bias.shape[0] > 0 else NULL,
                             &peep[0] if peep.shape[0] > 0 else NULL,
                             &lengths[0] if lengths.shape[0] > 0 else NULL,
-                            T, B, H, reverse, training, <floating>clip)
+                            T, B, H, reverse, training, <floating>clip, &barrier)
         blas_threads_restore(blas_previous)
     free(z_rec)
 
@@ -323,6 +331,7 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     cdef int T = x.shape[0], B = x.shape[1], in_size = x.shape[2], H = W_hh.shape[1]
     cdef int blas_previous
     cdef bint blas_owns_threads = B > SMALL_BATCH     # as in lstm_forward
+    cdef fl_barrier_t barrier = fl_barrier_t(0, 0, 0)
     with nogil:
         blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
         with parallel(num_threads=1 if blas_owns_threads else n_threads):
@@ -337,7 +346,7 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
                              &W_ih[0, 0], &W_hh[0, 0],
                              &peep[0] if peep.shape[0] > 0 else NULL,
                              &lengths[0] if lengths.shape[0] > 0 else NULL,
-                             T, B, H, reverse)
+                             T, B, H, reverse, &barrier)
         blas_threads_restore(blas_previous)
 
 
