@@ -6,12 +6,23 @@ Keras stores an LSTM layer as ``kernel`` (in, 4H), ``recurrent_kernel`` (H, 4H) 
 ``bias_hh = 0``. The layer must use Keras' default activations (``tanh``, recurrent
 ``sigmoid``); the weights alone cannot tell.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 
-_LAYOUTS = {2: (False, False), 3: (False, True), 4: (True, False), 6: (True, True)}
+if TYPE_CHECKING:
+    from .lstm import LSTM
+
+# number of arrays -> (bidirectional, bias)
+_LAYOUTS: dict[int, tuple[bool, bool]] = {2: (False, False), 3: (False, True), 4: (True, False),
+                                          6: (True, True)}
 
 
-def from_keras(weights, *, dtype=None):
+def from_keras(weights: Sequence[npt.ArrayLike], *, dtype: Any = None) -> LSTM:
     """Convert ``layer.get_weights()`` of a Keras LSTM (or Bidirectional LSTM) layer.
 
     Parameters
@@ -64,7 +75,7 @@ def from_keras(weights, *, dtype=None):
     return module
 
 
-def _as_float_array(value, index):
+def _as_float_array(value: npt.ArrayLike, index: int) -> np.ndarray:
     """``weights[index]`` as a real floating or integer NumPy array (TypeError otherwise)."""
     array = np.asarray(value)
     if array.dtype.kind not in "fiu":
@@ -72,7 +83,7 @@ def _as_float_array(value, index):
     return array
 
 
-def _check_shapes(arrays, first_index):
+def _check_shapes(arrays: Sequence[np.ndarray], first_index: int) -> tuple[int, int]:
     """Validate one direction's [kernel, recurrent_kernel(, bias)]; return (input_size, H)."""
     kernel, recurrent_kernel, *rest = arrays
     if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0] \

@@ -11,12 +11,18 @@ The reader is strict: every header field, offset and size is validated against t
 size before any tensor is read, so a truncated, corrupted or lying file raises
 ``ValueError`` (naming the path and the problem) without large allocations.
 """
+from __future__ import annotations
+
 import json
 import math
 import os
+from collections.abc import Mapping
 from importlib import import_module
+from io import BufferedIOBase
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import __version__
 
@@ -24,23 +30,27 @@ FORMAT = "fastlstm"
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_DIMS = 32  # the most NumPy 1.x arrays have
 # model class name -> (module, attribute); load never builds anything else.
-REGISTRY = {"LSTM": ("fastlstm.lstm", "LSTM"), "Sequential": ("fastlstm.models", "Sequential")}
+REGISTRY: dict[str, tuple[str, str]] = {"LSTM": ("fastlstm.lstm", "LSTM"),
+                                        "Sequential": ("fastlstm.models", "Sequential")}
 
 # safetensors dtype code -> little-endian NumPy dtype. BF16 has no NumPy dtype: it is read
 # as its raw 16 bits and widened exactly to float32.
-_DTYPES = {
+_DTYPES: dict[str, np.dtype[Any]] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_CODES = {dtype: code for code, dtype in _DTYPES.items() if code != "BF16"}
+_CODES: dict[np.dtype[Any], str] = {dtype: code for code, dtype in _DTYPES.items()
+                                    if code != "BF16"}
 _PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80) and a version
 _ZIP_MAGIC = b"PK\x03\x04"    # torch.save writes a zip archive holding a pickle
+# a validated header entry: (dtype code, shape, begin, end) with offsets relative to the data
+_Entry = tuple[str, tuple[int, ...], int, int]
 
 
-def save(obj, path):
+def save(obj: Any, path: str | os.PathLike[str]) -> None:
     """Write a model (e.g. ``fastlstm.LSTM``) to ``path`` as a safetensors file.
 
     Parameters
@@ -56,7 +66,7 @@ def save(obj, path):
     write_safetensors(obj.state_dict(), path, metadata=metadata)
 
 
-def load(path):
+def load(path: str | os.PathLike[str]) -> Any:
     """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
 
     Raises ``ValueError`` naming the path if the file is not a valid fastlstm safetensors
@@ -106,7 +116,7 @@ def load(path):
     return obj
 
 
-def read_safetensors(path):
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read every tensor of a safetensors file (e.g. one written by PyTorch).
 
     Returns
@@ -118,12 +128,13 @@ def read_safetensors(path):
     return _read(path)[2]
 
 
-def read_metadata(path):
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """Return the ``__metadata__`` map (str -> str) of a safetensors file, or ``{}``."""
     return _read(path, with_data=False)[1]
 
 
-def write_safetensors(tensors, path, metadata=None):
+def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathLike[str],
+                      metadata: Mapping[str, str] | None = None) -> None:
     """Write a mapping name -> array to ``path`` as a safetensors file.
 
     Parameters
@@ -163,9 +174,10 @@ def write_safetensors(tensors, path, metadata=None):
             f.write(array.tobytes(order="C"))
 
 
-def _lstm_parameter_count(config):
+def _lstm_parameter_count(config: dict[str, Any]) -> int | None:
     """Number of parameters an LSTM config implies; None if its sizes are not ints."""
-    sizes = config.get("input_size"), config.get("hidden_size"), config.get("num_layers", 1)
+    sizes: tuple[Any, ...] = (config.get("input_size"), config.get("hidden_size"),
+                              config.get("num_layers", 1))
     if not all(type(size) is int and size >= 0 for size in sizes):
         return None  # from_config reports the bad value
     input_size, hidden, layers = sizes
@@ -176,7 +188,7 @@ def _lstm_parameter_count(config):
     return directions * (4 * hidden * (inputs + layers * hidden) + layers * per_layer)
 
 
-def _registered_name(obj):
+def _registered_name(obj: Any) -> str:
     """Name under which ``load`` rebuilds ``obj``'s class; TypeError for any other class."""
     name = type(obj).__name__
     if name in REGISTRY:
@@ -187,7 +199,8 @@ def _registered_name(obj):
                     f"{type(obj).__module__}.{type(obj).__qualname__}")
 
 
-def _read(path, with_data=True):
+def _read(path: str | os.PathLike[str], with_data: bool = True
+          ) -> tuple[dict[str, _Entry], dict[str, str], dict[str, np.ndarray]]:
     """Validate the file's header against its size; return (entries, metadata, tensors).
 
     ``entries`` maps names to (dtype_code, shape, begin, end); ``tensors`` (names to arrays)
@@ -197,11 +210,15 @@ def _read(path, with_data=True):
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
-        _check_not_other_format(prefix, where)
+        header_size = int.from_bytes(prefix, "little")
+        plausible = (len(prefix) == 8 and 8 + header_size <= file_size
+                     and header_size <= MAX_HEADER_BYTES and f.read(1) == b"{")
+        if not plausible:   # a valid header may start with the bytes a pickle starts with
+            _check_not_other_format(prefix, where)
+        f.seek(8)
         if len(prefix) < 8:
             raise ValueError(f"{where}: not a safetensors file (only {file_size} bytes, the "
                              f"8-byte header length is missing)")
-        header_size = int.from_bytes(prefix, "little")
         if header_size > MAX_HEADER_BYTES:
             raise ValueError(f"{where}: not a safetensors file (header length {header_size} "
                              f"bytes exceeds the {MAX_HEADER_BYTES}-byte limit)")
@@ -221,7 +238,7 @@ def _read(path, with_data=True):
     return entries, metadata, tensors
 
 
-def _check_not_other_format(prefix, where):
+def _check_not_other_format(prefix: bytes, where: str) -> None:
     """Name the format of a pickle or a torch.save zip renamed as safetensors."""
     if prefix[:4] == _ZIP_MAGIC:
         raise ValueError(f"{where}: not a safetensors file (it is a zip archive, as written by "
@@ -232,7 +249,8 @@ def _check_not_other_format(prefix, where):
                          f"{prefix[1]}; fastlstm never unpickles)")
 
 
-def _parse_header(raw_header, data_size, where):
+def _parse_header(raw_header: bytes, data_size: int, where: str
+                  ) -> tuple[dict[str, _Entry], dict[str, str]]:
     """Validate the JSON header; return ({name: (dtype_code, shape, begin, end)}, metadata)."""
     if not raw_header.lstrip(b" ").startswith(b"{"):
         raise ValueError(f"{where}: not a safetensors file (the header is not a JSON object)")
@@ -263,7 +281,7 @@ def _parse_header(raw_header, data_size, where):
     return entries, metadata
 
 
-def _parse_entry(name, entry, where):
+def _parse_entry(name: str, entry: Any, where: str) -> _Entry:
     """Validate one tensor's header entry; return (dtype_code, shape, begin, end)."""
     label = f"{where}: tensor {name!r}"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
@@ -290,18 +308,20 @@ def _parse_entry(name, entry, where):
     return dtype, tuple(shape), offsets[0], offsets[1]
 
 
-def _read_tensor(f, dtype_code, shape, where, name):
+def _read_tensor(f: BufferedIOBase, dtype_code: str, shape: tuple[int, ...], where: str,
+                 name: str) -> np.ndarray:
     """Read exactly one validated tensor from the current position of ``f``."""
     array = np.empty(shape, dtype=_DTYPES[dtype_code])
     buffer = array.reshape(-1).view(np.uint8)
-    if f.readinto(buffer) != buffer.size:
+    # (ignore: NumPy declares ndarray.__buffer__ for Python >= 3.12 only)
+    if f.readinto(buffer) != buffer.size:  # type: ignore[arg-type]
         raise ValueError(f"{where}: tensor {name!r}: file shrank while being read")
     if dtype_code == "BF16":
         return (array.astype(np.uint32) << 16).view(np.float32)
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def _is_count(value):
+def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -309,7 +329,7 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _no_duplicate_keys(pairs):
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     if len(set(keys)) != len(keys):
         duplicate = next(key for key in keys if keys.count(key) > 1)

@@ -112,7 +112,7 @@ class MeanSquaredError(Loss):
 
 
 class MeanAbsoluteError(Loss):
-    """mean(|y_pred - y_true|); the gradient at 0 is 0."""
+    """mean(``|y_pred - y_true|``); the gradient at 0 is 0."""
 
     name = "mean_absolute_error"
 

@@ -58,7 +58,7 @@ class MeanSquaredError(Metric):
 
 
 class MeanAbsoluteError(Metric):
-    """Mean of |y_pred - y_true| over every element."""
+    """Mean of ``|y_pred - y_true|`` over every element."""
 
     default_name = "mean_absolute_error"
 

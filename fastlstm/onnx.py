@@ -6,9 +6,23 @@ output Y is (T, D, B, H) (layout 0) or (B, T, D, H) (layout 1); PyTorch's is (T,
 A stack of layers is a chain of LSTM nodes joined by Transpose/Reshape (or Squeeze) glue,
 the pattern the usual exporters and :func:`to_onnx` write.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .lstm import LSTM
+
+# one step of _GraphBuilder.chain: (op_type, extra inputs after the chained one, attributes)
+_Op = tuple[str, list[str], dict[str, Any]]
 
 IR_VERSION_LIMIT = 10  # ONNX Runtime 1.31 loads models of IR version <= 10
 MIN_OPSET = 14         # LSTM-14 (layout attribute); Squeeze/Slice take axes as inputs
@@ -24,7 +38,8 @@ _INPUT_PATH_OPS = {"Transpose", "Cast", "Identity"}
 _LAYER_PATH_OPS = {"Transpose", "Reshape", "Squeeze", "Cast", "Identity"}
 
 
-def to_onnx(module, path, *, opset=14, all_inputs=False):
+def to_onnx(module: LSTM, path: str | os.PathLike[str], *, opset: int = 14,
+            all_inputs: bool = False) -> None:
     """Write ``module`` (a fastlstm.LSTM) to ``path`` as an ONNX model ONNX Runtime runs.
 
     The graph takes ``x`` shaped as for a batched ``module(x)`` and returns ``out``,
@@ -64,14 +79,16 @@ def to_onnx(module, path, *, opset=14, all_inputs=False):
     direction = "bidirectional" if module.bidirectional else \
         "reverse" if module.reverse else "forward"
     io_type = TensorProto.DOUBLE if module.dtype == np.float64 else TensorProto.FLOAT
-    to_float32 = [("Cast", [], {"to": TensorProto.FLOAT})] if io_type != TensorProto.FLOAT else []
-    to_io_type = [("Cast", [], {"to": io_type})] if io_type != TensorProto.FLOAT else []
+    to_float32: list[_Op] = [("Cast", [], {"to": TensorProto.FLOAT})] \
+        if io_type != TensorProto.FLOAT else []
+    to_io_type: list[_Op] = [("Cast", [], {"to": io_type})] if io_type != TensorProto.FLOAT else []
     x_dims = ["batch", "time", module.input_size] if module.batch_first else \
         ["time", "batch", module.input_size]
     state_dims = [num_dirs * layers, "batch", hidden]
     inputs = [helper.make_tensor_value_info("x", io_type, x_dims)]
     graph = _GraphBuilder()
-    transpose_bt = [("Transpose", [], {"perm": [1, 0, 2]})] if module.batch_first else []
+    transpose_bt: list[_Op] = [("Transpose", [], {"perm": [1, 0, 2]})] if module.batch_first \
+        else []
     x = graph.chain(["x"], to_float32 + transpose_bt)
     lengths, h0, c0 = "", "", ""
     if all_inputs:
@@ -80,7 +97,8 @@ def to_onnx(module, path, *, opset=14, all_inputs=False):
                    helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])]
         h0, c0 = graph.chain(["h0"], to_float32), graph.chain(["c0"], to_float32)
         lengths = graph.chain(["lengths"], [("Cast", [], {"to": TensorProto.INT32})])
-    lstm_outputs = ["h_n", "c_n"] if layers == 1 and not to_io_type else None
+    lstm_outputs: list[str | None] | None = ["h_n", "c_n"] \
+        if layers == 1 and not to_io_type else None
     h_n, c_n = [], []
     for layer in range(layers):
         w, r, b, p = (graph.constant(a) if a is not None else ""
@@ -97,6 +115,7 @@ def to_onnx(module, path, *, opset=14, all_inputs=False):
                                  [None, *(lstm_outputs or [None, None])], **attributes)
         h_n.append(y_h)
         c_n.append(y_c)
+        merge: list[_Op]
         if num_dirs == 1:  # (T, 1, B, H) -> (T, B, H)
             merge = [("Squeeze", [graph.constant(np.array([1]))], {})]
         else:  # (T, 2, B, H) -> (T, B, 2, H) -> (T, B, 2H)
@@ -106,7 +125,7 @@ def to_onnx(module, path, *, opset=14, all_inputs=False):
             x = graph.chain([y], merge)
     graph.chain([y], merge + transpose_bt + to_io_type, "out")
     if lstm_outputs is None:
-        concat = [("Concat", [], {"axis": 0})] if layers > 1 else []
+        concat: list[_Op] = [("Concat", [], {"axis": 0})] if layers > 1 else []
         graph.chain(h_n, concat + to_io_type, "h_n")
         graph.chain(c_n, concat + to_io_type, "c_n")
     outputs = [helper.make_tensor_value_info("out", io_type, [*x_dims[:2], num_dirs * hidden]),
@@ -120,7 +139,7 @@ def to_onnx(module, path, *, opset=14, all_inputs=False):
     onnx.save(model, os.fspath(path))
 
 
-def from_onnx(model_or_path):
+def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> LSTM:
     """Build a fastlstm.LSTM from an ONNX model whose computation is a stack of LSTM nodes.
 
     Parameters
@@ -193,7 +212,7 @@ def from_onnx(model_or_path):
     return module
 
 
-def _import_onnx():
+def _import_onnx() -> ModuleType:
     try:
         import onnx
     except ImportError:
@@ -202,7 +221,7 @@ def _import_onnx():
     return onnx
 
 
-def _load_model(model_or_path):
+def _load_model(model_or_path: Any) -> onnx.ModelProto:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -217,14 +236,15 @@ def _load_model(model_or_path):
         raise ValueError(f"{os.fspath(model_or_path)!r}: not an ONNX model ({exc})") from None
 
 
-def _onnx_weights(params, layer, module):
+def _onnx_weights(params: dict[str, np.ndarray], layer: int, module: LSTM
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """ONNX W (D, 4H, in), R (D, 4H, H), B (D, 8H) or None, P (D, 3H) or None, float32."""
     suffixes = ["", "_reverse"][:module.num_directions]
 
-    def stack(parts):
+    def stack(parts: list[np.ndarray]) -> np.ndarray:
         return np.stack(parts).astype(np.float32)
 
-    def gates(array):
+    def gates(array: np.ndarray) -> np.ndarray:
         return np.concatenate([np.split(array, 4)[i] for i in _TORCH_TO_ONNX_GATES])
 
     w = stack([gates(params[f"weight_ih_l{layer}{s}"]) for s in suffixes])
@@ -237,7 +257,7 @@ def _onnx_weights(params, layer, module):
     return w, r, b, p
 
 
-def _read_lstm_node(node, graph):
+def _read_lstm_node(node: onnx.NodeProto, graph: _GraphView) -> dict[str, Any]:
     """Attributes and PyTorch-ordered weights of one LSTM node, after checking them."""
     from onnx import helper
 
@@ -301,9 +321,10 @@ def _read_lstm_node(node, graph):
             "w": w, "r": r, "b": b, "p": p}
 
 
-def _torch_state(layers, bias, peephole):
+def _torch_state(layers: list[dict[str, Any]], bias: bool, peephole: bool
+                 ) -> dict[str, np.ndarray]:
     """PyTorch-named parameters (gate order i, f, g, o) of the layers read from ONNX."""
-    def gates(array):
+    def gates(array: np.ndarray) -> np.ndarray:
         return np.concatenate([np.split(array, 4)[i] for i in _ONNX_TO_TORCH_GATES])
 
     state = {}
@@ -326,10 +347,12 @@ def _torch_state(layers, bias, peephole):
 class _GraphBuilder:
     """Nodes and initializers of a graph under construction, with generated names."""
 
-    def __init__(self):
-        self.nodes, self.initializers = [], []
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
 
-    def node(self, op_type, inputs, outputs=(None,), **attributes):
+    def node(self, op_type: str, inputs: list[str], outputs: Sequence[str | None] = (None,),
+             **attributes: Any) -> Any:
         """Append a node; ``outputs`` lists names (None: generated). Returns the name(s)."""
         from onnx import helper
 
@@ -341,7 +364,7 @@ class _GraphBuilder:
                                            **attributes))
         return names if len(names) > 1 else names[0]
 
-    def constant(self, array):
+    def constant(self, array: npt.ArrayLike) -> str:
         """Add an initializer holding ``array``; return its name."""
         from onnx import numpy_helper
 
@@ -349,7 +372,7 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def chain(self, inputs, ops, output=None):
+    def chain(self, inputs: list[str], ops: list[_Op], output: str | None = None) -> str:
         """Apply ops [(op_type, extra_inputs, attributes)] in turn to ``inputs``.
 
         The last op writes ``output`` (an Identity if ``ops`` is empty and ``output`` is
@@ -366,7 +389,7 @@ class _GraphBuilder:
 class _GraphView:
     """Read-only queries on a model's main graph: producers, constants, data paths."""
 
-    def __init__(self, model):
+    def __init__(self, model: onnx.ModelProto) -> None:
         from onnx import numpy_helper
 
         self.model = model
@@ -379,7 +402,7 @@ class _GraphView:
             if any(name in self.dependent for name in node.input):
                 self.dependent.update(node.output)
 
-    def check_data_path_ops(self):
+    def check_data_path_ops(self) -> None:
         """Raise for a node outside LSTM and glue that computes on input-dependent data."""
         for node in self.model.graph.node:
             if node.op_type != "LSTM" and node.op_type not in _GLUE_OPS and any(
@@ -388,7 +411,8 @@ class _GraphView:
                                  f"computes on the data; from_onnx converts graphs of LSTM "
                                  f"nodes and layout glue ({', '.join(sorted(_GLUE_OPS))}) only")
 
-    def constant(self, name, label, required=False, runtime_ok=False):
+    def constant(self, name: str, label: str, required: bool = False,
+                 runtime_ok: bool = False) -> Any:
         """Value of a constant tensor; None if ``name`` is empty (and not ``required``) or
         depends on graph inputs (and ``runtime_ok``)."""
         if not name:
@@ -404,7 +428,7 @@ class _GraphView:
             return self.to_array(self.initializers[name])
         return self._evaluate(name)
 
-    def _evaluate(self, name):
+    def _evaluate(self, name: str) -> np.ndarray:
         """Fold a constant computed by nodes (Constant, Cast, Concat, ...) with onnx.reference."""
         from onnx import ValueInfoProto, helper
         from onnx.reference import ReferenceEvaluator
@@ -422,9 +446,11 @@ class _GraphView:
                                   initializer=initializers)
         model = helper.make_model(graph, opset_imports=self.model.opset_import,
                                   ir_version=self.model.ir_version)
-        return ReferenceEvaluator(model).run(None, {})[0]
+        outputs = ReferenceEvaluator(model).run(None, {})  # a list, as output_names is None
+        assert isinstance(outputs, list)
+        return outputs[0]
 
-    def check_reaches(self, name, target, ops, label):
+    def check_reaches(self, name: str, target: str, ops: set[str], label: str) -> None:
         """Raise unless ``name`` is computed from ``target`` through ``ops`` only."""
         while name != target:
             node = self.producers.get(name)
@@ -433,7 +459,7 @@ class _GraphView:
                                  f"output Y through {', '.join(sorted(ops))} only")
             name = node.input[0]
 
-    def trace_input(self, name):
+    def trace_input(self, name: str) -> tuple[onnx.ValueInfoProto, list[int]]:
         """The graph input reaching ``name`` through Transpose/Cast/Identity, and the axis map.
 
         Returns ``(value_info, perm)`` with ``name``'s axis j being the input's axis perm[j].

@@ -1,6 +1,6 @@
 """Pure-NumPy LSTM forward and backward: the readable spec of the Cython kernels.
 
-The maths is PyTorch's ``nn.LSTM`` (gate order i, f, g, o) with ONNX's extras:
+The maths is PyTorch's ``nn.LSTM`` (gate order i, f, g, o) with ONNX's extras::
 
     z     = x_t W_ih^T + h_{t-1} W_hh^T + b
     z_i  += p_i * c_{t-1};  z_f += p_f * c_{t-1}                (peephole P)
@@ -10,7 +10,7 @@ The maths is PyTorch's ``nn.LSTM`` (gate order i, f, g, o) with ONNX's extras:
     h_t   = o * tanh(c_t)
 
 ``clip`` clamps each of z_i, z_f, z_g, z_o (bias and peephole terms included) to
-[-clip, clip]; the gradient is zero where |z| > clip. ``lengths`` gives PyTorch's
+[-clip, clip]; the gradient is zero where ``|z| > clip``. ``lengths`` gives PyTorch's
 packed-sequence semantics: sequence b runs its first ``lengths[b]`` steps (the reverse
 direction starts at step ``lengths[b] - 1`` from h0/c0), outputs past its end are 0 and
 h_n/c_n are the state after its last valid step.
@@ -20,19 +20,25 @@ Arrays are time-major: x is (T, B, in). Everything is computed in the dtype of x
 stack them into the multi-layer, optionally bidirectional module, with parameters named as
 PyTorch names them. This module is also the NumPy baseline of the benchmarks.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 
-def sigmoid(z):
+def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function, written through tanh so it never overflows."""
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def _float_dtype(x):
+def _float_dtype(x: np.ndarray) -> np.dtype[Any]:
     return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
-def _valid_steps(lengths, T, B):
+def _valid_steps(lengths: npt.ArrayLike | None, T: int, B: int) -> np.ndarray | None:
     """(T, B, 1) bool: True where step t lies inside sequence b; None without lengths."""
     if lengths is None:
         return None
@@ -43,17 +49,21 @@ def _valid_steps(lengths, T, B):
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
-def _clamp(z, clip):
+def _clamp(z: np.ndarray, clip: float | None) -> np.ndarray:
     """z clamped to [-clip, clip]; z itself when clip is None."""
     return z if clip is None else np.clip(z, -clip, clip)
 
 
-def _clip_pass(z, clip):
+def _clip_pass(z: np.ndarray, clip: float) -> np.ndarray:
     """Where the gradient flows through the clamp of z to [-clip, clip] (1.0 or 0.0)."""
     return (np.abs(z) <= clip).astype(z.dtype)
 
 
-def layer_forward(x, h0, c0, W_ih, W_hh, b=None, P=None, lengths=None, reverse=False, clip=None):
+def layer_forward(x: npt.ArrayLike, h0: npt.ArrayLike, c0: npt.ArrayLike, W_ih: npt.ArrayLike,
+                  W_hh: npt.ArrayLike, b: npt.ArrayLike | None = None,
+                  P: npt.ArrayLike | None = None, lengths: npt.ArrayLike | None = None,
+                  reverse: bool = False, clip: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """One LSTM layer in one direction.
 
     x is (T, B, in); h0, c0 are (B, H); W_ih is (4H, in); W_hh is (4H, H); b is (4H,)
@@ -121,7 +131,9 @@ def layer_forward(x, h0, c0, W_ih, W_hh, b=None, P=None, lengths=None, reverse=F
     return out, h, c.copy(), cache  # c may be a view into C
 
 
-def layer_backward(grad_out, grad_h_n, grad_c_n, cache):
+def layer_backward(grad_out: npt.ArrayLike, grad_h_n: npt.ArrayLike | None,
+                   grad_c_n: npt.ArrayLike | None, cache: Mapping[str, Any]
+                   ) -> dict[str, Any]:
     """Gradients of one layer in one direction, mirroring ``layer_forward``.
 
     grad_out is (T, B, H) (entries past a sequence's end are ignored); grad_h_n, grad_c_n
@@ -141,7 +153,7 @@ def layer_backward(grad_out, grad_h_n, grad_c_n, cache):
     grad_out = np.asarray(grad_out, dtype=dtype)
 
     dZ = np.zeros((T, B, 4 * H), dtype)
-    dP = None if P is None else np.zeros(3 * H, dtype)
+    dP: Any = None if P is None else np.zeros(3 * H, dtype)
     dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype)
     dc = np.zeros((B, H), dtype) if grad_c_n is None else np.array(grad_c_n, dtype=dtype)
 
@@ -204,7 +216,7 @@ def layer_backward(grad_out, grad_h_n, grad_c_n, cache):
     )
 
 
-def _directions(bidirectional, reverse):
+def _directions(bidirectional: bool, reverse: bool) -> list[tuple[str, bool]]:
     """(name suffix, runs reversed) for each direction of a layer."""
     if bidirectional:
         if reverse:
@@ -213,8 +225,13 @@ def _directions(bidirectional, reverse):
     return [("", reverse)]
 
 
-def forward(params, x, hx=None, lengths=None, *, num_layers=1, bidirectional=False, reverse=False,
-            clip=None, peephole=False, bias=True, dropout_masks=None):
+def forward(params: Mapping[str, Any], x: npt.ArrayLike,
+            hx: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+            lengths: npt.ArrayLike | None = None, *, num_layers: int = 1,
+            bidirectional: bool = False, reverse: bool = False, clip: float | None = None,
+            peephole: bool = False, bias: bool = True,
+            dropout_masks: Sequence[npt.ArrayLike] | None = None
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     """The multi-layer (optionally bidirectional) LSTM module.
 
     params is a dict with PyTorch's names (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
@@ -270,7 +287,9 @@ def forward(params, x, hx=None, lengths=None, *, num_layers=1, bidirectional=Fal
     return layer_input, (h_n, c_n), cache
 
 
-def backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
+def backward(cache: Mapping[str, Any], grad_out: npt.ArrayLike,
+             grad_h_n: np.ndarray | None = None, grad_c_n: np.ndarray | None = None
+             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """Gradients of the module, mirroring ``forward``.
 
     grad_out is (T, B, D*H); grad_h_n, grad_c_n are (D*num_layers, B, H) or None.
@@ -292,7 +311,7 @@ def backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
 
     grad_layer_out = np.asarray(grad_out, dtype=dtype)
     for k in reversed(range(num_layers)):
-        grad_layer_input = 0
+        grad_layer_input: Any = 0
         for d, (suffix, _) in enumerate(directions):
             name = f"l{k}{suffix}"
             g = layer_backward(

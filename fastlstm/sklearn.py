@@ -320,7 +320,7 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
     feature_names_in_ : ndarray of str, when X was a DataFrame with string column names
     n_outputs_ : int
     x_mean_, x_scale_ : ndarray (features,)
-    y_mean_, y_scale_ : ndarray (n_outputs_,)
+    y_mean_, y_scale_ : ndarray of shape (``n_outputs_``,)
     loss_curve_ : list of float
         Training loss of each epoch (on standardised targets).
     """
@@ -349,7 +349,7 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
             return self._fit(X, targets, self.n_outputs_, None, "mse")
 
     def predict(self, X):
-        """Predictions (n,) or (n, n_outputs_), as y was in fit, in float64."""
+        """Predictions (n,) or (n, ``n_outputs_``), as y was in fit, in float64."""
         check_is_fitted(self)
         X, _ = self._validate(X)
         with _limited_threads(self.n_threads):

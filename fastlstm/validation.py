@@ -1,12 +1,16 @@
 """Checks at the edge of the public API: clear TypeError/ValueError naming the argument."""
+from __future__ import annotations
+
 import numbers
+from typing import Any
 
 import numpy as np
 
-FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+FLOAT_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32),
+                                          "float64": np.dtype(np.float64)}
 
 
-def as_dtype(dtype):
+def as_dtype(dtype: Any) -> np.dtype[Any]:
     """Return the np.dtype for "float32"/"float64" (or their NumPy/PyTorch spellings)."""
     name = getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
     if isinstance(dtype, type) and issubclass(dtype, np.generic):
@@ -16,7 +20,7 @@ def as_dtype(dtype):
     return FLOAT_DTYPES[name]
 
 
-def as_real_array(value, name, dtype):
+def as_real_array(value: Any, name: str, dtype: Any) -> np.ndarray:
     """Convert a real int/float array-like (NumPy, nested lists, PyTorch tensor) to ``dtype``.
 
     bool, complex, object and string data raise TypeError naming ``name``.
@@ -38,7 +42,8 @@ def as_real_array(value, name, dtype):
     return array.astype(dtype, copy=False)
 
 
-def check_int(value, name, minimum=None, maximum=None):
+def check_int(value: Any, name: str, minimum: int | None = None,
+              maximum: int | None = None) -> int:
     """Return ``value`` as int, requiring an integral (non-bool) number in range."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
@@ -50,7 +55,8 @@ def check_int(value, name, minimum=None, maximum=None):
     return value
 
 
-def check_float(value, name, low, high, low_open=False, high_open=False):
+def check_float(value: Any, name: str, low: float, high: float, low_open: bool = False,
+                high_open: bool = False) -> float:
     """Return ``value`` as float, requiring a real number in the given interval."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
@@ -63,7 +69,7 @@ def check_float(value, name, low, high, low_open=False, high_open=False):
     return value
 
 
-def check_bool(value, name):
+def check_bool(value: Any, name: str) -> bool:
     """Return ``value`` as bool, requiring a bool."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")

@@ -312,3 +312,14 @@ def test_save_rejects_unregistered_objects(tmp_path):
         with pytest.raises(TypeError, match="obj: expected one of"):
             fl.save(obj, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("hidden_size", [13, 19, 24, 40])
+def test_headers_that_start_like_a_pickle_still_load(tmp_path, hidden_size):
+    """Header lengths 640/896/1152/1408 begin with 0x80 0x02..0x05, as a pickle does."""
+    path = tmp_path / "m.safetensors"
+    module = fl.LSTM(5, hidden_size, num_layers=2, seed=0)
+    fl.save(module, path)
+    loaded = fl.load(path)
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[name], value)
