@@ -1,0 +1,1 @@
+"""pytest-benchmark suite (a package so its test_bench.py and tests/test_bench.py can share a run)."""

@@ -1,0 +1,106 @@
+"""The ``fastlstm`` command: ``--version``, ``info`` and ``bench``.
+
+``python -m fastlstm bench`` (or the ``fastlstm`` console script) runs the side-by-side
+benchmark of :mod:`fastlstm.bench`; ``fastlstm info`` describes the build and the threads.
+"""
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import fastlstm
+
+from . import bench
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastlstm", description="fastlstm: a fast CPU LSTM for Python.")
+    parser.add_argument("--version", action="version", version=f"fastlstm {fastlstm.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("info", help="version, build, SIMD, OpenMP, BLAS and thread counts",
+                        description="Describe the build, the CPU and the thread pools.")
+    run = commands.add_parser(
+        "bench", help="benchmark fastlstm against NumPy, PyTorch and ONNX Runtime",
+        description="Time fastlstm and its peers side by side, each in its own process with "
+                    "the same thread count; print a Markdown table and write results.md, "
+                    "results.json and speedup.png into --out. Peers that are not installed "
+                    "are reported absent.")
+    run.add_argument("--quick", action="store_true",
+                     help="S1-S3 forward and train plus the S1 streaming step, fewer repeats")
+    run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                     help="threads per framework (default: fastlstm.get_num_threads())")
+    run.add_argument("--out", default=bench.DEFAULT_OUT, metavar="DIR",
+                     help=f"output directory, created if needed (default: ./{bench.DEFAULT_OUT})")
+    run.add_argument("--frameworks", nargs="+", choices=bench.FRAMEWORKS,
+                     default=list(bench.FRAMEWORKS), metavar="NAME",
+                     help=f"frameworks to run, from {', '.join(bench.FRAMEWORKS)} (default: all)")
+    run.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES),
+                     metavar="MODE",
+                     help=f"modes to run, from {', '.join(bench.MODES)} (default: all)")
+    return parser
+
+
+def info_lines() -> list[str]:
+    """What ``fastlstm info`` prints, one string per line."""
+    from . import _openmp
+    from ._threads import usable_cores
+
+    if _openmp.openmp_enabled():
+        openmp = f"on (omp max threads {_openmp.max_threads()})"
+    else:
+        openmp = "off (serial build: the kernels run on one thread)"
+    simd = bench.simd_flags()
+    lines = [
+        f"fastlstm {fastlstm.__version__} ({os.path.dirname(fastlstm.__file__)})",
+        f"Python {sys.version.split()[0]}, NumPy {bench.package_version('numpy')}, "
+        f"SciPy {bench.package_version('scipy')}",
+        f"OpenMP: {openmp}",
+        f"CPU: {bench.cpu_model()}; SIMD: {' '.join(simd) if simd else 'unknown'}",
+        f"Threads: fastlstm.get_num_threads() = {fastlstm.get_num_threads()}, "
+        f"usable cores {usable_cores()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+    ]
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return lines + ["BLAS/OpenMP libraries: threadpoolctl not installed"]
+    lines.append("BLAS/OpenMP libraries (threadpoolctl):")
+    for pool in threadpool_info():
+        details = ", ".join(str(pool[key]) for key in ("version", "architecture", "threading_layer")
+                            if pool.get(key))
+        lines.append(f"  {pool['user_api']}: {pool['prefix']}{f' ({details})' if details else ''}, "
+                     f"{pool['num_threads']} threads, {pool['filepath']}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastlstm`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print("\n".join(info_lines()))
+        return 0
+    if args.command == "bench":
+        from ._threads import usable_cores
+        if args.threads is not None and args.threads > usable_cores():
+            parser.error(f"--threads: expected at most the {usable_cores()} usable cores, "
+                         f"got {args.threads}")
+        return bench.main(quick=args.quick, threads=args.threads, out_dir=args.out,
+                          frameworks=args.frameworks, modes=args.modes)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The ``fastlstm`` command line: --version, info, bench."""
+import subprocess
+import sys
+
+import pytest
+
+import fastlstm
+from fastlstm import _openmp, bench
+from fastlstm.__main__ import main
+
+
+def test_version_from_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"fastlstm {fastlstm.__version__}"
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "bench" in capsys.readouterr().out
+
+
+def test_info_reports_build_threads_and_libraries(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert out.startswith(f"fastlstm {fastlstm.__version__}")
+    expected_openmp = "OpenMP: on" if _openmp.openmp_enabled() else "OpenMP: off"
+    assert expected_openmp in out
+    assert f"fastlstm.get_num_threads() = {fastlstm.get_num_threads()}" in out
+    assert "SIMD:" in out
+    pytest.importorskip("threadpoolctl")
+    assert "BLAS/OpenMP libraries (threadpoolctl):" in out
+    assert "  blas: " in out  # SciPy's BLAS is loaded by the kernels' module
+
+
+def test_info_of_a_serial_build_without_threadpoolctl(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import now raises ImportError
+    monkeypatch.setattr(_openmp, "openmp_enabled", lambda: False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "threadpoolctl not installed" in out
+    assert "OpenMP: off (serial build" in out
+    assert "fastlstm.get_num_threads() = 1" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--threads", "two"], "--threads"),
+    (["bench", "--threads", "4096"], "--threads"),
+    (["bench", "--frameworks", "tensorflow"], "--frameworks"),
+    (["bench", "--modes", "backward"], "--modes"),
+])
+def test_bench_rejects_bad_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    print(err)
+    assert exit_info.value.code == 2
+    assert message in err
+
+
+def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
+    """The CLI wiring, on tiny shapes standing in for S1-S3."""
+    monkeypatch.setattr(bench, "S_SHAPES", {"T1": (1, 3, 4, 5), "T2": (2, 2, 3, 8)})
+    monkeypatch.setattr(bench, "QUICK_TIMING", bench.Timing(0.0, 0.01, 2, 3, 0.0))
+    out_dir = tmp_path / "bench-out"
+    status = main(["bench", "--quick", "--threads", "1", "--out", str(out_dir),
+                   "--frameworks", "fastlstm", "numpy", "--modes", "forward"])
+    captured = capsys.readouterr()
+    print(captured.out)
+    assert status == 0
+    rows = [line for line in captured.out.splitlines() if line.startswith("| T")]
+    assert [line.split(" | ")[:2] for line in rows] == [["| T1", "forward"], ["| T2", "forward"]]
+    assert "| fastlstm | numpy | vs numpy |" in captured.out
+    assert "torch" not in captured.out.split("| case |")[1]
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert files == ["results.json", "results.md", "speedup.png"]
