@@ -148,19 +148,23 @@ cdef void _forward_thread(
         h_t = hidden + (t if training else s % 2) * B * H
         c_t = cells + (t if training else s % 2) * B * H
         if nj > 0:
-            for gate in range(4):
-                w_gate = W_hh + (gate * H + j0) * H
-                if B == 1:
-                    # z_mine[gate] = W_hh[gate*H + j0 : gate*H + j1] @ h_prev[0]
-                    _matvec(z_mine + gate * nj, w_gate, h_prev, <int>nj, H, H)
-                elif B <= SMALL_BATCH:
-                    # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
-                    _gemm_nt(z_mine + gate * nj, <int>(4 * nj), h_prev, H, w_gate, H, B,
-                             <int>nj, H)
-                else:
-                    # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
-                    gemm(False, True, B, <int>nj, H, 1, h_prev, H, w_gate, H, 0,
-                         z_mine + gate * nj, <int>(4 * nj))
+            if nj == H and B > SMALL_BATCH:
+                # one thread owns every unit (BLAS threads the product): z = h_prev @ W_hh.T
+                gemm(False, True, B, <int>G, H, 1, h_prev, H, W_hh, H, 0, z_mine, <int>G)
+            else:
+                for gate in range(4):
+                    w_gate = W_hh + (gate * H + j0) * H
+                    if B == 1:
+                        # z_mine[gate] = W_hh[gate*H + j0 : gate*H + j1] @ h_prev[0]
+                        _matvec(z_mine + gate * nj, w_gate, h_prev, <int>nj, H, H)
+                    elif B <= SMALL_BATCH:
+                        # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
+                        _gemm_nt(z_mine + gate * nj, <int>(4 * nj), h_prev, H, w_gate, H, B,
+                                 <int>nj, H)
+                    else:
+                        # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
+                        gemm(False, True, B, <int>nj, H, 1, h_prev, H, w_gate, H, 0,
+                             z_mine + gate * nj, <int>(4 * nj))
             for b in range(B):
                 row = t * B + b
                 if lengths == NULL or t < lengths[b]:
