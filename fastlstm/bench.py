@@ -394,6 +394,7 @@ def write_chart(report: Report, path: str) -> str | None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     height = 0.8 / len(peers)
+    ratios = [v for row in rows for v in row["speedup"].values() if v == v and v > 0]
     for j, peer in enumerate(peers):
         positions = [i + (j - (len(peers) - 1) / 2) * height for i in range(len(rows))]
         values = [row["speedup"].get(peer, float("nan")) for row in rows]
@@ -404,6 +405,7 @@ def write_chart(report: Report, path: str) -> str | None:
                      padding=2)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    ax.set_xlim(min(ratios + [1.0]) / 1.5, max(ratios + [1.0]) * 1.5)   # every bar whole
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("speedup of fastlstm (peer time / fastlstm time, log scale; > 1: faster)")
