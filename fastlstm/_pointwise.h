@@ -120,6 +120,19 @@ static inline __attribute__((always_inline)) fl_vec_f fl_fold4(fl_vec_f a, fl_ve
          + FL_FOLD(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
+/* The 16 sums of 16 vector accumulators, in order, as one vector. */
+static inline __attribute__((always_inline)) fl_vec_f fl_sum16(const fl_vec_f acc[16])
+{
+    fl_vec_f level1[8], level2[4], level3[2];
+    for (int i = 0; i < 8; i++)
+        level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
+    for (int i = 0; i < 4; i++)
+        level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
+    for (int i = 0; i < 2; i++)
+        level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
+    return fl_fold4(level3[0], level3[1]);
+}
+
 /* y (rows,) = W @ x, float: 16 rows at a time, one vector accumulator per row, the 16
  * accumulators folded into one vector of sums (no scalar horizontal adds). */
 FL_CLONES static void matvec_f(float *y, const float *W, const float *x, int rows, int cols,
@@ -137,14 +150,7 @@ FL_CLONES static void matvec_f(float *y, const float *W, const float *x, int row
                 acc[i] += wv * xv;
             }
         }
-        fl_vec_f level1[8], level2[4], level3[2], sums;
-        for (int i = 0; i < 8; i++)
-            level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
-        for (int i = 0; i < 4; i++)
-            level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
-        for (int i = 0; i < 2; i++)
-            level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
-        sums = fl_fold4(level3[0], level3[1]);
+        fl_vec_f sums = fl_sum16(acc);
         for (int k = body; k < cols; k++)
             for (int i = 0; i < 16; i++)
                 sums[i] += W[(size_t)(r + i) * ldw + k] * x[k];
@@ -185,14 +191,7 @@ FL_CLONES static void gemm_nt_f(float *C, int ldc, const float *A, int lda, cons
                     for (int j = 0; j < 4; j++)
                         acc[4 * i + j] += a[i] * b[j];
             }
-            fl_vec_f level1[8], level2[4], level3[2], sums;
-            for (int i = 0; i < 8; i++)
-                level1[i] = fl_fold1(acc[2 * i], acc[2 * i + 1]);
-            for (int i = 0; i < 4; i++)
-                level2[i] = fl_fold2(level1[2 * i], level1[2 * i + 1]);
-            for (int i = 0; i < 2; i++)
-                level3[i] = fl_fold3(level2[2 * i], level2[2 * i + 1]);
-            sums = fl_fold4(level3[0], level3[1]);
+            fl_vec_f sums = fl_sum16(acc);
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 4; j++) {
                     float total = sums[4 * i + j];
