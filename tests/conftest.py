@@ -1,6 +1,8 @@
 """Shared test helpers: optional references fail (not skip) when CI is set."""
 import importlib
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,3 +32,29 @@ def assert_close(label, actual, expected, rtol):
     scale = max(1.0, float(np.max(np.abs(np.asarray(expected, dtype=np.float64)), initial=0.0)))
     assert np.shape(actual) == np.shape(expected), f"{label}: shape {np.shape(actual)} != {np.shape(expected)}"
     assert abs_diff <= rtol * scale, f"{label}: max abs diff {abs_diff:.3e} > {rtol:.1e} * {scale:.3g}"
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def central_differences(loss, array, indices, eps):
+    """d loss() / d array[index] for each index, by central differences (array perturbed
+    in place and restored)."""
+    grads = []
+    for index in indices:
+        saved = array[index]
+        array[index] = saved + eps
+        up = loss()
+        array[index] = saved - eps
+        down = loss()
+        array[index] = saved
+        grads.append((up - down) / (2 * eps))
+    return np.array(grads)

@@ -1,27 +1,18 @@
 """The seed examples run end to end with tiny epochs and learn something."""
-import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 def test_seed_a_regression_beats_the_mean():
-    figures = load("seed_a_regression").main(epochs=2, n_train=400, n_test=100, verbose=0)
+    figures = load_example("seed_a_regression").main(epochs=2, n_train=400, n_test=100, verbose=0)
     losses = figures["history"]["loss"]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert figures["test_mse"] < 0.5 * figures["baseline_mse"]
 
 
 def test_seed_b_classification_trains():
-    figures = load("seed_b_classification").main(epochs=2, n_train=256, n_test=64, verbose=0)
+    figures = load_example("seed_b_classification").main(epochs=2, n_train=256, n_test=64, verbose=0)
     history = figures["history"]
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history["loss"][1] < history["loss"][0]
@@ -29,7 +20,7 @@ def test_seed_b_classification_trains():
 
 
 def test_seed_c_pytorch_style_trains(capsys):
-    figures = load("seed_c_pytorch_style").main(epochs=2, n_train=256, n_test=96)
+    figures = load_example("seed_c_pytorch_style").main(epochs=2, n_train=256, n_test=96)
     assert figures["losses"][1] < figures["losses"][0]
     assert figures["test_accuracy"] > 1 / 3
     assert "(lstm): LSTM(1, 64, num_layers=2, batch_first=True" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Float64 central-difference gradient checks of the kernels through fastlstm.LSTM."""
 import numpy as np
 import pytest
-from conftest import report
+from conftest import central_differences, report
 
 import fastlstm as fl
 
@@ -23,19 +23,6 @@ def loss_and_grads(module, x, hx, lengths, weights):
     g, gh, gc = weights
     loss = float(np.sum(out * g) + np.sum(h_n * gh) + np.sum(c_n * gc))
     return loss, out
-
-
-def numeric_grad(f, array, indices, eps=1e-6):
-    grads = []
-    for index in indices:
-        saved = array[index]
-        array[index] = saved + eps
-        plus = f()
-        array[index] = saved - eps
-        minus = f()
-        array[index] = saved
-        grads.append((plus - minus) / (2 * eps))
-    return np.array(grads)
 
 
 def sample_indices(shape, rng, count=12):
@@ -71,7 +58,7 @@ def test_gradients_match_central_differences(config, lengths):
     for label, array, analytic in [("x", x, dx), ("h0", hx[0], dh0), ("c0", hx[1], dc0)] + [
             (name, param, module.grads[name]) for name, param in module.named_parameters()]:
         indices = sample_indices(array.shape, rng)
-        numeric = numeric_grad(run, array, indices)
+        numeric = central_differences(run, array, indices, 1e-6)
         expected = np.array([analytic[i] for i in indices])
         report(f"d{label}", expected, numeric)
         worst = max(worst, float(np.max(np.abs(expected - numeric))))

@@ -1,24 +1,13 @@
 """The real-data examples (data shipped with statsmodels and with Python itself) run end to
 end with small settings and beat their baselines."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import load_example, require
 
 import fastlstm as fl
 from fastlstm import _threads
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -35,13 +24,13 @@ def test_sunspot_forecast_beats_persistence(one_thread, tmp_path):
     require("statsmodels")
     require("matplotlib")
     plot = tmp_path / "sunspots.png"
-    figures = load("forecast_sunspots").main(plot_path=plot, epochs=15)
+    figures = load_example("forecast_sunspots").main(plot_path=plot, epochs=15)
     assert figures["lstm_mse"] < 0.5 * figures["persistence_mse"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_char_lm_beats_the_unigram_baseline(one_thread):
-    figures = load("char_lm").main(epochs=2, n_chars=120_000, hidden_size=64,
+    figures = load_example("char_lm").main(epochs=2, n_chars=120_000, hidden_size=64,
                                    sample_length=80)
     losses = figures["train_loss"]
     assert losses[1] < losses[0]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import assert_close, require
+from conftest import assert_close, central_differences, require
 from fastlstm import reference as ref
 
 F64_TOL = 1e-9
@@ -11,17 +11,9 @@ EPS = 1e-6
 
 
 def numerical_gradient(loss, array, eps=EPS):
-    """Central differences of loss() with respect to every entry of array (perturbed in place)."""
-    grad = np.zeros_like(array)
-    for idx in np.ndindex(array.shape):
-        saved = array[idx]
-        array[idx] = saved + eps
-        up = loss()
-        array[idx] = saved - eps
-        down = loss()
-        array[idx] = saved
-        grad[idx] = (up - down) / (2 * eps)
-    return grad
+    """Central differences of loss() with respect to every entry of array."""
+    indices = list(np.ndindex(array.shape))
+    return central_differences(loss, array, indices, eps).reshape(array.shape)
 
 
 def make_layer(rng, T, B, n_in, H, bias=True, peephole=False, dtype=np.float64):
