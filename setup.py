@@ -2,7 +2,7 @@
 
 OpenMP is detected by compiling a tiny program with ``-fopenmp``; without it the kernels
 build serially (with a loud warning) and stay correct. The gate nonlinearities are compiled
-for several instruction sets at once (``target_clones`` in ``_pointwise.h``) so one portable
+for several instruction sets at once (``target_clones`` in ``fastlstm/_kernels``) so one portable
 build runs AVX-512/AVX2 code where the CPU has it. ``FASTLSTM_NATIVE=1`` adds
 ``-march=native`` for a local build tuned to this machine.
 """
@@ -54,7 +54,8 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
 
 def extension(name):
     return Extension(
-        f"fastlstm.{name}", [f"fastlstm/{name}.pyx"], include_dirs=["fastlstm", numpy.get_include()],
+        f"fastlstm._kernels.{name}", [f"fastlstm/_kernels/{name}.pyx"],
+        include_dirs=["fastlstm/_kernels", numpy.get_include()],
         extra_compile_args=compile_args, extra_link_args=omp_link, libraries=["m"],
         define_macros=macros,
     )
@@ -62,7 +63,7 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension(name) for name in ("_openmp", "_blas", "_lstm")],
+        [extension(name) for name in ("openmp", "blas", "lstm")],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
     ),

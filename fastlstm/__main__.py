@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def info_lines() -> list[str]:
     """What ``fastlstm info`` prints, one string per line."""
-    from . import _openmp
+    from ._kernels import openmp as _openmp
     from ._threads import usable_cores
 
     if _openmp.openmp_enabled():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import os
 
-from . import _openmp
+from ._kernels import openmp as _openmp
 from .validation import check_int
 
 _requested: int | None = None

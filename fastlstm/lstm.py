@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from . import _lstm
+from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 import fastlstm
-from fastlstm import _openmp, bench
+from fastlstm import bench
+from fastlstm._kernels import openmp as _openmp
 from fastlstm.__main__ import main
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import assert_close, require
 
 import fastlstm as fl
-from fastlstm import _blas
+from fastlstm._kernels import blas as _blas
 
 
 def make_input(shape, seed=0, dtype=np.float32):
@@ -196,7 +196,8 @@ def test_stream_rejects_bidirectional_and_bad_steps():
 
 # ---------------------------------------------------------------- threads
 def test_num_threads_setting_and_validation():
-    from fastlstm import _openmp, _threads
+    from fastlstm import _threads
+    from fastlstm._kernels import openmp as _openmp
 
     previous = fl.get_num_threads()
     try:
@@ -216,7 +217,7 @@ def test_num_threads_setting_and_validation():
 @pytest.mark.parametrize("batch", [8, 40])   # OpenMP owns the threads / BLAS owns them
 def test_one_thread_pool_and_same_result_for_1_and_2_threads(batch):
     threadpoolctl = require("threadpoolctl")
-    from fastlstm import _openmp
+    from fastlstm._kernels import openmp as _openmp
 
     m = fl.LSTM(32, 64, num_layers=2, bidirectional=True, seed=0)
     x = make_input((20, batch, 32))
@@ -245,7 +246,8 @@ def test_one_thread_pool_and_same_result_for_1_and_2_threads(batch):
 
 def test_threadpoolctl_openmp_limit_is_respected():
     threadpoolctl = require("threadpoolctl")
-    from fastlstm import _openmp, _threads
+    from fastlstm import _threads
+    from fastlstm._kernels import openmp as _openmp
 
     if not _openmp.openmp_enabled():
         pytest.skip("serial build: always one thread")

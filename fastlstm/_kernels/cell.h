@@ -76,7 +76,7 @@ typedef double fl_vec_d __attribute__((vector_size(64)));
 #define FL_NAME(name) name##_f
 #define FL_SIGMOID fl_sigmoidf
 #define FL_TANH fl_tanhf
-#include "_pointwise_impl.h"
+#include "cell_impl.h"
 #undef REAL
 #undef FL_VEC
 #undef FL_NAME
@@ -88,7 +88,7 @@ typedef double fl_vec_d __attribute__((vector_size(64)));
 #define FL_NAME(name) name##_d
 #define FL_SIGMOID fl_sigmoid
 #define FL_TANH tanh
-#include "_pointwise_impl.h"
+#include "cell_impl.h"
 #undef REAL
 #undef FL_VEC
 #undef FL_NAME

@@ -14,8 +14,8 @@ from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
-from ._blas cimport blas_threads_limit, blas_threads_restore, gemm, gemv
-from ._openmp cimport (fl_barrier_t, fl_barrier_wait, fl_omp_barrier, fl_omp_team_size,
+from .blas cimport blas_threads_limit, blas_threads_restore, gemm, gemv
+from .openmp cimport (fl_barrier_t, fl_barrier_wait, fl_omp_barrier, fl_omp_team_size,
                        fl_omp_thread_id)
 
 cnp.import_array()
@@ -23,7 +23,7 @@ cnp.import_array()
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
 
-cdef extern from "_pointwise.h":
+cdef extern from "cell.h":
     void cell_forward_f(float* act, float* c, float* h, float* out, unsigned char* clipped,
                         const float* zx, const float* zh, const float* c_prev,
                         const float* peep, float clip, int n, int H,
@@ -454,7 +454,7 @@ cdef class StreamKernel:
 
     cdef cnp.ndarray _coerce(self, object x):
         import numpy as np
-        from .validation import as_real_array
+        from ..validation import as_real_array
         arr = as_real_array(x, "x_t", self._dtype)
         if not (arr.shape == (self.B, self.in_size)
                 or (self.B == 1 and arr.shape == (self.in_size,))):

@@ -1,0 +1,1 @@
+"""Compiled kernels: the LSTM passes, packed recurrent products, BLAS wrappers, OpenMP shim."""
