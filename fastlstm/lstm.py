@@ -325,7 +325,7 @@ class LSTM:
         suffix = f"_l{layer}{self._suffix(direction)}"
         params = self._params
         bias = (params["bias_ih" + suffix] + params["bias_hh" + suffix] if self.bias
-                else np.empty(0, self.dtype))
+                else np.zeros(4 * self.hidden_size, self.dtype))
         peep = self._peephole_blocks.get((layer, direction), np.empty(0, self.dtype))
         return suffix, params["weight_ih" + suffix], params["weight_hh" + suffix], bias, peep
 
@@ -352,7 +352,7 @@ class LSTM:
                 _, W_ih, W_hh, bias, peep = self._direction_params(layer, direction)
                 state_steps = steps if training else 2
                 buffers = dict(
-                    gates=np.empty(steps * batch * 4 * H, dtype=dtype),
+                    gates=np.empty(steps * batch * 4 * H if training else 0, dtype=dtype),
                     hidden=np.empty(state_steps * batch * H, dtype=dtype),
                     cells=np.empty(state_steps * batch * H, dtype=dtype),
                     clipped=(np.empty(steps * batch * 4 * H, dtype=np.uint8)

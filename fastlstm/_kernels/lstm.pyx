@@ -1,22 +1,25 @@
 # cython: language_level=3
 """LSTM kernels: forward (inference and training), backward (BPTT), streaming step.
 
-One call handles one layer and one direction over time-major contiguous buffers. Inside a
-call OpenMP owns the cores and BLAS runs single-threaded (DESIGN section 4): thread k owns
-the hidden units [j0, j1) and the four matching row blocks of W_hh, which stay in its
-cache across steps; per time step it computes h_{t-1} @ W_hh[its rows].T (gemm, or a
-hand-vectorised matvec when B = 1), the fused pointwise pass for its units, and one barrier.
+One call handles one layer and one direction over time-major contiguous buffers, described
+by one workspace struct (:c:type:`LSTMWork`). Inside a call OpenMP owns the cores and BLAS
+runs single-threaded. The hidden units are cut into slices, one per thread; a slice's
+W_hh rows (all four gates of its units) are packed once per call into panels
+(``packed.h``), which stay in that thread's cache. Per time step a thread multiplies
+h_{t-1} by its panels, runs the fused cell pass for its units (``cell.h``), and meets the
+others at one barrier (``openmp.pxd``), which hands every slice to thread 0 when another
+thread loses its core to other load.
 """
 from cython cimport floating
 from cython.parallel cimport parallel
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
-from .blas cimport blas_threads_limit, blas_threads_restore, gemm, gemv
-from .openmp cimport (fl_barrier_t, fl_barrier_wait, fl_omp_barrier, fl_omp_team_size,
-                       fl_omp_thread_id)
+from .blas cimport blas_threads_limit, blas_threads_restore, gemm
+from .openmp cimport (fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
+                      fl_member_t, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
 
 cnp.import_array()
 
@@ -38,28 +41,92 @@ cdef extern from "cell.h":
     void cell_backward_d(double* dz, double* dc, double* dpeep, const double* dh,
                          const double* act, const unsigned char* clipped, const double* c,
                          const double* c_prev, const double* peep, int n, int H) noexcept nogil
-    void matvec_f(float* y, const float* W, const float* x, int rows, int cols,
-                  int ldw) noexcept nogil
-    void matvec_d(double* y, const double* W, const double* x, int rows, int cols,
-                  int ldw) noexcept nogil
-    void gemm_nt_f(float* C, int ldc, const float* A, int lda, const float* Bt, int ldb,
-                   int M, int N, int K) noexcept nogil
-    void gemm_nt_d(double* C, int ldc, const double* A, int lda, const double* Bt, int ldb,
-                   int M, int N, int K) noexcept nogil
-    void gemm_nn_f(float* C, int ldc, const float* A, int lda, const float* B, int ldb,
-                   int M, int N, int K, int accumulate) noexcept nogil
+
+cdef extern from "packed.h":
+    void pack_panel_f(float* panel, const float* src, Py_ssize_t col_stride,
+                      Py_ssize_t k_stride, Py_ssize_t K, int ncols) noexcept nogil
+    void pack_panel_d(double* panel, const double* src, Py_ssize_t col_stride,
+                      Py_ssize_t k_stride, Py_ssize_t K, int ncols) noexcept nogil
+    void packed_product_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
+                          const float* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                          Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
+                          const double* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                          Py_ssize_t K, int accumulate) noexcept nogil
+    int fl_packed_isa() noexcept nogil
 
 cdef enum:
-    UNIT_ALIGN = 16     # units per thread are multiples of this (whole vector chunks)
-    SMALL_BATCH = 32    # up to this batch the hand-tiled product beats BLAS (measured)
+    SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
+    ALIGNMENT = 64      # bytes: workspaces start on cache lines
 
 
-cdef inline void _split(Py_ssize_t n, int parts, int k, int align,
-                        Py_ssize_t* start, Py_ssize_t* stop) noexcept nogil:
-    """Contiguous part k of range(n) split in `parts`, inner boundaries multiples of align."""
-    cdef Py_ssize_t blocks = (n + align - 1) // align
-    start[0] = min(n, (blocks * k // parts) * align)
-    stop[0] = min(n, (blocks * (k + 1) // parts) * align)
+cdef struct LSTMWork:
+    # The workspace of one layer and direction: sizes, then every buffer the passes touch.
+    # Sizes and flags
+    Py_ssize_t T, B, n_in, H
+    Py_ssize_t out_stride           # row stride of out (D*H): this direction's h_t at out_col
+    Py_ssize_t grad_stride          # row stride of grad_out
+    Py_ssize_t slice_units          # hidden units per slice (multiple of SLICE_ALIGN)
+    int n_slices
+    bint reverse, training, accumulate_dx
+    double clip                     # <= 0: no clipping
+    # IN
+    void* x                         # (T, B, n_in)
+    void* h0                        # (B, H)
+    void* c0                        # (B, H)
+    void* W_ih                      # (4H, n_in)
+    void* W_hh                      # (4H, H)
+    void* bias                      # (4H,) or NULL: b_ih + b_hh
+    void* peep                      # (3H,) or NULL: p_i | p_f | p_o
+    Py_ssize_t* lengths             # (B,) or NULL
+    void* grad_out                  # (T, B, grad_stride), this direction's columns first
+    # OUT of the forward (IN of the backward)
+    void* out                       # (T, B, out_stride)
+    void* h_n                       # (B, H)
+    void* c_n                       # (B, H)
+    void* gates                     # (T, B, 4H): x-projection + bias, then activated gates
+    void* hidden                    # (T, B, H) training, else (2, B, H) ring
+    void* cells                     # same as hidden
+    unsigned char* clipped          # (T, B, 4H) clip mask (training with clip) or NULL
+    # OUT of the backward
+    void* dx                        # (T, B, n_in), overwritten or accumulated
+    void* dh                        # (B, H): IN dL/dh_n, OUT dL/dh0
+    void* dc                        # (B, H): IN dL/dc_n, OUT dL/dc0
+    void* dW_ih                     # (4H, n_in) accumulated
+    void* dW_hh                     # (4H, H) accumulated
+    void* db                        # (4H,) accumulated, or NULL
+    void* dpeep                     # (3H,) accumulated, or NULL
+    void* dgates                    # (T, B, 4H) pre-activation gradients
+    # Scratch
+    void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
+    void* z                         # n_slices x z_size: per-slice product results
+    Py_ssize_t slice_panels         # elements of packed weights per slice
+    Py_ssize_t z_size               # elements of z per slice
+    fl_team_t team
+
+
+# ---------------------------------------------------------------- small typed helpers
+cdef inline Py_ssize_t _lanes(floating* kind) noexcept nogil:
+    return 64 // sizeof(floating)
+
+
+cdef inline void _pack(floating* panel, const floating* src, Py_ssize_t col_stride,
+                       Py_ssize_t k_stride, Py_ssize_t K, int ncols) noexcept nogil:
+    # panel[k, c] = src[c * col_stride + k * k_stride], zero for c >= ncols
+    if floating is float:
+        pack_panel_f(panel, src, col_stride, k_stride, K, ncols)
+    else:
+        pack_panel_d(panel, src, col_stride, k_stride, K, ncols)
+
+
+cdef inline void _product(floating* C, Py_ssize_t ldc, const floating* A, Py_ssize_t lda,
+                          const floating* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                          Py_ssize_t K, int accumulate) noexcept nogil:
+    # C[:, :n_panels*lanes] (+)= A @ W.T for the W packed into `panels`
+    if floating is float:
+        packed_product_f(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+    else:
+        packed_product_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
 
 
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
@@ -82,195 +149,291 @@ cdef inline void _cell_backward(floating* dz, floating* dc, floating* dpeep, con
         cell_backward_d(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H)
 
 
-cdef inline void _matvec(floating* y, const floating* W, const floating* x, int rows,
-                         int cols, int ldw) noexcept nogil:
-    # y = W @ x, W row-major (rows, cols): a hand-vectorised gemv for the B=1 recurrence
-    if floating is float:
-        matvec_f(y, W, x, rows, cols, ldw)
-    else:
-        matvec_d(y, W, x, rows, cols, ldw)
+cdef inline void _split(Py_ssize_t n, int parts, int k, Py_ssize_t* start,
+                        Py_ssize_t* stop) noexcept nogil:
+    """Contiguous part k of range(n) split in `parts`."""
+    start[0] = n * k // parts
+    stop[0] = n * (k + 1) // parts
 
 
-cdef inline void _gemm_nt(floating* C, int ldc, const floating* A, int lda,
-                          const floating* Bt, int ldb, int M, int N, int K) noexcept nogil:
-    # C = A @ Bt.T with both operands read along K: the small-batch recurrent product
-    if floating is float:
-        gemm_nt_f(C, ldc, A, lda, Bt, ldb, M, N, K)
-    else:
-        gemm_nt_d(C, ldc, A, lda, Bt, ldb, M, N, K)
+cdef inline void _slice_units(LSTMWork* w, int s, Py_ssize_t* j0, Py_ssize_t* nj) noexcept nogil:
+    """Hidden units [j0, j0 + nj) of slice s (nj may be 0 for a trailing slice)."""
+    j0[0] = min(w.H, s * w.slice_units)
+    nj[0] = min(w.H, j0[0] + w.slice_units) - j0[0]
 
 
-cdef void _forward_thread(
-        floating* out, Py_ssize_t out_stride,   # OUT (T, B, out_stride), h_t in columns [0, H)
-        floating* h_n, floating* c_n,           # OUT (B, H)
-        floating* gates,                        # OUT (T, B, 4H) x-projection, then activated gates
-        floating* hidden, floating* cells,      # OUT (T, B, H) when training, else (2, B, H) ring
-        unsigned char* clipped,                 # OUT (T, B, 4H) clip mask (training), or NULL
-        floating* z_rec,                        # scratch (B * 4H)
-        const floating* x, int in_size,         # IN (T, B, in)
-        const floating* h0, const floating* c0,  # IN (B, H)
-        const floating* W_ih, const floating* W_hh,  # IN (4H, in), (4H, H)
-        const floating* bias, const floating* peep,  # IN (4H,) or NULL, (3H,) or NULL
-        const Py_ssize_t* lengths,              # IN (B,) or NULL
-        int T, int B, int H, bint reverse, bint training, floating clip,
-        fl_barrier_t* barrier) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size(), sense = 0
-    cdef Py_ssize_t G = 4 * H, r0, r1, j0, j1, nj, r, s, t, b, row, gate
-    cdef const floating* w_gate
-    cdef floating* z_mine
-    cdef floating* h_t
-    cdef floating* c_t
-    cdef const floating* h_prev = h0
-    cdef const floating* c_prev = c0
+cdef void _pack_gate_rows(floating* panels, const floating* W, Py_ssize_t H, Py_ssize_t K,
+                          Py_ssize_t j0, Py_ssize_t nj, floating* kind) noexcept nogil:
+    # Rows g*H + j0 + j (j < nj) of W (4H, K), gate-major panels: panel (g, u) holds rows
+    # g*H + j0 + u*lanes + c.   NumPy: W.reshape(4, H, K)[:, j0:j0 + nj]
+    cdef Py_ssize_t lanes = _lanes(kind), blocks = (nj + lanes - 1) // lanes, g, u
+    for g in range(4):
+        for u in range(blocks):
+            _pack(panels + (g * blocks + u) * K * lanes, W + (g * H + j0 + u * lanes) * K, K, 1,
+                  K, <int>min(lanes, nj - u * lanes))
 
-    # 1. Input projection of all steps, rows split across threads.
-    _split(<Py_ssize_t>T * B, n_threads, tid, 1, &r0, &r1)
-    for r in range(r0, r1):
-        if bias != NULL:
-            memcpy(gates + r * G, bias, G * sizeof(floating))
-        else:
-            memset(gates + r * G, 0, G * sizeof(floating))
-    # gates[r0:r1] += x[r0:r1] @ W_ih.T
-    gemm(False, True, <int>(r1 - r0), <int>G, in_size, 1, x + r0 * in_size, in_size,
-         W_ih, in_size, 1, gates + r0 * G, <int>G)
 
-    # 2. This thread's hidden units [j0, j1): its four row blocks of W_hh stay in its cache.
-    _split(H, n_threads, tid, UNIT_ALIGN, &j0, &j1)
-    nj = j1 - j0
-    z_mine = z_rec + B * 4 * j0
-    if tid == 0:
-        barrier.n = n_threads
-    fl_omp_barrier()
+# ---------------------------------------------------------------- forward
+cdef void _pack_forward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
+    # The panels of slice s: W_ih's rows of its units, then W_hh's, gate-major: panel (g, u)
+    # holds rows g*H + j0 + u*lanes + c.
+    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, n_in = w.n_in, j0, nj, blocks
+    cdef floating* panels = <floating*>w.packed + s * w.slice_panels
+    _slice_units(w, s, &j0, &nj)
+    blocks = (nj + lanes - 1) // lanes
+    _pack_gate_rows(panels, <const floating*>w.W_ih, H, n_in, j0, nj, kind)
+    _pack_gate_rows(panels + 4 * blocks * lanes * n_in, <const floating*>w.W_hh, H, H, j0, nj,
+                    kind)
 
-    # 3. Recurrence: the gate products, one fused pointwise pass, one barrier per step.
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        h_t = hidden + (t if training else s % 2) * B * H
-        c_t = cells + (t if training else s % 2) * B * H
-        if nj > 0:
-            if nj == H and B > SMALL_BATCH:
-                # one thread owns every unit (BLAS threads the product): z = h_prev @ W_hh.T
-                gemm(False, True, B, <int>G, H, 1, h_prev, H, W_hh, H, 0, z_mine, <int>G)
-            else:
-                for gate in range(4):
-                    w_gate = W_hh + (gate * H + j0) * H
-                    if B == 1:
-                        # z_mine[gate] = W_hh[gate*H + j0 : gate*H + j1] @ h_prev[0]
-                        _matvec(z_mine + gate * nj, w_gate, h_prev, <int>nj, H, H)
-                    elif B <= SMALL_BATCH:
-                        # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
-                        _gemm_nt(z_mine + gate * nj, <int>(4 * nj), h_prev, H, w_gate, H, B,
-                                 <int>nj, H)
-                    else:
-                        # z_mine[:, gate] = h_prev @ W_hh[gate*H + j0 : gate*H + j1].T
-                        gemm(False, True, B, <int>nj, H, 1, h_prev, H, w_gate, H, 0,
-                             z_mine + gate * nj, <int>(4 * nj))
-            for b in range(B):
-                row = t * B + b
-                if lengths == NULL or t < lengths[b]:
-                    _cell_forward(gates + row * G + j0 if training else NULL,
-                                  c_t + b * H + j0, h_t + b * H + j0,
-                                  out + row * out_stride + j0,
-                                  clipped + row * G + j0 if clipped != NULL else NULL,
-                                  gates + row * G + j0, z_mine + b * 4 * nj,
-                                  c_prev + b * H + j0, peep + j0 if peep != NULL else NULL,
-                                  clip, <int>nj, H, <int>nj)
-                else:   # past this sequence's end: carry the state, output zeros
-                    memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
-                    memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
-                    memset(out + row * out_stride + j0, 0, nj * sizeof(floating))
-        fl_barrier_wait(barrier, &sense)
-        h_prev = h_t
-        c_prev = c_t
 
+cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kind) noexcept nogil:
+    # One time step for the units of slice s: z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T
+    # from the packed panels, then the cell pass.
+    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row
+    cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
+    cdef Py_ssize_t slot = t if w.training else step % 2
+    cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
+    cdef floating* z = <floating*>w.z + s * w.z_size
+    cdef floating* panels = <floating*>w.packed + s * w.slice_panels
+    cdef floating* gates = <floating*>w.gates
+    cdef floating* out = <floating*>w.out
+    cdef floating* h_t = <floating*>w.hidden + slot * B * H
+    cdef floating* c_t = <floating*>w.cells + slot * B * H
+    cdef const floating* h_prev = (<floating*>w.hidden + prev_slot * B * H if step > 0
+                                   else <floating*>w.h0)
+    cdef const floating* c_prev = (<floating*>w.cells + prev_slot * B * H if step > 0
+                                   else <floating*>w.c0)
+    cdef const floating* bias = <const floating*>w.bias
+    cdef const floating* peep = <const floating*>w.peep
+    _slice_units(w, s, &j0, &nj)
+    if nj <= 0:
+        return
+    blocks = (nj + lanes - 1) // lanes
+    nj_pad = blocks * lanes
+    # z[b, g*nj_pad + j] = x_t[b] @ W_ih[g*H + j0 + j] + h_prev[b] @ W_hh[g*H + j0 + j]
+    _product(z, 4 * nj_pad, <const floating*>w.x + t * B * n_in, n_in, panels, B, 4 * blocks,
+             n_in, 0)
+    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H, 1)
     for b in range(B):
-        memcpy(h_n + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
-        memcpy(c_n + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
+        row = t * B + b
+        if w.lengths == NULL or t < w.lengths[b]:
+            _cell_forward(gates + row * G + j0 if w.training else NULL,
+                          c_t + b * H + j0, h_t + b * H + j0, out + row * w.out_stride + j0,
+                          w.clipped + row * G + j0 if w.clipped != NULL else NULL,
+                          bias + j0, z + b * 4 * nj_pad, c_prev + b * H + j0,
+                          peep + j0 if peep != NULL else NULL, <floating>w.clip, <int>nj,
+                          <int>H, <int>nj_pad)
+        else:   # past this sequence's end: carry the state, output zeros
+            memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
+            memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
+            memset(out + row * w.out_stride + j0, 0, nj * sizeof(floating))
 
 
-cdef void _backward_thread(
-        floating* dx, bint accumulate_dx,       # OUT (T, B, in); += when accumulate_dx
-        floating* dh, floating* dc,             # IN dL/dh_n, dL/dc_n; OUT dL/dh0, dL/dc0 (B, H)
-        floating* dW_ih, floating* dW_hh,       # IN/OUT accumulated (4H, in), (4H, H)
-        floating* db, floating* dpeep,          # IN/OUT accumulated (4H,), (3H,); or NULL
-        floating* dgates,                       # scratch (T, B, 4H)
-        const floating* grad_out, Py_ssize_t grad_stride,  # IN (T, B, grad_stride), cols [0, H)
-        const floating* gates, const floating* hidden, const floating* cells,  # IN from forward
-        const unsigned char* clipped,           # IN (T, B, 4H) or NULL
-        const floating* x, int in_size,         # IN (T, B, in)
-        const floating* h0, const floating* c0,  # IN (B, H)
-        const floating* W_ih, const floating* W_hh, const floating* peep,
-        const Py_ssize_t* lengths,              # IN (B,) or NULL
-        int T, int B, int H, bint reverse, fl_barrier_t* barrier) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n_threads = fl_omp_team_size(), sense = 0
-    cdef Py_ssize_t G = 4 * H, TB = <Py_ssize_t>T * B, j0, j1, nj, g0, g1, r0, r1
-    cdef Py_ssize_t s, t, b, j, r, g, row, t_first
+cdef void _forward_thread(LSTMWork* w, floating* kind) noexcept nogil:
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
+    cdef fl_member_t me
+    cdef Py_ssize_t step, j0, nj, b, last_slot
+    cdef bint member = True
+    fl_team_join(&w.team, &me, n)
+
+    # 1. Each thread packs its slices' panels, which then stay in its cache.
+    s = tid
+    while s < w.n_slices:
+        _pack_forward_slice(w, s, kind)
+        s += n
+    member = fl_team_barrier(&w.team, &me, tid)
+
+    # 2. Recurrence: the packed products and the cell pass per slice, one barrier per step.
+    step = 0
+    while member and step < w.T:
+        s = 0 if w.team.solo else tid
+        while s < w.n_slices:
+            _forward_slice_step(w, s, step, kind)
+            s += 1 if w.team.solo else n
+        member = fl_team_barrier(&w.team, &me, tid)
+        step += 1
+    if not member:
+        return
+
+    # 3. Final state: whole slices, by whoever ran them last.
+    last_slot = (w.T - 1) if w.training else (w.T - 1) % 2
+    if w.reverse and w.training:
+        last_slot = 0
+    for s in range(w.n_slices):
+        if not w.team.solo and s % n != tid:
+            continue
+        _slice_units(w, s, &j0, &nj)
+        for b in range(w.B):
+            memcpy(<floating*>w.h_n + b * w.H + j0,
+                   <floating*>w.hidden + (last_slot * w.B + b) * w.H + j0, nj * sizeof(floating))
+            memcpy(<floating*>w.c_n + b * w.H + j0,
+                   <floating*>w.cells + (last_slot * w.B + b) * w.H + j0, nj * sizeof(floating))
+
+
+# ---------------------------------------------------------------- backward
+cdef void _pack_backward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
+    # panels of slice s over the gate axis: panel u holds columns j0 + u*lanes + c of W_hh
+    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, j0, nj, blocks, u
+    cdef floating* panels = <floating*>w.packed + s * w.slice_panels
+    _slice_units(w, s, &j0, &nj)
+    blocks = (nj + lanes - 1) // lanes
+    for u in range(blocks):
+        _pack(panels + u * 4 * H * lanes, <const floating*>w.W_hh + j0 + u * lanes, 1, H,
+              4 * H, <int>min(lanes, nj - u * lanes))
+
+
+cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind) noexcept nogil:
+    # dgates[t] and dc for the units of slice s, from dh (which holds dL/dh_t for them)
+    cdef Py_ssize_t B = w.B, H = w.H, G = 4 * H, T = w.T, j0, nj, b, j, g, row
+    cdef floating* dh = <floating*>w.dh
+    cdef floating* dgates = <floating*>w.dgates
+    cdef const floating* grad_out = <const floating*>w.grad_out
+    cdef const floating* cells = <const floating*>w.cells
     cdef const floating* c_prev
-    cdef bint all_active
+    cdef const floating* peep = <const floating*>w.peep
+    cdef floating* dpeep = <floating*>w.dpeep
+    _slice_units(w, s, &j0, &nj)
+    if nj <= 0:
+        return
+    if w.reverse:
+        c_prev = cells + (t + 1) * B * H if t < T - 1 else <const floating*>w.c0
+    else:
+        c_prev = cells + (t - 1) * B * H if t > 0 else <const floating*>w.c0
+    for b in range(B):
+        row = t * B + b
+        if w.lengths == NULL or t < w.lengths[b]:
+            for j in range(j0, j0 + nj):
+                dh[b * H + j] += grad_out[row * w.grad_stride + j]
+            _cell_backward(dgates + row * G + j0, <floating*>w.dc + b * H + j0,
+                           dpeep + j0 if dpeep != NULL else NULL, dh + b * H + j0,
+                           <const floating*>w.gates + row * G + j0,
+                           w.clipped + row * G + j0 if w.clipped != NULL else NULL,
+                           cells + row * H + j0, c_prev + b * H + j0,
+                           peep + j0 if peep != NULL else NULL, <int>nj, <int>H)
+        else:   # past this sequence's end: the state gradient passes through
+            for g in range(4):
+                memset(dgates + row * G + g * H + j0, 0, nj * sizeof(floating))
 
-    _split(H, n_threads, tid, UNIT_ALIGN, &j0, &j1)
-    nj = j1 - j0
-    if tid == 0:
-        barrier.n = n_threads
-    fl_omp_barrier()
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        if reverse:
-            c_prev = cells + (t + 1) * B * H if t < T - 1 else c0
-        else:
-            c_prev = cells + (t - 1) * B * H if t > 0 else c0
-        all_active = True
-        for b in range(B):
-            row = t * B + b
-            if lengths == NULL or t < lengths[b]:
-                for j in range(j0, j1):
-                    dh[b * H + j] += grad_out[row * grad_stride + j]
-                _cell_backward(dgates + row * G + j0, dc + b * H + j0,
-                               dpeep + j0 if dpeep != NULL else NULL, dh + b * H + j0,
-                               gates + row * G + j0,
-                               clipped + row * G + j0 if clipped != NULL else NULL,
-                               cells + row * H + j0, c_prev + b * H + j0,
-                               peep + j0 if peep != NULL else NULL, <int>nj, H)
-            else:   # past this sequence's end: the state gradient passes through
-                all_active = False
-                for g in range(4):
-                    memset(dgates + row * G + g * H + j0, 0, nj * sizeof(floating))
-        fl_barrier_wait(barrier, &sense)
-        # dh[:, j0:j1] = dgates[t] @ W_hh[:, j0:j1]  (rows past their end keep dh)
-        if not all_active:
-            for b in range(B):
-                if t < lengths[b]:
-                    memset(dh + b * H + j0, 0, nj * sizeof(floating))
-        if floating is float and B <= SMALL_BATCH:
-            gemm_nn_f(dh + j0, H, dgates + t * B * G, <int>G, W_hh + j0, H, B, <int>nj,
-                      <int>G, 0 if all_active else 1)
-        else:
-            gemm(False, False, B, <int>nj, <int>G, 1, dgates + t * B * G, <int>G, W_hh + j0,
-                 H, 0 if all_active else 1, dh + j0, H)
-    fl_barrier_wait(barrier, &sense)
 
-    # Whole-sequence weight gradients, rows of the 4H gate axis split across threads.
-    _split(G, n_threads, tid, 1, &g0, &g1)
+cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
+                                  floating* kind) noexcept nogil:
+    # dh[:, slice] = dgates[t] @ W_hh[:, slice] for the sequences still running at t
+    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, j0, nj, nj_pad, b
+    cdef floating* z = <floating*>w.z + s * w.z_size
+    _slice_units(w, s, &j0, &nj)
+    if nj <= 0:
+        return
+    nj_pad = (nj + lanes - 1) // lanes * lanes
+    _product(z, nj_pad, <const floating*>w.dgates + t * B * G, G,
+             <floating*>w.packed + s * w.slice_panels, B, nj_pad // lanes, G, 0)
+    for b in range(B):
+        if w.lengths == NULL or t < w.lengths[b]:
+            memcpy(<floating*>w.dh + b * H + j0, z + b * nj_pad, nj * sizeof(floating))
+
+
+cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
+    # Whole-sequence products after the loop, rows split into `parts`.
+    cdef Py_ssize_t G = 4 * w.H, H = w.H, B = w.B, n_in = w.n_in, TB = w.T * w.B
+    cdef Py_ssize_t g0, g1, r0, r1, r, g
+    cdef const floating* dgates = <const floating*>w.dgates
+    cdef floating* db = <floating*>w.db
+    _split(G, parts, part, &g0, &g1)
     # dW_ih[g0:g1] += dgates[:, g0:g1].T @ x
-    gemm(True, False, <int>(g1 - g0), in_size, <int>TB, 1, dgates + g0, <int>G, x, in_size,
-         1, dW_ih + g0 * in_size, in_size)
+    gemm(True, False, <int>(g1 - g0), <int>n_in, <int>TB, 1, dgates + g0, <int>G,
+         <const floating*>w.x, <int>n_in, 1, <floating*>w.dW_ih + g0 * n_in, <int>n_in)
     # dW_hh[g0:g1] += dgates[t, :, g0:g1].T @ h_{t-1} over t, h_{-1} = h0
-    t_first = T - 1 if reverse else 0
-    if T > 1:
-        gemm(True, False, <int>(g1 - g0), H, <int>(TB - B), 1,
-             dgates + (0 if reverse else B * G) + g0, <int>G,
-             hidden + (B * H if reverse else 0), H, 1, dW_hh + g0 * H, H)
-    gemm(True, False, <int>(g1 - g0), H, B, 1, dgates + t_first * B * G + g0, <int>G, h0, H,
-         1, dW_hh + g0 * H, H)
+    if w.T > 1:
+        gemm(True, False, <int>(g1 - g0), <int>H, <int>(TB - B), 1,
+             dgates + (0 if w.reverse else B * G) + g0, <int>G,
+             <const floating*>w.hidden + (B * H if w.reverse else 0), <int>H, 1,
+             <floating*>w.dW_hh + g0 * H, <int>H)
+    gemm(True, False, <int>(g1 - g0), <int>H, <int>B, 1,
+         dgates + ((w.T - 1) if w.reverse else 0) * B * G + g0, <int>G,
+         <const floating*>w.h0, <int>H, 1, <floating*>w.dW_hh + g0 * H, <int>H)
     if db != NULL:
         # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
         for r in range(TB):
             for g in range(g0, g1):
                 db[g] += dgates[r * G + g]
     # dx[r0:r1] (+)= dgates[r0:r1] @ W_ih
-    _split(TB, n_threads, tid, 1, &r0, &r1)
-    gemm(False, False, <int>(r1 - r0), in_size, <int>G, 1, dgates + r0 * G, <int>G, W_ih,
-         in_size, 1 if accumulate_dx else 0, dx + r0 * in_size, in_size)
+    _split(TB, parts, part, &r0, &r1)
+    gemm(False, False, <int>(r1 - r0), <int>n_in, <int>G, 1, dgates + r0 * G, <int>G,
+         <const floating*>w.W_ih, <int>n_in, 1 if w.accumulate_dx else 0,
+         <floating*>w.dx + r0 * n_in, <int>n_in)
+
+
+cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
+    cdef fl_member_t me
+    cdef Py_ssize_t step, t
+    cdef bint member
+    fl_team_join(&w.team, &me, n)
+    s = tid
+    while s < w.n_slices:
+        _pack_backward_slice(w, s, kind)
+        s += n
+    member = fl_team_barrier(&w.team, &me, tid)
+    step = 0
+    while member and step < w.T:
+        t = step if w.reverse else w.T - 1 - step
+        s = 0 if w.team.solo else tid
+        while s < w.n_slices:
+            _backward_cell_slice(w, s, t, kind)
+            s += 1 if w.team.solo else n
+        if not w.team.solo:
+            member = fl_team_barrier(&w.team, &me, tid)
+            if not member:
+                break
+        s = 0 if w.team.solo else tid
+        while s < w.n_slices:
+            _backward_product_slice(w, s, t, kind)
+            s += 1 if w.team.solo else n
+        member = fl_team_barrier(&w.team, &me, tid)
+        step += 1
+    if not member:
+        return
+    if w.team.solo:
+        _weight_gradients(w, 0, 1, kind)
+    else:
+        _weight_gradients(w, tid, n, kind)
+
+
+# ---------------------------------------------------------------- Python entry points
+def _check_shapes(str function, list checks):
+    """Raise ValueError for the first (name, actual, expected) that differs."""
+    for name, actual, expected in checks:
+        if actual != expected:
+            raise ValueError(f"{function}: {name}: expected {expected}, got {actual}")
+
+
+def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
+    cdef Py_ssize_t b
+    for b in range(lengths.shape[0]):
+        if lengths[b] < 1 or lengths[b] > T:
+            raise ValueError(f"lengths: expected values in [1, {T}], got {lengths[b]}")
+
+
+cdef void* _aligned(size_t size) noexcept nogil:
+    return aligned_alloc(ALIGNMENT, (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+
+
+cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize) except -1:
+    """Slices and per-slice scratch: panels `depth` deep for all gates, product results."""
+    cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
+    cdef Py_ssize_t slice_pad
+    w.n_slices = max(1, min(n_threads, <int>blocks))
+    w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
+    slice_pad = w.slice_units   # already a multiple of every panel width
+    w.slice_panels = 4 * slice_pad * depth
+    w.z_size = w.B * 4 * slice_pad
+    w.packed = _aligned(w.n_slices * w.slice_panels * itemsize)
+    w.z = _aligned(w.n_slices * w.z_size * itemsize)
+    if w.packed == NULL or w.z == NULL:
+        free(w.packed)
+        free(w.z)
+        raise MemoryError("fastlstm: cannot allocate the kernel workspace")
+    return 0
 
 
 def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
@@ -282,37 +445,57 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
                  const floating[:, ::1] W_hh, const floating[::1] bias,
                  const floating[::1] peep, const Py_ssize_t[::1] lengths,
                  bint reverse, bint training, double clip, int n_threads):
-    """One layer, one direction, time-major. Shapes are validated by the caller.
+    """One layer, one direction, time-major.
 
-    out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end);
-    gates (T*B*4H,) keeps the activated gates and hidden/cells (T*B*H,) the states when
-    training (else hidden/cells are (2*B*H,) rings); clipped (T*B*4H,) the clip mask when
-    training with clip (else empty). Empty bias/peep/lengths arrays mean absent.
+    out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end).
+    Training: gates (T*B*4H,) keeps the activated gates, hidden/cells (T*B*H,) the states,
+    clipped (T*B*4H,) the clip mask (empty without clip). Inference: gates and clipped are
+    empty, hidden/cells are (2*B*H,) rings. bias (4H,) is b_ih + b_hh (zeros without
+    biases); empty peep/lengths arrays mean absent. Returns True when another thread lost
+    its core and the call finished on one thread.
     """
-    cdef int T = x.shape[0], B = x.shape[1], in_size = x.shape[2], H = W_hh.shape[1]
-    cdef floating* z_rec = <floating*>aligned_alloc(
-        64, (B * 4 * H * sizeof(floating) + 63) // 64 * 64)
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], H = W_hh.shape[1], steps
+    steps = T if training else 2
+    _check_shapes("lstm_forward", [
+        ("out", out.shape[0], T), ("out", out.shape[1], B), ("out", out.shape[2] >= out_col + H, True),
+        ("out_col", out_col >= 0, True), ("h_n", h_n.shape[0], B), ("h_n", h_n.shape[1], H),
+        ("c_n", c_n.shape[0], B), ("c_n", c_n.shape[1], H),
+        ("gates", gates.shape[0], T * B * 4 * H if training else 0),
+        ("hidden", hidden.shape[0], steps * B * H), ("cells", cells.shape[0], steps * B * H),
+        ("clipped", clipped.shape[0], T * B * 4 * H if training and clip > 0 else 0),
+        ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
+        ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H),
+        ("W_ih", W_ih.shape[1], x.shape[2]), ("W_hh", W_hh.shape[0], 4 * H),
+        ("bias", bias.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
+        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True)])
+    _check_lengths(lengths, T)
+    cdef LSTMWork w
+    memset(&w, 0, sizeof(w))
+    w.T, w.B, w.n_in, w.H = x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1]
+    w.out_stride = out.shape[2]
+    w.reverse, w.training, w.clip = reverse, training, clip
+    w.x, w.h0, w.c0 = <void*>&x[0, 0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
+    w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
+    w.bias = <void*>&bias[0]
+    w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
+    w.lengths = <Py_ssize_t*>&lengths[0] if lengths.shape[0] > 0 else NULL
+    w.out, w.h_n, w.c_n = <void*>&out[0, 0, out_col], <void*>&h_n[0, 0], <void*>&c_n[0, 0]
+    w.gates = <void*>&gates[0] if training else NULL
+    w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
+    w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
+    n_threads = fl_team_size(n_threads)
+    _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
+    fl_team_init(&w.team, n_threads)
     cdef int blas_previous
-    if z_rec == NULL:
-        raise MemoryError("fastlstm: cannot allocate the forward workspace")
-    # Small batches: OpenMP threads own hidden-unit slices, BLAS single-threaded. Large
-    # batches: one thread runs the steps and BLAS threads each big product (DESIGN 4).
-    cdef bint blas_owns_threads = B > SMALL_BATCH
-    cdef fl_barrier_t barrier = fl_barrier_t(0, 0, 0)
     with nogil:
-        blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
-        with parallel(num_threads=1 if blas_owns_threads else n_threads):
-            _forward_thread(&out[0, 0, out_col], out.shape[2], &h_n[0, 0], &c_n[0, 0],
-                            &gates[0], &hidden[0], &cells[0],
-                            &clipped[0] if clipped.shape[0] > 0 else NULL,
-                            z_rec, &x[0, 0, 0], in_size, &h0[0, 0], &c0[0, 0],
-                            &W_ih[0, 0], &W_hh[0, 0],
-                            &bias[0] if bias.shape[0] > 0 else NULL,
-                            &peep[0] if peep.shape[0] > 0 else NULL,
-                            &lengths[0] if lengths.shape[0] > 0 else NULL,
-                            T, B, H, reverse, training, <floating>clip, &barrier)
+        blas_previous = blas_threads_limit(1)
+        with parallel(num_threads=n_threads):
+            _forward_thread(&w, <floating*>NULL)
         blas_threads_restore(blas_previous)
-    free(z_rec)
+        fl_team_report(&w.team)
+    free(w.packed)
+    free(w.z)
+    return bool(w.team.stalled)
 
 
 def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
@@ -331,69 +514,95 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; dW_ih, dW_hh, db,
     dpeep accumulate; dx is overwritten, or accumulated into when accumulate_dx.
     grad_out columns [grad_col, grad_col + H) are this direction's output gradient.
+    Returns True when another thread lost its core and the call finished on one thread.
     """
-    cdef int T = x.shape[0], B = x.shape[1], in_size = x.shape[2], H = W_hh.shape[1]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], H = W_hh.shape[1], n_in = x.shape[2]
+    _check_shapes("lstm_backward", [
+        ("dx", dx.shape[0], T), ("dx", dx.shape[1], B), ("dx", dx.shape[2], n_in),
+        ("dh", dh.shape[0], B), ("dh", dh.shape[1], H), ("dc", dc.shape[0], B),
+        ("dc", dc.shape[1], H), ("dW_ih", dW_ih.shape[0], 4 * H), ("dW_ih", dW_ih.shape[1], n_in),
+        ("dW_hh", dW_hh.shape[0], 4 * H), ("dW_hh", dW_hh.shape[1], H),
+        ("db", db.shape[0] in (0, 4 * H), True), ("dpeep", dpeep.shape[0], peep.shape[0]),
+        ("dgates", dgates.shape[0] >= T * B * 4 * H, True),
+        ("grad_out", grad_out.shape[0], T), ("grad_out", grad_out.shape[1], B),
+        ("grad_out", grad_out.shape[2] >= grad_col + H, True), ("grad_col", grad_col >= 0, True),
+        ("gates", gates.shape[0], T * B * 4 * H), ("hidden", hidden.shape[0], T * B * H),
+        ("cells", cells.shape[0], T * B * H), ("clipped", clipped.shape[0] in (0, T * B * 4 * H), True),
+        ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
+        ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H), ("W_ih", W_ih.shape[1], n_in),
+        ("W_hh", W_hh.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
+        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True)])
+    _check_lengths(lengths, T)
+    cdef LSTMWork w
+    memset(&w, 0, sizeof(w))
+    w.T, w.B, w.n_in, w.H = x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1]
+    w.grad_stride = grad_out.shape[2]
+    w.reverse, w.training, w.accumulate_dx = reverse, True, accumulate_dx
+    w.x, w.h0, w.c0 = <void*>&x[0, 0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
+    w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
+    w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
+    w.lengths = <Py_ssize_t*>&lengths[0] if lengths.shape[0] > 0 else NULL
+    w.grad_out = <void*>&grad_out[0, 0, grad_col]
+    w.gates, w.hidden, w.cells = <void*>&gates[0], <void*>&hidden[0], <void*>&cells[0]
+    w.clipped = <unsigned char*>&clipped[0] if clipped.shape[0] > 0 else NULL
+    w.dx, w.dh, w.dc = <void*>&dx[0, 0, 0], <void*>&dh[0, 0], <void*>&dc[0, 0]
+    w.dW_ih, w.dW_hh, w.dgates = <void*>&dW_ih[0, 0], <void*>&dW_hh[0, 0], <void*>&dgates[0]
+    w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
+    w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
+    n_threads = fl_team_size(n_threads)
+    _scratch(&w, n_threads, w.H, sizeof(floating))
+    fl_team_init(&w.team, n_threads)
     cdef int blas_previous
-    cdef bint blas_owns_threads = B > SMALL_BATCH     # as in lstm_forward
-    cdef fl_barrier_t barrier = fl_barrier_t(0, 0, 0)
     with nogil:
-        blas_previous = blas_threads_limit(n_threads if blas_owns_threads else 1)
-        with parallel(num_threads=1 if blas_owns_threads else n_threads):
-            _backward_thread(&dx[0, 0, 0], accumulate_dx, &dh[0, 0], &dc[0, 0],
-                             &dW_ih[0, 0], &dW_hh[0, 0],
-                             &db[0] if db.shape[0] > 0 else NULL,
-                             &dpeep[0] if dpeep.shape[0] > 0 else NULL, &dgates[0],
-                             &grad_out[0, 0, grad_col], grad_out.shape[2],
-                             &gates[0], &hidden[0], &cells[0],
-                             &clipped[0] if clipped.shape[0] > 0 else NULL,
-                             &x[0, 0, 0], in_size, &h0[0, 0], &c0[0, 0],
-                             &W_ih[0, 0], &W_hh[0, 0],
-                             &peep[0] if peep.shape[0] > 0 else NULL,
-                             &lengths[0] if lengths.shape[0] > 0 else NULL,
-                             T, B, H, reverse, &barrier)
+        blas_previous = blas_threads_limit(1)
+        with parallel(num_threads=n_threads):
+            _backward_thread(&w, <floating*>NULL)
         blas_threads_restore(blas_previous)
+        fl_team_report(&w.team)
+    free(w.packed)
+    free(w.z)
+    return bool(w.team.stalled)
 
 
-cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c,
-                       floating* zx, floating* zh, void** W_ih, void** W_hh, void** b_ih,
-                       void** b_hh, void** peep, const int* in_sizes, int L, int B, int H,
-                       floating clip) noexcept nogil:
+def packed_isa():
+    """The instruction set of the packed products: "avx512", "avx2" or "portable"."""
+    return ("portable", "avx2", "avx512")[fl_packed_isa()]
+
+
+# ---------------------------------------------------------------- streaming
+cdef unsigned long long _weights_generation = 0
+
+
+def weights_changed():
+    """Note that some parameter array was written: streams re-pack before their next step."""
+    global _weights_generation
+    _weights_generation += 1
+
+
+cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c, floating* z,
+                       floating** packed_ih, floating** packed_hh, floating** bias,
+                       void** peep, const Py_ssize_t* in_sizes, Py_ssize_t L, Py_ssize_t B,
+                       Py_ssize_t H, floating clip) noexcept nogil:
     """One time step through all L layers: y (B, H) = h[L-1] after the step.
 
-    x (B, in); h, c (L, B, H) updated in place; zx, zh scratch (B, 4H).
+    x (B, in); h, c (L, B, H) updated in place; z scratch (B, 4 * H_pad).
     """
-    cdef int layer, b, g, G = 4 * H, in_size
+    cdef Py_ssize_t lanes = _lanes(y), H_pad = (H + lanes - 1) // lanes * lanes
+    cdef Py_ssize_t layer, b, n_panels = 4 * H_pad // lanes
     cdef const floating* layer_in = x
-    cdef const floating* bias_ih
-    cdef const floating* bias_hh
     cdef floating* h_layer
     cdef floating* c_layer
     for layer in range(L):
-        in_size = in_sizes[layer]
         h_layer = h + layer * B * H
         c_layer = c + layer * B * H
-        bias_ih = <const floating*>b_ih[layer]
-        bias_hh = <const floating*>b_hh[layer]
-        for b in range(B):
-            for g in range(G):
-                zx[b * G + g] = ((bias_ih[g] if bias_ih != NULL else 0)
-                                 + (bias_hh[g] if bias_hh != NULL else 0))
-        if B <= SMALL_BATCH:
-            # zh = x @ W_ih.T (scratch) ; zx += zh ; zh = h @ W_hh.T, hand-vectorised kernels
-            _gemm_nt(zh, G, layer_in, in_size, <const floating*>W_ih[layer], in_size, B, G,
-                     in_size)
-            for g in range(B * G):
-                zx[g] += zh[g]
-            _gemm_nt(zh, G, h_layer, H, <const floating*>W_hh[layer], H, B, G, H)
-        else:
-            # zx += x @ W_ih.T ; zh = h @ W_hh.T
-            gemm(False, True, B, G, in_size, 1, layer_in, in_size,
-                 <const floating*>W_ih[layer], in_size, 1, zx, G)
-            gemm(False, True, B, G, H, 1, h_layer, H, <const floating*>W_hh[layer], H, 0, zh, G)
+        # z = x @ W_ih.T + h @ W_hh.T      (B, 4 * H_pad), gate blocks H_pad apart
+        _product(z, 4 * H_pad, layer_in, in_sizes[layer], packed_ih[layer], B, n_panels,
+                 in_sizes[layer], 0)
+        _product(z, 4 * H_pad, h_layer, H, packed_hh[layer], B, n_panels, H, 1)
         for b in range(B):
             _cell_forward(<floating*>NULL, c_layer + b * H, h_layer + b * H, <floating*>NULL,
-                          NULL, zx + b * G, zh + b * G, c_layer + b * H,
-                          <const floating*>peep[layer], clip, H, H, H)
+                          NULL, bias[layer], z + b * 4 * H_pad, c_layer + b * H,
+                          <const floating*>peep[layer], clip, <int>H, <int>H, <int>H_pad)
         layer_in = h_layer
     memcpy(y, h + (L - 1) * B * H, B * H * sizeof(floating))
 
@@ -401,51 +610,104 @@ cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c,
 cdef class StreamKernel:
     """Stateful single-step inference over all layers of a unidirectional LSTM.
 
-    Holds references to the module's parameter arrays (updated in place, never replaced),
-    so weight updates are seen; allocates its state and scratch once.
+    Keeps the module's weights packed into panels. It re-packs them before a step whenever
+    :func:`weights_changed` was called since (optimizer steps, ``load_state_dict``), and on
+    :meth:`refresh` after a direct in-place write to a parameter array.
     """
     cdef readonly object h, c           # (L, B, H) state arrays
-    cdef object _params, _zx, _zh, _y, _y_flat, _dtype
-    cdef void** _w[5]                   # per layer: W_ih, W_hh, b_ih, b_hh, peep
-    cdef int* _in_sizes
-    cdef int L, B, H, in_size, typenum
+    cdef object _layers, _packed, _bias, _z, _y, _y_flat, _dtype, _in_sizes, _pointers
+    cdef Py_ssize_t L, B, H, in_size
+    cdef int typenum
     cdef double clip
+    cdef unsigned long long _generation
+    cdef void** _packed_ih
+    cdef void** _packed_hh
+    cdef void** _bias_rows
+    cdef void** _peep
 
-    def __cinit__(self, list layers, int batch_size, object dtype, double clip):
+    def __cinit__(self, list layers, Py_ssize_t batch_size, object dtype, double clip):
         import numpy as np
-        cdef int k, layer
-        cdef cnp.ndarray arr
+        cdef Py_ssize_t layer, lanes, H_pad
+        self._dtype = np.dtype(dtype)
+        if self._dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self._dtype}")
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got none")
         self.L = len(layers)
         self.B = batch_size
         self.H = layers[0][1].shape[1]
         self.in_size = layers[0][0].shape[1]
         self.clip = clip
-        self._dtype = np.dtype(dtype)
         self.typenum = self._dtype.num
-        self._params = layers
-        for k in range(5):
-            self._w[k] = <void**>malloc(self.L * sizeof(void*))
-            if self._w[k] == NULL:
-                raise MemoryError("fastlstm: cannot allocate the stream")
-        self._in_sizes = <int*>malloc(self.L * sizeof(int))
-        if self._in_sizes == NULL:
-            raise MemoryError("fastlstm: cannot allocate the stream")
+        lanes = 64 // self._dtype.itemsize
+        H_pad = (self.H + lanes - 1) // lanes * lanes
+        in_sizes = []
+        for layer, params in enumerate(layers):
+            W_ih, W_hh, b_ih, b_hh, peep = params
+            n_in = self.in_size if layer == 0 else self.H
+            expected = [("W_ih", W_ih, (4 * self.H, n_in)), ("W_hh", W_hh, (4 * self.H, self.H)),
+                        ("b_ih", b_ih, (4 * self.H,)), ("b_hh", b_hh, (4 * self.H,)),
+                        ("peep", peep, (3 * self.H,))]
+            for name, array, shape in expected:
+                if array is None and name not in ("W_ih", "W_hh"):
+                    continue
+                if (not isinstance(array, np.ndarray) or array.dtype != self._dtype
+                        or array.shape != shape or not array.flags.c_contiguous):
+                    raise ValueError(f"layers[{layer}].{name}: expected a C-contiguous "
+                                     f"{self._dtype} array of shape {shape}, got "
+                                     f"{getattr(array, 'dtype', type(array).__name__)} "
+                                     f"{getattr(array, 'shape', '')}")
+            in_sizes.append(n_in)
+        self._layers = layers
+        self._in_sizes = np.array(in_sizes, dtype=np.intp)
+        self._packed = [(np.empty(4 * H_pad * size, self._dtype),
+                         np.empty(4 * H_pad * self.H, self._dtype)) for size in in_sizes]
+        self._bias = [np.zeros(4 * self.H, self._dtype) for _ in layers]
+        self._pointers = np.zeros((4, self.L), dtype=np.uintp)
+        self._packed_ih = <void**>cnp.PyArray_DATA(self._pointers)
+        self._packed_hh = self._packed_ih + self.L
+        self._bias_rows = self._packed_hh + self.L
+        self._peep = self._bias_rows + self.L
         for layer in range(self.L):
-            self._in_sizes[layer] = layers[layer][0].shape[1]
-            for k in range(5):
-                arr = layers[layer][k]
-                self._w[k][layer] = cnp.PyArray_DATA(arr) if arr is not None else NULL
+            self._packed_ih[layer] = cnp.PyArray_DATA(self._packed[layer][0])
+            self._packed_hh[layer] = cnp.PyArray_DATA(self._packed[layer][1])
+            self._bias_rows[layer] = cnp.PyArray_DATA(self._bias[layer])
+            peep = layers[layer][4]
+            self._peep[layer] = cnp.PyArray_DATA(peep) if peep is not None else NULL
         self.h = np.zeros((self.L, self.B, self.H), dtype=dtype)
         self.c = np.zeros((self.L, self.B, self.H), dtype=dtype)
-        self._zx = np.empty((self.B, 4 * self.H), dtype=dtype)
-        self._zh = np.empty((self.B, 4 * self.H), dtype=dtype)
+        self._z = np.empty(self.B * 4 * H_pad, dtype=dtype)
         self._y = np.empty((self.B, self.H), dtype=dtype)
         self._y_flat = self._y.reshape(-1)
+        self.refresh()
 
-    def __dealloc__(self):
-        for k in range(5):
-            free(self._w[k])
-        free(self._in_sizes)
+    def refresh(self):
+        """Re-pack the weights: needed after a direct in-place write to a parameter array."""
+        cdef Py_ssize_t layer
+        for layer in range(self.L):
+            W_ih, W_hh, b_ih, b_hh, _ = self._layers[layer]
+            packed_ih, packed_hh = self._packed[layer]
+            if self.typenum == cnp.NPY_FLOAT32:
+                _pack_gate_rows(<float*>cnp.PyArray_DATA(packed_ih),
+                                <const float*>cnp.PyArray_DATA(W_ih), self.H,
+                                <Py_ssize_t>W_ih.shape[1], 0, self.H, <float*>NULL)
+                _pack_gate_rows(<float*>cnp.PyArray_DATA(packed_hh),
+                                <const float*>cnp.PyArray_DATA(W_hh), self.H, self.H, 0,
+                                self.H, <float*>NULL)
+            else:
+                _pack_gate_rows(<double*>cnp.PyArray_DATA(packed_ih),
+                                <const double*>cnp.PyArray_DATA(W_ih), self.H,
+                                <Py_ssize_t>W_ih.shape[1], 0, self.H, <double*>NULL)
+                _pack_gate_rows(<double*>cnp.PyArray_DATA(packed_hh),
+                                <const double*>cnp.PyArray_DATA(W_hh), self.H, self.H, 0,
+                                self.H, <double*>NULL)
+            bias = self._bias[layer]
+            bias.fill(0)
+            if b_ih is not None:
+                bias += b_ih
+            if b_hh is not None:
+                bias += b_hh
+        self._generation = _weights_generation
 
     def reset(self):
         """Zero the state."""
@@ -477,23 +739,25 @@ cdef class StreamKernel:
             arr = x_t
         else:
             arr = self._coerce(x_t)
+        if self._generation != _weights_generation:
+            self.refresh()
         cdef void* x = cnp.PyArray_DATA(arr)
         cdef void* y = cnp.PyArray_DATA(self._y)
         cdef void* h = cnp.PyArray_DATA(self.h)
         cdef void* c = cnp.PyArray_DATA(self.c)
-        cdef void* zx = cnp.PyArray_DATA(self._zx)
-        cdef void* zh = cnp.PyArray_DATA(self._zh)
+        cdef void* z = cnp.PyArray_DATA(self._z)
+        cdef const Py_ssize_t* in_sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._in_sizes)
         with nogil:
             if self.typenum == cnp.NPY_FLOAT32:
-                _stream_step(<float*>y, <const float*>x, <float*>h, <float*>c, <float*>zx,
-                             <float*>zh, self._w[0], self._w[1], self._w[2], self._w[3],
-                             self._w[4], self._in_sizes, self.L, self.B, self.H,
-                             <float>self.clip)
+                _stream_step(<float*>y, <const float*>x, <float*>h, <float*>c, <float*>z,
+                             <float**>self._packed_ih, <float**>self._packed_hh,
+                             <float**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
+                             self.H, <float>self.clip)
             else:
                 _stream_step(<double*>y, <const double*>x, <double*>h, <double*>c,
-                             <double*>zx, <double*>zh, self._w[0], self._w[1], self._w[2],
-                             self._w[3], self._w[4], self._in_sizes, self.L, self.B, self.H,
-                             self.clip)
+                             <double*>z, <double**>self._packed_ih, <double**>self._packed_hh,
+                             <double**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
+                             self.H, self.clip)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)

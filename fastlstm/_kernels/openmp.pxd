@@ -1,5 +1,5 @@
-# OpenMP shim: every OpenMP call of the kernels goes through here, so a build without
-# OpenMP compiles the same code serially (one thread, barriers are no-ops).
+# OpenMP shim and the per-step team barrier. Every OpenMP call of the kernels goes through
+# here, so a build without OpenMP compiles the same code serially (one thread, no barriers).
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -8,38 +8,128 @@ cdef extern from *:
     static inline int fl_omp_max_threads(void) { return omp_get_max_threads(); }
     static inline int fl_omp_team_size(void) { return omp_get_num_threads(); }
     static inline int fl_omp_thread_id(void) { return omp_get_thread_num(); }
-    static inline void fl_omp_barrier(void) {
-        #pragma omp barrier
-    }
     #else
     static inline int fl_openmp_enabled(void) { return 0; }
     static inline int fl_omp_max_threads(void) { return 1; }
     static inline int fl_omp_team_size(void) { return 1; }
     static inline int fl_omp_thread_id(void) { return 0; }
-    static inline void fl_omp_barrier(void) { }
     #endif
 
-    /* Per-time-step barrier: sense-reversing, spins briefly (a step's imbalance is a few
-     * microseconds) and then yields the core, so a thread descheduled by other load on the
-     * machine gets to run instead of the waiter burning its time slice. */
     #include <sched.h>
-    typedef struct { int count; int sense; int n; } fl_barrier_t;
-    static inline void fl_barrier_wait(fl_barrier_t *barrier, int *local_sense) {
-        int spins = 0;
-        *local_sense = !*local_sense;
-        if (__atomic_add_fetch(&barrier->count, 1, __ATOMIC_ACQ_REL) == barrier->n) {
-            __atomic_store_n(&barrier->count, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(&barrier->sense, *local_sense, __ATOMIC_RELEASE);
-            return;
-        }
-        while (__atomic_load_n(&barrier->sense, __ATOMIC_ACQUIRE) != *local_sense) {
-            if (++spins < 20000) {
+    #include <time.h>
+
+    /* A team of threads that steps through the time steps together, and leaves thread 0
+     * alone when another member is taken off its core.
+     *
+     * Each step ends in a sense-reversing barrier. A member marks the team stalled when one
+     * wait exceeds FL_STALL_NS, or when its waits add up to more than FL_WAIT_MIN_NS and
+     * half of its time in the call (a step's imbalance is microseconds; a member that lost
+     * its core to other load is gone for hundreds of microseconds or more). The last member
+     * to arrive then publishes `solo`: from the next step on, thread 0 does every member's
+     * work and the others leave. Every member's work is a pure function of the previous
+     * step, so thread 0 computes exactly what they would have.
+     * After a stalled call, fl_team_size() gives one thread to the calls of the next
+     * backoff period (doubling while stalls continue, up to FL_BACKOFF_MAX_NS), then probes
+     * with the full team again. */
+    #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
+    #define FL_STALL_NS 200000LL
+    #define FL_WAIT_MIN_NS 100000LL
+    #define FL_BACKOFF_MIN_NS 20000000LL
+    #define FL_BACKOFF_MAX_NS 1000000000LL
+
+    static inline long long fl_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+
+    typedef struct {
+        int n;          /* members */
+        int count;      /* arrivals at the current barrier */
+        int sense;      /* flips when a barrier completes */
+        int stalled;    /* a member lost its core (see above) */
+        int solo;       /* thread 0 continues alone (published with the sense flip) */
+        long long start_ns;
+    } fl_team_t;
+
+    typedef struct {    /* one member's view of the team */
+        int sense;
+        long long waited_ns;
+    } fl_member_t;
+
+    static inline void fl_team_init(fl_team_t *team, int n) {
+        team->n = n; team->count = 0; team->sense = 0; team->stalled = 0; team->solo = 0;
+        team->start_ns = fl_now_ns();
+    }
+
+    /* Every member states the team's size (omp_get_num_threads()) before its first
+     * barrier: OpenMP may run fewer threads than asked for, e.g. inside another region. */
+    static inline void fl_team_join(fl_team_t *team, fl_member_t *me, int n) {
+        __atomic_store_n(&team->n, n, __ATOMIC_RELAXED);
+        me->sense = 0;
+        me->waited_ns = 0;
+    }
+
+    static inline void fl_team_wait(fl_team_t *team, fl_member_t *me) {
+        long long start = fl_now_ns(), now = start;
+        unsigned spins = 0;
+        while (__atomic_load_n(&team->sense, __ATOMIC_ACQUIRE) != me->sense) {
+            if (now - start < FL_SPIN_NS) {
     #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
     #endif
+                if ((++spins & 63) == 0)
+                    now = fl_now_ns();
             } else {
                 sched_yield();
+                now = fl_now_ns();
+                if (now - start > FL_STALL_NS)
+                    __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
             }
+        }
+        now = fl_now_ns();
+        me->waited_ns += now - start;
+        if (me->waited_ns > FL_WAIT_MIN_NS && 2 * me->waited_ns > now - team->start_ns)
+            __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+    }
+
+    /* Wait for every member; returns 1 while this thread still has work in the team. */
+    static inline int fl_team_barrier(fl_team_t *team, fl_member_t *me, int tid) {
+        if (__atomic_load_n(&team->solo, __ATOMIC_RELAXED))
+            return tid == 0;
+        me->sense = !me->sense;
+        if (__atomic_add_fetch(&team->count, 1, __ATOMIC_ACQ_REL) == team->n) {
+            __atomic_store_n(&team->count, 0, __ATOMIC_RELAXED);
+            if (__atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
+                __atomic_store_n(&team->solo, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&team->sense, me->sense, __ATOMIC_RELEASE);
+        } else {
+            fl_team_wait(team, me);
+        }
+        return !__atomic_load_n(&team->solo, __ATOMIC_RELAXED) || tid == 0;
+    }
+
+    /* Process-wide backoff after stalled calls. */
+    static long long fl_backoff_until = 0;
+    static long long fl_backoff_ns = 0;
+
+    /* Threads for the next call: `requested`, or 1 during a backoff period. */
+    static inline int fl_team_size(int requested) {
+        if (requested > 1 && __atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > fl_now_ns())
+            return 1;
+        return requested;
+    }
+
+    /* Record how a call with a team of n threads ended. */
+    static inline void fl_team_report(const fl_team_t *team) {
+        if (team->n < 2)
+            return;
+        if (team->stalled) {
+            long long backoff = fl_backoff_ns ? 2 * fl_backoff_ns : FL_BACKOFF_MIN_NS;
+            fl_backoff_ns = backoff < FL_BACKOFF_MAX_NS ? backoff : FL_BACKOFF_MAX_NS;
+            __atomic_store_n(&fl_backoff_until, fl_now_ns() + fl_backoff_ns, __ATOMIC_RELAXED);
+        } else {
+            fl_backoff_ns = 0;
         }
     }
     """
@@ -47,9 +137,14 @@ cdef extern from *:
     int fl_omp_max_threads() noexcept nogil
     int fl_omp_team_size() noexcept nogil      # threads in the current parallel region
     int fl_omp_thread_id() noexcept nogil
-    void fl_omp_barrier() noexcept nogil       # orphaned barrier: binds to the enclosing region
-    ctypedef struct fl_barrier_t:
-        int count
-        int sense
+    ctypedef struct fl_team_t:
         int n
-    void fl_barrier_wait(fl_barrier_t* barrier, int* local_sense) noexcept nogil
+        int stalled
+        int solo
+    ctypedef struct fl_member_t:
+        pass
+    void fl_team_init(fl_team_t* team, int n) noexcept nogil
+    void fl_team_join(fl_team_t* team, fl_member_t* me, int n) noexcept nogil
+    int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
+    int fl_team_size(int requested) noexcept nogil
+    void fl_team_report(const fl_team_t* team) noexcept nogil

@@ -1,0 +1,113 @@
+/* Template body of packed.h, included once per (REAL, instruction set):
+ * FL_NAME(x) names, FL_TARGET the target attribute, FL_MR the rows of the register block,
+ * FL_KVEC the machine vector (64, 32 or 16 bytes: a panel is 64 / sizeof(FL_KVEC) of them). */
+
+/* C[MR rows, NV panels] (+)= A[MR rows, :K] @ P[NV panels, :K]: the register block. */
+FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
+    ptrdiff_t K, int accumulate, const int MR, const int NV)
+{
+    enum { LANES = (int)(64 / sizeof(REAL)), SUB = (int)(64 / sizeof(FL_KVEC)),
+           SUB_LANES = (int)(sizeof(FL_KVEC) / sizeof(REAL)) };
+    FL_KVEC acc[8][4 * SUB];
+    _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++) {
+            if (accumulate)
+                memcpy(&acc[i][v], C + i * ldc + v * SUB_LANES, sizeof(FL_KVEC));
+            else
+                acc[i][v] = (FL_KVEC){0};
+        }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        FL_KVEC w[4 * SUB];
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
+            memcpy(&w[v], P + (v / SUB) * panel_stride + k * LANES + (v % SUB) * SUB_LANES,
+                   sizeof(FL_KVEC));
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {
+            const REAL a = A[i * lda + k];
+            _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
+                acc[i][v] += a * w[v];
+        }
+    }
+    _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
+            memcpy(C + i * ldc + v * SUB_LANES, &acc[i][v], sizeof(FL_KVEC));
+}
+
+/* The block for a run-time row count mr <= FL_MR and nv in {1, 2, 4}, each shape compiled
+ * with constant sizes. */
+FL_TARGET static void FL_NAME(block_any)(
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
+    ptrdiff_t K, int accumulate, int mr, int nv)
+{
+#define FL_CASE(MR, NV) FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV)
+    if (nv == 4) {
+        FL_CASE(1, 4);
+        return;
+    }
+    switch (mr * 2 + (nv == 2)) {
+    case 2: FL_CASE(1, 1); break;
+    case 3: FL_CASE(1, 2); break;
+#if FL_MR >= 2
+    case 4: FL_CASE(2, 1); break;
+    case 5: FL_CASE(2, 2); break;
+#endif
+#if FL_MR >= 4
+    case 6: FL_CASE(3, 1); break;
+    case 7: FL_CASE(3, 2); break;
+    case 8: FL_CASE(4, 1); break;
+    case 9: FL_CASE(4, 2); break;
+#endif
+#if FL_MR >= 8
+    case 10: FL_CASE(5, 1); break;
+    case 11: FL_CASE(5, 2); break;
+    case 12: FL_CASE(6, 1); break;
+    case 13: FL_CASE(6, 2); break;
+    case 14: FL_CASE(7, 1); break;
+    case 15: FL_CASE(7, 2); break;
+    case 16: FL_CASE(8, 1); break;
+    case 17: FL_CASE(8, 2); break;
+#endif
+    default: break;
+    }
+#undef FL_CASE
+}
+
+/* C (M, n_panels * LANES) (+)= A (M, K) @ panels (K deep).
+ * NumPy: C[:, :N] (+)= A @ W.T for the W the panels were packed from. */
+FL_TARGET static void FL_NAME(packed_product)(
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels, ptrdiff_t M,
+    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+{
+    enum { LANES = (int)(64 / sizeof(REAL)) };
+    const ptrdiff_t panel_stride = K * LANES;
+    /* One row (a matrix-vector product): four panels at once over the whole depth, so four
+     * independent accumulators hide the FMA latency (two on narrower vector units). */
+    if (M == 1) {
+        const int nv = FL_MR >= 8 ? 4 : 2;
+        ptrdiff_t p = 0;
+        for (; p + nv <= n_panels; p += nv)
+            FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
+                               panel_stride, K, accumulate, 1, nv);
+        for (; p < n_panels; p++)
+            FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
+                               panel_stride, K, accumulate, 1, 1);
+        return;
+    }
+    /* Depth blocks of FL_KC: two panels' chunk stays in L1 while every row block of A
+     * streams past it. */
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_KC) {
+        const ptrdiff_t kc = K - k0 < FL_KC ? K - k0 : FL_KC;
+        const int acc = accumulate || k0 > 0;
+        for (ptrdiff_t p = 0; p < n_panels; p += 2) {
+            const int nv = n_panels - p >= 2 ? 2 : 1;
+            const REAL *P = panels + p * panel_stride + k0 * LANES;
+            ptrdiff_t m = 0;
+            for (; m + FL_MR <= M; m += FL_MR)
+                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
+                                   panel_stride, kc, acc, FL_MR, nv);
+            if (m < M)
+                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
+                                   panel_stride, kc, acc, (int)(M - m), nv);
+        }
+    }
+}
