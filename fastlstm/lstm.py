@@ -8,10 +8,9 @@ from ._threads import get_num_threads
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
-# Below this many multiply-adds per time step (B * 4H * H) a second thread costs more in
-# per-step barriers than it saves; threads also own at least one 16-unit block each.
+# Below this many multiply-adds per time step (B * 4H * (in + H)) a second thread costs more
+# in per-step barriers than it saves; threads also own at least one block of units each.
 _MIN_WORK_PER_THREAD = 1 << 15
-_UNITS_PER_BLOCK = 16
 _ALIGNMENT = 64   # bytes: whole cache lines, so vector loads of weight rows never split
 
 
@@ -215,6 +214,7 @@ class LSTM:
             converted[name] = value
         for name, value in converted.items():
             np.copyto(self._params[name], value)
+        _lstm.weights_changed()
 
     def zero_grad(self):
         """Zero the accumulated parameter gradients in place."""
@@ -332,7 +332,8 @@ class LSTM:
     def _kernel_threads(self, batch):
         """Threads for one kernel call: the setting, capped by the work per time step."""
         H = self.hidden_size
-        useful = min(batch * 4 * H * H // _MIN_WORK_PER_THREAD, -(-H // _UNITS_PER_BLOCK))
+        work = batch * 4 * H * (H + min(H, self.input_size))
+        useful = min(work // _MIN_WORK_PER_THREAD, -(-H // _lstm.SLICE_UNITS))
         return max(1, min(get_num_threads(), useful))
 
     def _forward(self, x, h0, c0, lengths, training):
@@ -475,6 +476,10 @@ class LSTM:
         ``y_t = s.step(x_t)`` takes x_t (B, input_size), or (input_size,) when batch_size
         is 1, and returns the last layer's h_t; ``s.state`` is (h, c), each
         (num_layers, B, H); ``s.reset()`` zeroes it. Unidirectional modules only.
+
+        The stream keeps the weights packed for its kernel. Updates through an optimizer's
+        ``step()`` or ``load_state_dict`` reach it before its next step; after writing into
+        a parameter array directly (``m.weight_hh_l0[...] = w``), call ``s.refresh()``.
         """
         batch_size = check_int(batch_size, "batch_size", 1, 1 << 24)
         if self.bidirectional or self.reverse:

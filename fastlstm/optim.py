@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from ._kernels.lstm import weights_changed
+
 from .modules import Module, Parameter, is_module
 from .validation import check_bool, check_float, check_int
 
@@ -106,6 +108,7 @@ class Optimizer:
             if self.weight_decay and self._coupled_decay:
                 grad = grad + self.weight_decay * p.data
             self._update(index, p.data, grad)
+        weights_changed()
 
     _coupled_decay = True
 

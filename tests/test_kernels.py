@@ -3,8 +3,12 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
+import contextlib
+
 import fastlstm as fl
-from fastlstm import reference
+import fastlstm.lstm
+from fastlstm import _threads, reference
+from fastlstm._kernels import lstm as lstm_kernels
 
 TOLERANCE = {"float32": (2e-5, 2e-4), "float64": (1e-9, 1e-9)}
 CONFIGS = [
@@ -71,18 +75,89 @@ def test_kernels_match_reference_with_lengths(config, dtype):
     run_both(config, (7, 4, 3, 20), dtype, [7, 1, 4, 6])
 
 
-@pytest.mark.parametrize("size", [(5, 3, 4, 3), (4, 2, 3, 37)], ids=str)
-def test_threads_split_hidden_units_unevenly(monkeypatch, size):
-    """Force 2 threads on tiny H: a thread may own no units, or a ragged block."""
-    import fastlstm.lstm
+@contextlib.contextmanager
+def no_min_work():
+    """Let the module give 2 threads to any size (normally small steps get one)."""
+    saved = fastlstm.lstm._MIN_WORK_PER_THREAD
+    fastlstm.lstm._MIN_WORK_PER_THREAD = 1
+    try:
+        yield
+    finally:
+        fastlstm.lstm._MIN_WORK_PER_THREAD = saved
 
-    monkeypatch.setattr(fastlstm.lstm, "_MIN_WORK_PER_THREAD", 1)
-    monkeypatch.setattr(fastlstm.lstm, "_UNITS_PER_BLOCK", 1)
+
+@pytest.mark.parametrize("size", [(5, 3, 4, 3), (4, 2, 3, 37), (3, 9, 5, 40)], ids=str)
+def test_threads_split_hidden_units_unevenly(size):
+    """Force 2 threads on small H: a thread may own no units, or a ragged block."""
     previous = fl.get_num_threads()
     try:
         fl.set_num_threads(2)
-        for dtype in ("float32", "float64"):
-            run_both(dict(num_layers=2, bidirectional=True, peephole=True), size, dtype,
-                     [size[0], 2, 1][:size[1]])
+        with no_min_work():
+            for dtype in ("float32", "float64"):
+                run_both(dict(num_layers=2, bidirectional=True, peephole=True), size, dtype,
+                         [size[0], 2, 1, 3, 1, 2, 3, 1, 2][:size[1]])
     finally:
         fl.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- packed products
+@pytest.mark.parametrize("isa", lstm_kernels.ISAS[:lstm_kernels.ISAS.index(lstm_kernels.packed_isa()) + 1])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 130, 33), (7, 17, 5), (9, 64, 300),
+                                   (17, 40, 129), (8, 32, 256)], ids=str)
+def test_packed_product_matches_numpy(isa, dtype, shape):
+    """Every register block and ragged edge of every instruction set this CPU runs."""
+    M, N, K = shape
+    rng = np.random.default_rng(0)
+    A, W, C = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (M, N)))
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    for accumulate in (False, True):
+        result = C.copy()
+        lstm_kernels.packed_product_twin(result, A, W, accumulate, isa)
+        assert_close(f"{isa} accumulate={accumulate}", result, A @ W.T + (C if accumulate else 0),
+                     tol)
+
+
+def test_packed_product_rejects_an_isa_the_cpu_lacks():
+    if lstm_kernels.packed_isa() == "avx512":
+        pytest.skip("this CPU runs every instruction set")
+    x = np.zeros((1, 1), np.float32)
+    with pytest.raises(ValueError, match="isa"):
+        lstm_kernels.packed_product_twin(x, x, x, False, "avx512")
+
+
+# ---------------------------------------------------------------- a member loses its core
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype):
+    """Thread 1 sleeps 5 ms at one step, as if other load took its core: thread 0 finishes
+    the call alone with bit-identical results, and the next calls back off to one thread."""
+    if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores")
+    m = fl.LSTM(8, 64, dtype=dtype, seed=0)
+    x = np.random.default_rng(1).standard_normal((12, 4, 8)).astype(dtype)
+    g = np.random.default_rng(2).standard_normal((12, 4, 64)).astype(dtype)
+    previous = fl.get_num_threads()
+    results = {}
+    try:
+        fl.set_num_threads(2)
+        with no_min_work():
+            for late in (-1, 3):
+                lstm_kernels.set_adaptive_threads(True)    # clears any backoff
+                lstm_kernels.inject_late_thread(late, 5000)
+                m.zero_grad()
+                out, (h_n, c_n) = m(x)
+                threads, stalled = lstm_kernels.last_call()
+                assert threads == 2 and (stalled or late < 0)
+                lstm_kernels.set_adaptive_threads(True)
+                dx, (dh0, dc0) = m.backward(g)
+                threads, stalled = lstm_kernels.last_call()
+                assert threads == 2 and (stalled or late < 0)
+                results[late] = [out, h_n, c_n, dx, dh0, dc0, *(m.grads[k].copy() for k in sorted(m.grads))]
+            assert lstm_kernels.team_size(2) == 1   # backing off after the stalled call
+        lstm_kernels.set_adaptive_threads(True)
+        assert lstm_kernels.team_size(2) == 2
+    finally:
+        lstm_kernels.inject_late_thread(-1, 0)
+        fl.set_num_threads(previous)
+    for normal, late in zip(results[-1], results[3]):
+        np.testing.assert_array_equal(late, normal)

@@ -1,4 +1,4 @@
-"""Row-major gemm/gemv on scipy's BLAS, and control of scipy's OpenBLAS thread pool.
+"""Row-major gemm on scipy's BLAS, and control of scipy's OpenBLAS thread pool.
 
 Row-major callers swap operands instead of transposing data: C = op(A) op(B) in row-major
 order is C^T = op(B)^T op(A)^T in the column-major order Fortran BLAS expects.
@@ -7,7 +7,7 @@ import ctypes
 import os
 
 import numpy as np
-from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -24,22 +24,8 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
-cdef void gemv(bint trans_a, int m, int n, floating alpha, const floating* a, int lda,
-               const floating* x, floating beta, floating* y) noexcept nogil:
-    """y := alpha * op(A) @ x + beta * y, row-major A (m, n)."""
-    # A row-major (m, n) is A^T column-major (n, m): flip the transpose flag.
-    cdef char ta = b'N' if trans_a else b'T'
-    cdef int one = 1
-    if m <= 0 or n <= 0:
-        return
-    if floating is float:
-        sgemv(&ta, &n, &m, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
-    else:
-        dgemv(&ta, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
-
-
 # scipy's OpenBLAS keeps its own thread pool. While OpenMP owns the cores inside a kernel,
-# BLAS must run single-threaded (DESIGN section 4), so the kernels set it to one thread
+# BLAS must run single-threaded, so the kernels set it to one thread
 # for the call and restore it after. Other BLAS builds expose no such switch: no-op.
 ctypedef void (*set_threads_t)(int) noexcept nogil
 ctypedef int (*get_threads_t)() noexcept nogil
@@ -107,10 +93,3 @@ def gemm_twin(bint trans_a, bint trans_b, double alpha, floating[:, ::1] a,
     cdef int k = a.shape[0] if trans_a else a.shape[1]
     gemm(trans_a, trans_b, m, n, k, <floating>alpha, &a[0, 0], a.shape[1], &b[0, 0],
          b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
-
-
-def gemv_twin(bint trans_a, double alpha, floating[:, ::1] a, floating[::1] x,
-              double beta, floating[::1] y):
-    """y := alpha * op(a) @ x + beta * y (in place) through the row-major wrapper."""
-    gemv(trans_a, a.shape[0], a.shape[1], <floating>alpha, &a[0, 0], a.shape[1], &x[0],
-         <floating>beta, &y[0])

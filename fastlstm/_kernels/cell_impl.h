@@ -158,33 +158,3 @@ FL_CLONES static void FL_NAME(cell_backward)(
         FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
                                      n - j0);
 }
-
-/* y (rows,) = W @ x for row-major W (rows, cols) with leading dimension ldw: the B=1
- * recurrent product. Four rows at a time in vector accumulators (GCC vector extensions,
- * lowered to AVX-512, AVX2 or SSE by target_clones), summed once per row at the end. */
-FL_CLONES static void FL_NAME(matvec_rows)(REAL *y, const REAL *W, const REAL *x, int rows,
-                                      int cols, int ldw)
-{
-    const int lanes = (int)(sizeof(FL_VEC) / sizeof(REAL));
-    const int body = cols - cols % lanes;
-    for (int r = 0; r < rows; r += 4) {
-        const int m = rows - r < 4 ? rows - r : 4;
-        FL_VEC acc[4] = {{0}};
-        REAL sum[4] = {0};
-        for (int k = 0; k < body; k += lanes) {
-            FL_VEC xv, wv;
-            memcpy(&xv, x + k, sizeof xv);
-            for (int i = 0; i < m; i++) {
-                memcpy(&wv, W + (size_t)(r + i) * ldw + k, sizeof wv);
-                acc[i] += wv * xv;
-            }
-        }
-        for (int i = 0; i < m; i++) {
-            for (int l = 0; l < lanes; l++)
-                sum[i] += acc[i][l];
-            for (int k = body; k < cols; k++)
-                sum[i] += W[(size_t)(r + i) * ldw + k] * x[k];
-            y[r + i] = sum[i];
-        }
-    }
-}

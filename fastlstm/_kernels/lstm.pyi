@@ -1,4 +1,4 @@
-# Type stub of the compiled kernels (_lstm.pyx). Arrays are C-contiguous, all float32 or
+# Type stub of the compiled kernels (lstm.pyx). Arrays are C-contiguous, all float32 or
 # all float64 (one Cython fused type per call); shapes are checked by the caller.
 from typing import Any
 

@@ -14,11 +14,12 @@ from cython cimport floating
 from cython.parallel cimport parallel
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
+from posix.unistd cimport usleep
 
 cimport numpy as cnp
 
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
-from .openmp cimport (fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
+from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
                       fl_member_t, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
 
 cnp.import_array()
@@ -53,11 +54,71 @@ cdef extern from "packed.h":
     void packed_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
                           const double* panels, Py_ssize_t M, Py_ssize_t n_panels,
                           Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_isa_f(int isa, float* C, Py_ssize_t ldc, const float* A,
+                              Py_ssize_t lda, const float* panels, Py_ssize_t M,
+                              Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_isa_d(int isa, double* C, Py_ssize_t ldc, const double* A,
+                              Py_ssize_t lda, const double* panels, Py_ssize_t M,
+                              Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
     int fl_packed_isa() noexcept nogil
 
 cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
+
+
+# Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
+# as if other load had taken its core.
+cdef Py_ssize_t _late_step = -1
+cdef unsigned int _late_us = 0
+
+
+cdef inline void _maybe_late(int tid, Py_ssize_t step) noexcept nogil:
+    if tid == 1 and step == _late_step:
+        usleep(_late_us)
+
+
+def inject_late_thread(Py_ssize_t step, unsigned int microseconds):
+    """Make thread 1 of every later call arrive late at one step's barrier (-1: never)."""
+    global _late_step, _late_us
+    _late_step, _late_us = step, microseconds
+
+
+def set_adaptive_threads(bint adaptive):
+    """Turn stall handling on (the default) or off, and clear the backoff.
+
+    On: a call whose thread lost its core finishes on thread 0, and the calls of the next
+    backoff period use one thread. Off: every call runs its full team to the end.
+    Returns the previous setting.
+    """
+    global fl_adaptive
+    previous = bool(fl_adaptive)
+    fl_adaptive = adaptive
+    fl_backoff_reset()
+    return previous
+
+
+def team_size(int requested):
+    """Threads the next kernel call will use when asked for `requested`."""
+    return fl_team_size(requested)
+
+
+# How the last forward or backward call ran (for tests and diagnostics; not synchronised).
+cdef int _last_team = 0
+cdef bint _last_stalled = False
+
+
+def last_call():
+    """``(threads, stalled)`` of the last kernel call in this process."""
+    return _last_team, bool(_last_stalled)
+
+
+cdef object _finish(LSTMWork* w):
+    global _last_team, _last_stalled
+    _last_team, _last_stalled = w.team.n, w.team.stalled
+    free(w.packed)
+    free(w.z)
+    return bool(w.team.stalled)
 
 
 cdef struct LSTMWork:
@@ -251,6 +312,7 @@ cdef void _forward_thread(LSTMWork* w, floating* kind) noexcept nogil:
         while s < w.n_slices:
             _forward_slice_step(w, s, step, kind)
             s += 1 if w.team.solo else n
+        _maybe_late(tid, step)
         member = fl_team_barrier(&w.team, &me, tid)
         step += 1
     if not member:
@@ -389,6 +451,7 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
         while s < w.n_slices:
             _backward_product_slice(w, s, t, kind)
             s += 1 if w.team.solo else n
+        _maybe_late(tid, step)
         member = fl_team_barrier(&w.team, &me, tid)
         step += 1
     if not member:
@@ -493,9 +556,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
             _forward_thread(&w, <floating*>NULL)
         blas_threads_restore(blas_previous)
         fl_team_report(&w.team)
-    free(w.packed)
-    free(w.z)
-    return bool(w.team.stalled)
+    return _finish(&w)
 
 
 def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
@@ -559,14 +620,47 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
             _backward_thread(&w, <floating*>NULL)
         blas_threads_restore(blas_previous)
         fl_team_report(&w.team)
-    free(w.packed)
-    free(w.z)
-    return bool(w.team.stalled)
+    return _finish(&w)
+
+
+ISAS = ("portable", "avx2", "avx512")
+SLICE_UNITS = SLICE_ALIGN    # a thread's hidden units come in blocks of this many
 
 
 def packed_isa():
-    """The instruction set of the packed products: "avx512", "avx2" or "portable"."""
-    return ("portable", "avx2", "avx512")[fl_packed_isa()]
+    """The instruction set of the packed products on this CPU: one of :data:`ISAS`."""
+    return ISAS[fl_packed_isa()]
+
+
+def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
+                        const floating[:, ::1] W, bint accumulate, str isa):
+    """C (+)= A @ W.T through packing and the micro-kernels of `isa` (a test twin).
+
+    C (M, N), A (M, K), W (N, K); `isa` one of :data:`ISAS` this CPU supports.
+    """
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = W.shape[0], lanes, n_panels, p
+    cdef int level = ISAS.index(isa)
+    if level > fl_packed_isa():
+        raise ValueError(f"isa: expected one of {ISAS[:fl_packed_isa() + 1]} on this CPU, "
+                         f"got {isa!r}")
+    _check_shapes("packed_product_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
+                                          ("W", W.shape[1], K)])
+    import numpy as np
+    lanes = 64 // sizeof(floating)
+    n_panels = (N + lanes - 1) // lanes
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] panels = np.zeros(max(1, n_panels * lanes * K), dtype)
+    cdef floating[:, ::1] result = np.zeros((M, n_panels * lanes), dtype)
+    for p in range(n_panels):
+        _pack(&panels[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
+    result[:, :N] = C
+    if floating is float:
+        packed_product_isa_f(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
+                             M, n_panels, K, accumulate)
+    else:
+        packed_product_isa_d(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
+                             M, n_panels, K, accumulate)
+    C[:, :] = result[:, :N]
 
 
 # ---------------------------------------------------------------- streaming

@@ -43,12 +43,19 @@ cdef extern from *:
         return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
 
+    /* Process-wide backoff after stalled calls; fl_adaptive = 0 turns stall handling off
+     * (fixed teams, e.g. for tests that count threads). */
+    static long long fl_backoff_until = 0;
+    static long long fl_backoff_ns = 0;
+    static int fl_adaptive = 1;
+
     typedef struct {
         int n;          /* members */
         int count;      /* arrivals at the current barrier */
         int sense;      /* flips when a barrier completes */
         int stalled;    /* a member lost its core (see above) */
         int solo;       /* thread 0 continues alone (published with the sense flip) */
+        int adaptive;   /* stalls are handled (fl_adaptive when the call started) */
         long long start_ns;
     } fl_team_t;
 
@@ -60,6 +67,7 @@ cdef extern from *:
     static inline void fl_team_init(fl_team_t *team, int n) {
         team->n = n; team->count = 0; team->sense = 0; team->stalled = 0; team->solo = 0;
         team->start_ns = fl_now_ns();
+        team->adaptive = fl_adaptive;
     }
 
     /* Every member states the team's size (omp_get_num_threads()) before its first
@@ -100,7 +108,7 @@ cdef extern from *:
         me->sense = !me->sense;
         if (__atomic_add_fetch(&team->count, 1, __ATOMIC_ACQ_REL) == team->n) {
             __atomic_store_n(&team->count, 0, __ATOMIC_RELAXED);
-            if (__atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
+            if (team->adaptive && __atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
                 __atomic_store_n(&team->solo, 1, __ATOMIC_RELAXED);
             __atomic_store_n(&team->sense, me->sense, __ATOMIC_RELEASE);
         } else {
@@ -109,20 +117,22 @@ cdef extern from *:
         return !__atomic_load_n(&team->solo, __ATOMIC_RELAXED) || tid == 0;
     }
 
-    /* Process-wide backoff after stalled calls. */
-    static long long fl_backoff_until = 0;
-    static long long fl_backoff_ns = 0;
 
     /* Threads for the next call: `requested`, or 1 during a backoff period. */
     static inline int fl_team_size(int requested) {
-        if (requested > 1 && __atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > fl_now_ns())
+        if (requested > 1 && fl_adaptive && __atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > fl_now_ns())
             return 1;
         return requested;
     }
 
+    static inline void fl_backoff_reset(void) {
+        __atomic_store_n(&fl_backoff_until, 0, __ATOMIC_RELAXED);
+        fl_backoff_ns = 0;
+    }
+
     /* Record how a call with a team of n threads ended. */
     static inline void fl_team_report(const fl_team_t *team) {
-        if (team->n < 2)
+        if (team->n < 2 || !team->adaptive)
             return;
         if (team->stalled) {
             long long backoff = fl_backoff_ns ? 2 * fl_backoff_ns : FL_BACKOFF_MIN_NS;
@@ -148,3 +158,5 @@ cdef extern from *:
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
     int fl_team_size(int requested) noexcept nogil
     void fl_team_report(const fl_team_t* team) noexcept nogil
+    void fl_backoff_reset() noexcept nogil
+    int fl_adaptive

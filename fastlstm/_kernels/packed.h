@@ -143,23 +143,39 @@ static inline int fl_packed_isa(void)
 #endif
 }
 
-/* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels. */
+/* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels, with
+ * the products of instruction set `isa` (see fl_packed_isa). */
+static inline void packed_product_isa_f(int isa, float *C, ptrdiff_t ldc, const float *A,
+                                        ptrdiff_t lda, const float *panels, ptrdiff_t M,
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+{
+    static const fl_product_f_t by_isa[3] = {packed_product_f_portable, packed_product_f_avx2,
+                                             packed_product_f_avx512};
+    by_isa[isa](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+}
+
+static inline void packed_product_isa_d(int isa, double *C, ptrdiff_t ldc, const double *A,
+                                        ptrdiff_t lda, const double *panels, ptrdiff_t M,
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+{
+    static const fl_product_d_t by_isa[3] = {packed_product_d_portable, packed_product_d_avx2,
+                                             packed_product_d_avx512};
+    by_isa[isa](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+}
+
+/* The same with the best instruction set of this CPU. */
 static inline void packed_product_f(float *C, ptrdiff_t ldc, const float *A, ptrdiff_t lda,
                                     const float *panels, ptrdiff_t M, ptrdiff_t n_panels,
                                     ptrdiff_t K, int accumulate)
 {
-    static const fl_product_f_t by_isa[3] = {packed_product_f_portable, packed_product_f_avx2,
-                                             packed_product_f_avx512};
-    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    packed_product_isa_f(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
 }
 
 static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, ptrdiff_t lda,
                                     const double *panels, ptrdiff_t M, ptrdiff_t n_panels,
                                     ptrdiff_t K, int accumulate)
 {
-    static const fl_product_d_t by_isa[3] = {packed_product_d_portable, packed_product_d_avx2,
-                                             packed_product_d_avx512};
-    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
 }
 
 #endif
