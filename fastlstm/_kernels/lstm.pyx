@@ -436,6 +436,8 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
         _pack_backward_slice(w, s, kind)
         s += n
     member = fl_team_barrier(&w.team, &me, tid)
+    # Per step: the cell pass for this thread's units, one barrier (the product needs every
+    # unit's dgates[t]), then dh for this thread's units, which only this thread reads next.
     step = 0
     while member and step < w.T:
         t = step if w.reverse else w.T - 1 - step
@@ -443,17 +445,17 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
         while s < w.n_slices:
             _backward_cell_slice(w, s, t, kind)
             s += 1 if w.team.solo else n
-        if not w.team.solo:
-            member = fl_team_barrier(&w.team, &me, tid)
-            if not member:
-                break
+        member = fl_team_barrier(&w.team, &me, tid)
+        if not member:
+            break
         s = 0 if w.team.solo else tid
         while s < w.n_slices:
             _backward_product_slice(w, s, t, kind)
             s += 1 if w.team.solo else n
         _maybe_late(tid, step)
-        member = fl_team_barrier(&w.team, &me, tid)
         step += 1
+    if member:
+        member = fl_team_barrier(&w.team, &me, tid)    # every dgates row is written
     if not member:
         return
     if w.team.solo:
