@@ -65,6 +65,7 @@ cdef extern from "packed.h":
 cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
+    HOIST_BELOW = 8     # batches this small get x @ W_ih.T for all steps before the loop
 
 
 # Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
@@ -130,6 +131,7 @@ cdef struct LSTMWork:
     Py_ssize_t slice_units          # hidden units per slice (multiple of SLICE_ALIGN)
     int n_slices
     bint reverse, training, accumulate_dx
+    bint hoist                      # x @ W_ih.T for all steps first, into z (see HOIST_BELOW)
     double clip                     # <= 0: no clipping
     # IN
     void* x                         # (T, B, n_in)
@@ -160,7 +162,8 @@ cdef struct LSTMWork:
     void* dgates                    # (T, B, 4H) pre-activation gradients
     # Scratch
     void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
-    void* z                         # n_slices x z_size: per-slice product results
+    void* z                         # n_slices x z_size: per-slice product results, (B, 4 nj_pad)
+                                    # or with hoist (T, B, 4 nj_pad)
     Py_ssize_t slice_panels         # elements of packed weights per slice
     Py_ssize_t z_size               # elements of z per slice
     fl_team_t team
@@ -272,10 +275,17 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
         return
     blocks = (nj + lanes - 1) // lanes
     nj_pad = blocks * lanes
-    # z[b, g*nj_pad + j] = x_t[b] @ W_ih[g*H + j0 + j] + h_prev[b] @ W_hh[g*H + j0 + j]
-    _product(z, 4 * nj_pad, <const floating*>w.x + t * B * n_in, n_in, panels, B, 4 * blocks,
-             n_in, 0)
-    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H, 1)
+    if w.hoist:
+        # z[t, b] already holds x_t[b] @ W_ih[rows].T; add h_prev[b] @ W_hh[rows].T
+        z += t * B * 4 * nj_pad
+        _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks,
+                 H, 1)
+    else:
+        # z[b, g*nj_pad + j] = x_t[b] @ W_ih[g*H + j0 + j] + h_prev[b] @ W_hh[g*H + j0 + j]
+        _product(z, 4 * nj_pad, <const floating*>w.x + t * B * n_in, n_in, panels, B,
+                 4 * blocks, n_in, 0)
+        _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks,
+                 H, 1)
     for b in range(B):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
@@ -291,6 +301,18 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
             memset(out + row * w.out_stride + j0, 0, nj * sizeof(floating))
 
 
+cdef void _hoist_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
+    # z[t, b] = x[t, b] @ W_ih[rows of slice s].T for every step: one product of T*B rows
+    # instead of T products that each read W_ih from cache for a handful of rows.
+    cdef Py_ssize_t lanes = _lanes(kind), j0, nj, blocks
+    _slice_units(w, s, &j0, &nj)
+    if nj <= 0:
+        return
+    blocks = (nj + lanes - 1) // lanes
+    _product(<floating*>w.z + s * w.z_size, 4 * blocks * lanes, <const floating*>w.x, w.n_in,
+             <floating*>w.packed + s * w.slice_panels, w.T * w.B, 4 * blocks, w.n_in, 0)
+
+
 cdef void _forward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
     cdef fl_member_t me
@@ -298,10 +320,13 @@ cdef void _forward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     cdef bint member = True
     fl_team_join(&w.team, &me, n)
 
-    # 1. Each thread packs its slices' panels, which then stay in its cache.
+    # 1. Each thread packs its slices' panels, which then stay in its cache (and, for small
+    #    batches, projects every step's input onto its slices).
     s = tid
     while s < w.n_slices:
         _pack_forward_slice(w, s, kind)
+        if w.hoist:
+            _hoist_slice(w, s, kind)
         s += n
     member = fl_team_barrier(&w.team, &me, tid)
 
@@ -491,7 +516,7 @@ cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize)
     w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
     slice_pad = w.slice_units   # already a multiple of every panel width
     w.slice_panels = 4 * slice_pad * depth
-    w.z_size = w.B * 4 * slice_pad
+    w.z_size = (w.T if w.hoist else 1) * w.B * 4 * slice_pad
     w.packed = _aligned(w.n_slices * w.slice_panels * itemsize)
     w.z = _aligned(w.n_slices * w.z_size * itemsize)
     if w.packed == NULL or w.z == NULL:
@@ -548,6 +573,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.gates = <void*>&gates[0] if training else NULL
     w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
     w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
+    w.hoist = w.B < HOIST_BELOW
     n_threads = fl_team_size(n_threads)
     _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
     fl_team_init(&w.team, n_threads)
