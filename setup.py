@@ -44,7 +44,10 @@ if not omp_compile:
     print("\n" + "!" * 78 + "\n!! WARNING: OpenMP not found; fastlstm kernels are built SERIAL "
           "(single thread).\n" + "!" * 78 + "\n", file=sys.stderr)
 
-compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
+# -fno-wrapv undoes the -fwrapv of Python's own flags: with wrapping int indices gcc cannot
+# prove the cell loops contiguous and gathers element by element.
+compile_args = ["-O3", "-fno-wrapv", "-fno-math-errno", "-fno-trapping-math",
+                "-fno-semantic-interposition"]
 if os.environ.get("FASTLSTM_NATIVE"):
     compile_args.append("-march=native")
 compile_args += omp_compile

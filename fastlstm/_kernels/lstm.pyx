@@ -577,12 +577,9 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     n_threads = fl_team_size(n_threads)
     _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
     fl_team_init(&w.team, n_threads)
-    cdef int blas_previous
-    with nogil:
-        blas_previous = blas_threads_limit(1)
+    with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):
             _forward_thread(&w, <floating*>NULL)
-        blas_threads_restore(blas_previous)
         fl_team_report(&w.team)
     return _finish(&w)
 
