@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "results.json and speedup.png into --out. Peers that are not installed "
                     "are reported absent.")
     run.add_argument("--quick", action="store_true",
-                     help="S1-S3 forward and train plus the S1 streaming step, fewer repeats")
+                     help="S1-S3 forward and train, the S1 streaming step and the char-LM fit "
+                          "epoch at N threads, shorter warm-ups and fewer repeats")
     run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="threads per framework (default: fastlstm.get_num_threads())")
     run.add_argument("--out", default=bench.DEFAULT_OUT, metavar="DIR",
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES),
                      metavar="MODE",
                      help=f"modes to run, from {', '.join(bench.MODES)} (default: all)")
+    run.add_argument("--busy", type=_positive_int, default=0, metavar="N",
+                     help="also measure S1-S3 forward and the fit epoch while N CPU-bound "
+                          "processes spin: fastlstm with default threads and with 1, PyTorch "
+                          "with default threads (default: no busy section)")
     return parser
 
 
@@ -97,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--threads: expected at most the {usable_cores()} usable cores, "
                          f"got {args.threads}")
         return bench.main(quick=args.quick, threads=args.threads, out_dir=args.out,
-                          frameworks=args.frameworks, modes=args.modes)
+                          frameworks=args.frameworks, modes=args.modes, busy=args.busy)
     parser.print_help()
     return 0
 

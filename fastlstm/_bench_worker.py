@@ -7,8 +7,11 @@ the process imports only the framework it measures (``python -m fastlstm._bench_
 it and prints one line, :data:`RESULT_PREFIX` followed by the result as JSON. A framework
 whose import fails is reported ``absent``; any other exception is reported as ``error``.
 Each framework gets the same parameters (PyTorch layout, seeded), the same input and the
-same thread count. The fastlstm process also times one float32 ``sgemm`` of the case's
-forward FLOPs, the practical ceiling of the kernels.
+same thread count, or, when the spec's ``threads`` is null, each framework's own default.
+The fastlstm process also times one float32 ``sgemm`` of the case's forward FLOPs, the
+practical ceiling of the kernels (not under competing load: spec ``busy`` > 0). Mode
+``fit`` is one epoch of a character-level language model (Embedding -> LSTM -> Dense)
+trained with ``Sequential.fit`` or its PyTorch twin.
 """
 import gc
 import json
@@ -18,18 +21,19 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 RESULT_PREFIX = "FASTLSTM-BENCH-RESULT "
 FRAMEWORKS = ("fastlstm", "numpy", "torch", "onnxruntime")
-MODES = ("forward", "train", "stream")
-# ONNX Runtime (the inference package) has no backward pass.
-UNSUPPORTED = {("onnxruntime", "train")}
+MODES = ("forward", "train", "stream", "fit")
+# ONNX Runtime (the inference package) has no backward pass; only fastlstm and PyTorch fit.
+UNSUPPORTED = {("onnxruntime", "train"), ("onnxruntime", "fit"), ("numpy", "fit")}
 
 Params = dict[str, np.ndarray]  # PyTorch's parameter names -> float32 arrays
 Call = Callable[[], Any]        # one timed call
+Clock = Callable[[], float]     # seconds, as time.perf_counter
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,11 @@ class Case:
     """One benchmark shape in one mode; time-major input (seq_len, batch, input_size).
 
     ``stream`` is one step of a stateful B=1 stepper, so it needs batch = seq_len = 1 and
-    one direction.
+    one direction. ``fit`` is one epoch of ``Embedding(vocabulary_size, input_size) ->
+    LSTM(hidden_size, return_sequences=True) -> Dense(vocabulary_size, softmax)`` over
+    ``num_sequences`` token sequences of ``seq_len``, in minibatches of ``batch``; it needs
+    one layer and one direction, and only it takes ``vocabulary_size`` and ``num_sequences``
+    (0 in the other modes).
     """
 
     name: str
@@ -48,19 +56,29 @@ class Case:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    vocabulary_size: int = 0
+    num_sequences: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        for field in ("batch", "seq_len", "input_size", "hidden_size", "num_layers"):
+        fit_fields = ("vocabulary_size", "num_sequences")
+        counts = ("batch", "seq_len", "input_size", "hidden_size", "num_layers")
+        for field in counts + (fit_fields if self.mode == "fit" else ()):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field}: expected an int >= 1, got {value!r}")
+        if self.mode != "fit" and (self.vocabulary_size, self.num_sequences) != (0, 0):
+            raise ValueError(f"vocabulary_size, num_sequences: only mode 'fit' takes them, "
+                             f"got mode {self.mode!r}")
         stream_shape = (self.batch, self.seq_len, self.bidirectional)
         if self.mode == "stream" and stream_shape != (1, 1, False):
             raise ValueError("stream: expected batch=1, seq_len=1, bidirectional=False, got "
                              f"batch={self.batch}, seq_len={self.seq_len}, "
                              f"bidirectional={self.bidirectional}")
+        if self.mode == "fit" and (self.num_layers, self.bidirectional) != (1, False):
+            raise ValueError("fit: expected num_layers=1, bidirectional=False, got "
+                             f"num_layers={self.num_layers}, bidirectional={self.bidirectional}")
 
     @property
     def num_directions(self) -> int:
@@ -81,8 +99,11 @@ class Case:
         m, n, k = self.sgemm_shape()
         return 2 * m * n * k
 
-    def flops(self) -> int:
-        """FLOPs of one call in this mode (a training step counts as 3 forwards)."""
+    def flops(self) -> int | None:
+        """FLOPs of one call in this mode (a training step counts as 3 forwards); None for
+        ``fit``, whose epoch is more than the LSTM."""
+        if self.mode == "fit":
+            return None
         return 3 * self.forward_flops() if self.mode == "train" else self.forward_flops()
 
 
@@ -90,16 +111,28 @@ class Case:
 class Timing:
     """How long to warm up and measure one call.
 
-    Each repeat times ``inner`` back-to-back calls (enough to last ``min_repeat_s``) and
-    records their mean; the number of repeats fills ``budget_s`` within
+    Warm-up repeats samples until the median of the last ``settle_window`` differs from the
+    median of the ``settle_window`` before by less than ``settle_tolerance`` (relative),
+    and at least ``warmup_min_s`` has passed; it stops at ``warmup_max_s`` settled or not.
+    Each sample times ``inner`` back-to-back calls (enough to last ``min_repeat_s``) and
+    records their mean. Measurement then takes as many samples as fill ``budget_s``, within
     [min_repeats, max_repeats].
     """
 
-    warmup_s: float = 0.1
-    budget_s: float = 0.8
+    warmup_min_s: float = 0.3
+    warmup_max_s: float = 5.0
+    settle_window: int = 3
+    settle_tolerance: float = 0.03
+    budget_s: float = 1.0
     min_repeats: int = 5
-    max_repeats: int = 200
+    max_repeats: int = 300
     min_repeat_s: float = 0.002
+
+
+# One epoch of a char-LM: Embedding(80, 32) -> LSTM(128) -> Dense(80), 937 sequences of 64
+# tokens, minibatches of 32 (bench/fit_charlm.py times it too).
+CHARLM = Case("charlm", "fit", batch=32, seq_len=64, input_size=32, hidden_size=128,
+              vocabulary_size=80, num_sequences=937)
 
 
 class Absent(Exception):
@@ -143,9 +176,10 @@ def make_data(case: Case, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 # returning the forward output: out (T, B, D*H) for forward/train, h_t (1, H) for stream.
 
 def build_fastlstm(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
-                   threads: int) -> Call:
+                   threads: int | None) -> Call:
     fl = _import("fastlstm")
-    fl.set_num_threads(threads)
+    if threads is not None:
+        fl.set_num_threads(threads)
     m = fl.LSTM(case.input_size, case.hidden_size, case.num_layers,
                 bidirectional=case.bidirectional, dtype="float32", seed=0)
     m.load_state_dict(params)
@@ -169,7 +203,7 @@ def build_fastlstm(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarr
 
 
 def build_numpy(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
-                threads: int) -> Call:
+                threads: int | None) -> Call:
     from fastlstm import reference
     layers, bidirectional = case.num_layers, case.bidirectional
     if case.mode == "stream":
@@ -194,9 +228,10 @@ def build_numpy(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
 
 
 def build_torch(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
-                threads: int) -> Call:
+                threads: int | None) -> Call:
     torch = _import("torch")
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if case.mode == "stream":
         cells = []
         for k, n_in in enumerate(case.layer_input_sizes()):
@@ -297,10 +332,10 @@ def onnx_lstm_model(case: Case, params: Params, stateful: bool) -> Any:
 
 
 def build_onnxruntime(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
-                      threads: int) -> Call:
+                      threads: int | None) -> Call:
     ort = _import("onnxruntime")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = 0 if threads is None else threads  # 0: its default
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     model = onnx_lstm_model(case, params, stateful=case.mode == "stream")
@@ -324,20 +359,119 @@ BUILDERS = {"fastlstm": build_fastlstm, "numpy": build_numpy, "torch": build_tor
             "onnxruntime": build_onnxruntime}
 
 
-def measure(call: Call, timing: Timing) -> dict[str, Any]:
-    """Warm up, then time repeats of ``call``; return seconds per call (median, quartiles,
-    extremes) and the counts used. The garbage collector is off while timing, as in timeit."""
-    start = time.perf_counter()
-    call()
-    last = time.perf_counter() - start
-    warmup_calls = 1
-    while time.perf_counter() - start < timing.warmup_s:
-        t0 = time.perf_counter()
+def make_tokens(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) for mode ``fit``: ``num_sequences`` rows of ``seq_len + 1`` uniform random
+    tokens, split into inputs and next-token targets, both (num_sequences, seq_len) int64."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, case.vocabulary_size, (case.num_sequences, case.seq_len + 1))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+# Each fit builder returns a zero-argument callable training one epoch (minibatches of
+# case.batch, reshuffled every epoch, Adam with lr 1e-3) and returning its mean loss.
+
+def fit_fastlstm(case: Case, x: np.ndarray, y: np.ndarray, threads: int | None) -> Call:
+    fl = _import("fastlstm")
+    if threads is not None:
+        fl.set_num_threads(threads)
+    model = fl.Sequential([
+        fl.layers.Embedding(case.vocabulary_size, case.input_size, input_shape=(case.seq_len,)),
+        fl.layers.LSTM(case.hidden_size, return_sequences=True),
+        fl.layers.Dense(case.vocabulary_size, activation="softmax"),
+    ], seed=0)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    return lambda: model.fit(x, y, batch_size=case.batch, epochs=1,
+                             verbose=0).history["loss"][0]
+
+
+def fit_torch(case: Case, x: np.ndarray, y: np.ndarray, threads: int | None) -> Call:
+    torch = _import("torch")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(case.vocabulary_size, case.input_size)
+    lstm = torch.nn.LSTM(case.input_size, case.hidden_size, batch_first=True)
+    head = torch.nn.Linear(case.hidden_size, case.vocabulary_size)
+    modules = torch.nn.ModuleList([embedding, lstm, head]).train()
+    optimizer = torch.optim.Adam(modules.parameters(), lr=1e-3)
+    cross_entropy = torch.nn.CrossEntropyLoss()  # softmax folded in, as fastlstm does
+    x_torch, y_torch = torch.from_numpy(x), torch.from_numpy(y)
+
+    def epoch() -> float:
+        order = torch.randperm(len(x_torch))
+        total = 0.0
+        for start in range(0, len(order), case.batch):
+            rows = order[start:start + case.batch]
+            out, _ = lstm(embedding(x_torch[rows]))
+            loss = cross_entropy(head(out).reshape(-1, case.vocabulary_size),
+                                 y_torch[rows].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        return total / len(order)
+    return epoch
+
+
+FIT_BUILDERS = {"fastlstm": fit_fastlstm, "torch": fit_torch}
+
+
+def time_calls(call: Call, inner: int, clock: Clock = time.perf_counter) -> float:
+    """Seconds per call, the mean over ``inner`` back-to-back calls."""
+    start = clock()
+    for _ in range(inner):
         call()
-        last = time.perf_counter() - t0
-        warmup_calls += 1
-    inner = max(1, math.ceil(timing.min_repeat_s / max(last, 1e-9)))
-    repeats = int(timing.budget_s / max(last * inner, 1e-9))
+    return (clock() - start) / inner
+
+
+def is_settled(samples: Sequence[float], window: int, tolerance: float) -> bool:
+    """Whether the median of the last ``window`` samples is within ``tolerance`` (relative)
+    of the median of the ``window`` samples before them."""
+    if len(samples) < 2 * window:
+        return False
+    last = float(np.median(samples[-window:]))
+    before = float(np.median(samples[-2 * window:-window]))
+    return abs(last - before) <= tolerance * before
+
+
+def calls_per_sample(seconds_per_call: float, timing: Timing) -> int:
+    """Back-to-back calls one sample needs to last ``timing.min_repeat_s``."""
+    return max(1, math.ceil(timing.min_repeat_s / max(seconds_per_call, 1e-9)))
+
+
+def warm_up(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dict[str, Any]:
+    """Sample ``call`` until the timings settle (see :class:`Timing`).
+
+    Returns the warm-up's duration ``warmup_s``, its number of calls ``warmup_calls``,
+    whether it ``settled`` (False: it stopped at ``warmup_max_s``) and ``per_call_s``, the
+    median of its last ``settle_window`` samples.
+    """
+    start = clock()
+    samples: list[float] = []
+    calls, inner = 0, 1
+    while True:
+        samples.append(time_calls(call, inner, clock))
+        calls += inner
+        elapsed = clock() - start
+        settled = is_settled(samples, timing.settle_window, timing.settle_tolerance)
+        if (settled and elapsed >= timing.warmup_min_s) or elapsed >= timing.warmup_max_s:
+            break
+        inner = calls_per_sample(samples[-1], timing)
+    return dict(warmup_s=elapsed, warmup_calls=calls, settled=settled,
+                per_call_s=float(np.median(samples[-timing.settle_window:])))
+
+
+def measure(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dict[str, Any]:
+    """Warm up until timings settle, then time samples of ``call`` for ``timing.budget_s``.
+
+    Returns seconds per call (median, quartiles, extremes), the counts used and the
+    warm-up's figures (see :func:`warm_up`). The garbage collector is off while timing, as
+    in timeit.
+    """
+    warm = warm_up(call, timing, clock)
+    per_call = max(warm.pop("per_call_s"), 1e-9)
+    inner = calls_per_sample(per_call, timing)
+    repeats = int(timing.budget_s / (per_call * inner))
     repeats = min(max(repeats, timing.min_repeats), timing.max_repeats)
     times = np.empty(repeats)
     gc.collect()
@@ -345,20 +479,20 @@ def measure(call: Call, timing: Timing) -> dict[str, Any]:
     gc.disable()
     try:
         for r in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                call()
-            times[r] = (time.perf_counter() - t0) / inner
+            times[r] = time_calls(call, inner, clock)
     finally:
         if gc_was_enabled:
             gc.enable()
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return dict(median_s=float(median), q1_s=float(q1), q3_s=float(q3), min_s=float(times.min()),
-                max_s=float(times.max()), repeats=repeats, inner=inner, warmup_calls=warmup_calls)
+                max_s=float(times.max()), repeats=repeats, inner=inner, **warm)
 
 
-def _blas_limit(threads: int) -> AbstractContextManager[Any]:
-    """A threadpoolctl context limiting BLAS to ``threads`` (a no-op without threadpoolctl)."""
+def _blas_limit(threads: int | None) -> AbstractContextManager[Any]:
+    """A threadpoolctl context limiting BLAS to ``threads`` (a no-op for None or without
+    threadpoolctl)."""
+    if threads is None:
+        return nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -375,9 +509,9 @@ def threadpools() -> list[dict[str, Any]] | None:
     return threadpool_info()
 
 
-def measure_sgemm(case: Case, threads: int, timing: Timing) -> dict[str, Any]:
+def measure_sgemm(case: Case, threads: int | None, timing: Timing) -> dict[str, Any]:
     """Time C = A @ B in float32 with (M, N, K) = ``case.sgemm_shape()`` through SciPy's BLAS
-    (the library the kernels call), limited to ``threads``."""
+    (the library the kernels call), limited to ``threads`` (None: BLAS's default)."""
     from scipy.linalg.blas import sgemm
     m, n, k = case.sgemm_shape()
     rng = np.random.default_rng(2)
@@ -396,6 +530,16 @@ def framework_version(framework: str) -> str | None:
     return getattr(sys.modules.get(framework), "__version__", None)
 
 
+def build_call(framework: str, case: Case, threads: int | None, seed: int = 0) -> Call:
+    """The call to time: one epoch (mode ``fit``) or one LSTM call of ``framework``."""
+    if case.mode == "fit":
+        x, y = make_tokens(case, seed)
+        return FIT_BUILDERS[framework](case, x, y, threads)
+    params = make_params(case, seed)
+    x, grad_out = make_data(case, seed + 1)
+    return BUILDERS[framework](case, params, x, grad_out, threads)
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure ``spec["framework"]`` on ``spec["case"]``; return a JSON-able result dict."""
     framework, threads = spec["framework"], spec["threads"]
@@ -406,12 +550,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
         if (framework, case.mode) in UNSUPPORTED:
             raise ValueError(f"{framework} does not support mode {case.mode!r}")
-        if framework == "fastlstm":
+        if framework == "fastlstm" and case.mode != "fit" and not spec.get("busy"):
             result["sgemm"] = measure_sgemm(case, threads, timing)
-        params = make_params(case, spec.get("seed", 0))
-        x, grad_out = make_data(case, spec.get("seed", 0) + 1)
         with _blas_limit(threads) if framework == "numpy" else nullcontext():
-            call = BUILDERS[framework](case, params, x, grad_out, threads)
+            call = build_call(framework, case, threads, spec.get("seed", 0))
             result.update(measure(call, timing))
     except Absent as exc:
         result.update(status="absent", message=str(exc))

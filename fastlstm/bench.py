@@ -2,15 +2,18 @@
 
 Every (framework, case) runs in a fresh process (:mod:`fastlstm._bench_worker`) with the
 same thread count, set both through the environment (``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) and through each framework's own setting.
-Results are medians over repeats after warm-up. For each case the report gives the time of
-every framework, the speedup of fastlstm over each peer (peer time / fastlstm time, > 1
-means fastlstm is faster), fastlstm's GFLOP/s and its fraction of the throughput of one
-float32 sgemm of the same FLOPs timed in the same run. A peer that is not installed is
-reported ``absent``; one that fails is reported ``error`` and the run goes on.
+``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) and through each framework's own setting,
+or with "default" threads: none of these set, each framework's own choice. Results are
+medians over repeats after a warm-up that lasts until the timings settle. For each case
+the report gives the time of every framework, the speedup of fastlstm over each peer (peer
+time / fastlstm time, > 1 means fastlstm is faster), fastlstm's GFLOP/s and its fraction of
+the throughput of one float32 sgemm of the same FLOPs timed in the same run; then the
+thread scaling, one training epoch of a char-LM (``Sequential.fit`` against PyTorch) and,
+on request, the same under competing CPU load. A peer that is not installed is reported
+``absent``; one that fails is reported ``error`` and the run goes on.
 
-Usage: ``python -m fastlstm bench [--quick]`` (see ``fastlstm bench --help``), or
-:func:`run` and :func:`write_report` from Python.
+Usage: ``python -m fastlstm bench [--quick] [--busy N]`` (see ``fastlstm bench --help``),
+or :func:`plan`, :func:`run` and :func:`write_report` from Python.
 """
 import json
 import os
@@ -19,17 +22,20 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ._bench_worker import FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED, Case, Timing
+from ._bench_worker import CHARLM, FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED, Case, Timing
 
 Result = dict[str, Any]  # one framework on one case, as the worker reports it
 Report = dict[str, Any]  # a whole run, as results.json stores it
 DEFAULT_OUT = "fastlstm-bench"
-QUICK_TIMING = Timing(warmup_s=0.05, budget_s=0.25, min_repeats=3, max_repeats=100)
-FULL_TIMING = Timing(warmup_s=0.1, budget_s=0.6, min_repeats=3, max_repeats=200)
+# Quick stays near a minute: a shorter warm-up cap, a looser settling test, fewer repeats.
+QUICK_TIMING = Timing(warmup_min_s=0.05, warmup_max_s=1.0, settle_window=3,
+                      settle_tolerance=0.05, budget_s=0.3, min_repeats=3, max_repeats=100)
+FULL_TIMING = Timing()
 WORKER_TIMEOUT_S = 300
 # The worker runs as a script, not as `-m fastlstm._bench_worker`, so that importing it does
 # not import the fastlstm package: a peer's process then holds the peer alone, not fastlstm's
@@ -41,6 +47,16 @@ PEERS = tuple(f for f in FRAMEWORKS if f != "fastlstm")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Other processes keeping more cores than this busy during a measurement make it noisy.
 NOISY_CORES = 0.2
+# Competing CPU load: each spinner is a pure spin loop that also exits once its parent
+# (this process, whose pid it gets as argument) is gone, so none outlives a killed run.
+SPINNER = ("import os, sys\n"
+           "parent = int(sys.argv[1])\n"
+           "while os.getppid() == parent:\n"
+           "    for _ in range(1_000_000):\n"
+           "        pass\n")
+# Goal under competing load: fastlstm with its default threads at most this many times
+# slower than with 1 thread.
+BUSY_GOAL = 1.3
 
 # DESIGN section 5: (batch, seq_len, input_size, hidden_size)
 S_SHAPES = {"S1": (1, 128, 32, 128), "S2": (16, 64, 64, 256), "S3": (64, 100, 256, 512)}
@@ -48,47 +64,71 @@ S_SHAPES = {"S1": (1, 128, 32, 128), "S2": (16, 64, 64, 256), "S3": (64, 100, 25
 DEEPBENCH_SHAPES = {"DB1": (1, 150, 128, 128), "DB2": (4, 150, 256, 256),
                     "DB3": (1, 100, 512, 512), "DB4": (64, 50, 512, 512),
                     "DB5": (4, 50, 1024, 1024), "DB6": (32, 50, 1024, 1024)}
+FIT_FRAMEWORKS = tuple(f for f in FRAMEWORKS if (f, "fit") not in UNSUPPORTED)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of the plan: a case, the thread count, the frameworks to run on it."""
+    """One line of the plan: a case, the thread count (None: each framework's default), the
+    frameworks to run on it, and how many competing spin processes run meanwhile."""
 
     case: Case
-    threads: int
+    threads: int | None
     frameworks: tuple[str, ...]
+    busy: int = 0
 
 
 def plan(quick: bool = False, threads: int = 2, frameworks: Iterable[str] = FRAMEWORKS,
-         modes: Iterable[str] = MODES) -> list[Entry]:
+         modes: Iterable[str] = MODES, busy: int = 0) -> list[Entry]:
     """The entries of a quick or full run, filtered to ``frameworks`` and ``modes``.
 
-    Quick: S1-S3 forward and train, the S1 streaming step. Full adds the S3 streaming step,
-    2-layer and bidirectional S2, the DeepBench-style grid (forward) and, when
-    ``threads`` > 1, fastlstm on S3 with one thread for the scaling figure.
+    Quick: S1-S3 forward and train, the S1 streaming step, one char-LM fit epoch (fastlstm
+    and PyTorch). Full adds the S3 streaming step, 2-layer and bidirectional S2, the
+    DeepBench-style grid (forward), fastlstm with its default threads on the fit and, when
+    ``threads`` > 1, fastlstm with 1 thread on S3 forward, S3 train and the fit for the
+    scaling figures. ``busy`` > 0 adds :func:`busy_entries`.
     """
     chosen = _check_choices("frameworks", frameworks, FRAMEWORKS)
     modes = _check_choices("modes", modes, MODES)
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
-    frameworks = tuple(f for f in FRAMEWORKS if f in chosen)
-    cases = []
-    for name, (B, T, n_in, H) in S_SHAPES.items():
-        cases += [Case(name, "forward", B, T, n_in, H), Case(name, "train", B, T, n_in, H)]
-    cases.append(Case("S1", "stream", 1, 1, 32, 128))
-    scaling = []
+    if not isinstance(busy, int) or busy < 0:
+        raise ValueError(f"busy: expected an int >= 0, got {busy!r}")
+    entries = [Entry(c, threads, FRAMEWORKS) for c in _lstm_cases(quick)]
+    entries.append(Entry(CHARLM, threads, FIT_FRAMEWORKS))
     if not quick:
-        cases.append(Case("S3", "stream", 1, 1, 256, 512))
-        B, T, n_in, H = S_SHAPES["S2"]
-        for mode in ("forward", "train"):
-            cases += [Case("S2-2layer", mode, B, T, n_in, H, num_layers=2),
-                      Case("S2-bidir", mode, B, T, n_in, H, bidirectional=True)]
-        cases += [Case(name, "forward", *shape) for name, shape in DEEPBENCH_SHAPES.items()]
-        if threads > 1 and "fastlstm" in frameworks:
-            scaling = [Entry(c, 1, ("fastlstm",)) for c in cases
-                       if c.name == "S3" and c.mode in ("forward", "train")]
-    entries = [Entry(c, threads, frameworks) for c in cases] + scaling
-    return [e for e in entries if e.case.mode in modes]
+        entries.append(Entry(CHARLM, None, ("fastlstm",)))
+        if threads > 1:
+            s3_steps = [Case("S3", mode, *S_SHAPES["S3"]) for mode in ("forward", "train")]
+            entries += [Entry(c, 1, ("fastlstm",)) for c in (*s3_steps, CHARLM)]
+    if busy:
+        entries += busy_entries(busy)
+    kept = [replace(e, frameworks=tuple(f for f in e.frameworks if f in chosen))
+            for e in entries if e.case.mode in modes]
+    return [e for e in kept if e.frameworks]
+
+
+def _lstm_cases(quick: bool) -> list[Case]:
+    """The LSTM cases of the main table: S1-S3 forward and train, S1 streaming; full adds
+    S3 streaming, 2-layer and bidirectional S2 and the DeepBench-style grid."""
+    cases = [Case(name, mode, *shape) for name, shape in S_SHAPES.items()
+             for mode in ("forward", "train")]
+    cases.append(Case("S1", "stream", 1, 1, 32, 128))
+    if quick:
+        return cases
+    cases.append(Case("S3", "stream", 1, 1, 256, 512))
+    for mode in ("forward", "train"):
+        cases += [Case("S2-2layer", mode, *S_SHAPES["S2"], num_layers=2),
+                  Case("S2-bidir", mode, *S_SHAPES["S2"], bidirectional=True)]
+    return cases + [Case(name, "forward", *shape) for name, shape in DEEPBENCH_SHAPES.items()]
+
+
+def busy_entries(busy: int) -> list[Entry]:
+    """S1-S3 forward and the char-LM fit under ``busy`` spinning processes: fastlstm and
+    PyTorch with their default threads, fastlstm with 1 thread."""
+    cases = [Case(name, "forward", *shape) for name, shape in S_SHAPES.items()] + [CHARLM]
+    return [entry for case in cases for entry in (
+        Entry(case, None, ("fastlstm", "torch"), busy), Entry(case, 1, ("fastlstm",), busy))]
 
 
 def _check_choices(name: str, values: Iterable[str], allowed: Sequence[str]) -> list[str]:
@@ -115,29 +155,61 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_worker(framework: str, case: Case, threads: int, timing: Timing,
-               timeout: float = WORKER_TIMEOUT_S) -> Result:
+@contextmanager
+def competing_load(processes: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Keep ``processes`` CPU-bound spin loops (:data:`SPINNER`) running inside the block.
+
+    All are killed and reaped on leaving it, by error or KeyboardInterrupt too.
+    """
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(processes):
+            spinners.append(subprocess.Popen([sys.executable, "-c", SPINNER, str(os.getpid())],
+                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
+
+
+def worker_env(threads: int | None) -> dict[str, str]:
+    """This process's environment with every :data:`THREAD_ENV` variable set to ``threads``,
+    or, for None, removed (each framework then picks its own default)."""
+    env = {name: value for name, value in os.environ.items() if name not in THREAD_ENV}
+    return env if threads is None else dict(env, **{name: str(threads) for name in THREAD_ENV})
+
+
+def run_worker(framework: str, case: Case, threads: int | None, timing: Timing,
+               busy: int = 0, timeout: float = WORKER_TIMEOUT_S) -> Result:
     """Measure one framework on one case in a fresh process; return the worker's result.
 
-    The result's ``other_cores`` is how many cores other processes kept busy, on average,
-    while the worker ran (None where /proc/stat is missing): above ~0.1 the figures are noisy.
+    ``threads`` None leaves the thread count to the framework; ``busy`` spinners
+    (:func:`competing_load`) run alongside the worker. The result's ``other_cores`` is how
+    many cores processes other than these kept busy, on average, while the worker ran
+    (None where /proc/stat is missing): above ~0.1 the figures are noisy.
     """
     if (framework, case.mode) in UNSUPPORTED:
         return dict(framework=framework, threads=threads, status="n/a",
                     message=f"{framework} has no {case.mode} mode")
-    spec = dict(framework=framework, case=asdict(case), threads=threads, timing=asdict(timing))
-    env = dict(os.environ, **{name: str(threads) for name in THREAD_ENV})
+    spec = dict(framework=framework, case=asdict(case), threads=threads, busy=busy,
+                timing=asdict(timing))
+    env = worker_env(threads)
     command = [sys.executable, "-c", WORKER_BOOTSTRAP, WORKER_PATH, json.dumps(spec)]
     # run from the directory holding this fastlstm package, so the worker imports the same one
     package_root = os.path.dirname(os.path.dirname(WORKER_PATH))
     busy_before, children_before = busy_cpu_seconds(), _children_cpu_seconds()
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(command, env=env, cwd=package_root, capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(framework=framework, threads=threads, status="error",
-                    message=f"timed out after {timeout} s")
+    # the spinners are reaped on leaving the block, so their CPU time counts as our children's
+    with competing_load(busy):
+        try:
+            proc = subprocess.run(command, env=env, cwd=package_root, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return dict(framework=framework, threads=threads, status="error",
+                        message=f"timed out after {timeout} s")
     wall = time.perf_counter() - started
     busy_after, other_cores = busy_cpu_seconds(), None
     if busy_before is not None and busy_after is not None:
@@ -209,17 +281,17 @@ def summarize(entry: Entry, results: dict[str, Result]) -> dict[str, Any]:
     case = entry.case
     flops = case.flops()
     for result in results.values():
-        if result["status"] == "ok":
+        if result["status"] == "ok" and flops is not None:
             result["gflops"] = flops / result["median_s"] / 1e9
-    row: dict[str, Any] = dict(case=asdict(case), threads=entry.threads, flops=flops,
-                               results=results, speedup={}, gflops=None, sgemm=None,
-                               fraction_of_sgemm=None)
+    row: dict[str, Any] = dict(case=asdict(case), threads=entry.threads, busy=entry.busy,
+                               flops=flops, results=results, speedup={}, gflops=None,
+                               sgemm=None, fraction_of_sgemm=None)
     ours = results.get("fastlstm", {})
     if ours.get("sgemm"):
         sgemm = ours["sgemm"]
         row["sgemm"] = dict(sgemm, gflops=sgemm["flops"] / sgemm["median_s"] / 1e9)
     if ours.get("status") == "ok":
-        row["gflops"] = ours["gflops"]
+        row["gflops"] = ours.get("gflops")
         row["speedup"] = {peer: r["median_s"] / ours["median_s"]
                           for peer, r in results.items()
                           if peer != "fastlstm" and r["status"] == "ok"}
@@ -238,7 +310,7 @@ def run(entries: Sequence[Entry], timing: Timing = FULL_TIMING,
     if not entries:
         raise ValueError("entries: expected at least one benchmark entry, got none")
     started = time.time()
-    threads = max(e.threads for e in entries)
+    threads = max((e.threads for e in entries if e.threads is not None), default=1)
     report: Report = dict(schema="fastlstm-bench/1",
                           started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), timing=asdict(timing),
                           machine=machine_info(threads), frameworks={}, rows=[])
@@ -248,11 +320,12 @@ def run(entries: Sequence[Entry], timing: Timing = FULL_TIMING,
         results: dict[str, Result] = {}
         for framework in entry.frameworks:
             done += 1
-            result = run_worker(framework, entry.case, entry.threads, timing)
+            result = run_worker(framework, entry.case, entry.threads, timing, entry.busy)
             results[framework] = result
             _note_framework(report["frameworks"], result)
+            load = f", {entry.busy} busy" if entry.busy else ""
             log(f"[{done:3d}/{total}] {entry.case.name} {entry.case.mode} {framework} "
-                f"({entry.threads} thr): {_cell(result)}")
+                f"({_threads_label(entry.threads)} thr{load}): {_cell(result)}")
         report["rows"].append(summarize(entry, results))
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["wall_time_s"] = time.time() - started
@@ -281,18 +354,25 @@ def _ratio(value: float) -> str:
     return f"{value:.0f}x" if value >= 100 else f"{value:.3g}x"
 
 
+def _threads_label(threads: int | None) -> str:
+    return "default" if threads is None else str(threads)
+
+
 def _noisy(result: Result) -> bool:
     return (result.get("other_cores") or 0.0) > NOISY_CORES
 
 
-def _cell(result: Result) -> str:
+def _cell(result: Result | None) -> str:
     """Table cell of one framework: 'median ±spread%' (then * if the machine was busy) or
-    its status."""
+    its status; '—' for no result."""
+    if result is None:
+        return "—"
     status = result["status"]
     if status != "ok":
         return "error" if status == "error" else status
     spread = (result["q3_s"] - result["q1_s"]) / 2 / result["median_s"] * 100
-    return f"{format_time(result['median_s'])} ±{spread:.0f}%" + (" *" if _noisy(result) else "")
+    noisy = " *" if _noisy(result) else ""
+    return f"{format_time(result['median_s'])} ±{spread:.0f}%{noisy}"
 
 
 def _shape(case: dict[str, Any]) -> list[str]:
@@ -301,11 +381,10 @@ def _shape(case: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(report: Report) -> str:
-    """The report as Markdown: machine, the results table, thread scaling, notes."""
-    machine = report["machine"]
+    """The report as Markdown: machine, the LSTM table, thread scaling, the fit epoch, the
+    busy-machine section, notes."""
+    machine, timing = report["machine"], report["timing"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
-    frameworks = [f for f in FRAMEWORKS if any(f in row["results"] for row in report["rows"])]
-    peers = [f for f in frameworks if f != "fastlstm"]
     lines = [
         "# fastlstm benchmark", "",
         f"- CPU: {machine['cpu_model']} ({machine['usable_cores']} usable cores; "
@@ -315,33 +394,49 @@ def to_markdown(report: Report) -> str:
         f"- Versions: {versions}",
         f"- Wall time: {report['wall_time_s']:.0f} s; float32; time-major; each framework "
         "in its own process", "",
-        "Times are medians per call; ± is half the interquartile range as % of the median. "
+        "Times are medians per call after a warm-up that runs until the median of the last "
+        f"{timing['settle_window']} samples is within {timing['settle_tolerance']:.0%} of the "
+        f"{timing['settle_window']} before (at least {timing['warmup_min_s']:g} s, at most "
+        f"{timing['warmup_max_s']:g} s); ± is half the interquartile range as % of the median. "
         "`vs X` = X's time / fastlstm's time (> 1: fastlstm faster). GFLOP/s counts "
         "2·T·B·4H·(in+H) per layer and direction (a training step as 3 forwards); `sgemm` is "
-        "one float32 sgemm of the same forward FLOPs timed in fastlstm's process.", "",
+        "one float32 sgemm of the same forward FLOPs timed in fastlstm's process.",
     ]
+    lstm_rows = [row for row in report["rows"]
+                 if not row["busy"] and row["case"]["mode"] != "fit"]
+    lines += (_table_lines(lstm_rows) + _scaling_lines(report) + _fit_lines(report)
+              + _busy_lines(report) + _note_lines(report))
+    return "\n".join(lines) + "\n"
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The LSTM table: one line per case and thread count, one column per framework."""
+    if not rows:
+        return []
+    frameworks = [f for f in FRAMEWORKS if any(f in row["results"] for row in rows)]
+    peers = [f for f in frameworks if f != "fastlstm"]
     header = (["case", "mode", "B", "T", "in", "H", "LxD", "thr"] + frameworks
               + [f"vs {p}" for p in peers] + ["GFLOP/s", "sgemm GFLOP/s", "% of sgemm"])
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in report["rows"]:
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
         case = row["case"]
-        cells = [case["name"], case["mode"], *_shape(case), str(row["threads"])]
-        cells += [_cell(row["results"][f]) if f in row["results"] else "—" for f in frameworks]
+        cells = [case["name"], case["mode"], *_shape(case), _threads_label(row["threads"])]
+        cells += [_cell(row["results"].get(f)) for f in frameworks]
         cells += [_ratio(row["speedup"][p]) if p in row["speedup"] else "—" for p in peers]
         cells += [f"{row['gflops']:.3g}" if row["gflops"] else "—",
                   f"{row['sgemm']['gflops']:.3g}" if row["sgemm"] else "—",
                   f"{row['fraction_of_sgemm'] * 100:.0f}%" if row["fraction_of_sgemm"] else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _scaling_lines(report) + _note_lines(report)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _scaling_lines(report: Report) -> list[str]:
-    """fastlstm at 1 thread against the run's thread count, for cases measured at both."""
+    """fastlstm at 1 thread against the run's thread count, for cases measured at both
+    without competing load."""
     times = {}
     for row in report["rows"]:
         ours = row["results"].get("fastlstm", {})
-        if ours.get("status") == "ok":
+        if ours.get("status") == "ok" and not row["busy"]:
             times[(row["case"]["name"], row["case"]["mode"], row["threads"])] = ours["median_s"]
     n = report["machine"]["threads"]
     lines = []
@@ -356,19 +451,87 @@ def _scaling_lines(report: Report) -> list[str]:
             f"| case | mode | 1 thread | {n} threads | speedup |", "|---|---|---|---|---|", *lines]
 
 
+def _fit_description(case: dict[str, Any]) -> str:
+    V, n_in, H = case["vocabulary_size"], case["input_size"], case["hidden_size"]
+    return (f"A char-LM: Embedding({V}, {n_in}) → LSTM({H}, return_sequences=True) → "
+            f"Dense({V}, softmax), sparse categorical cross-entropy, Adam (lr 1e-3); "
+            f"{case['num_sequences']} sequences of {case['seq_len']} random tokens in "
+            f"minibatches of {case['batch']}, reshuffled every epoch. PyTorch: nn.Embedding, "
+            "nn.LSTM(batch_first=True), nn.Linear, CrossEntropyLoss, Adam. Threads `default`: "
+            "no thread setting at all, the framework's own choice.")
+
+
+def _fit_lines(report: Report) -> list[str]:
+    """One line per (framework, threads) of the fit epoch, against PyTorch at the run's
+    thread count."""
+    rows = [row for row in report["rows"] if not row["busy"] and row["case"]["mode"] == "fit"]
+    if not rows:
+        return []
+    n = report["machine"]["threads"]
+    measured = sorted(((f, row["threads"], r) for row in rows for f, r in row["results"].items()),
+                      key=lambda m: (FRAMEWORKS.index(m[0]), -1 if m[1] is None else m[1]))
+    torch = next((r for f, threads, r in measured
+                  if f == "torch" and threads == n and r["status"] == "ok"), None)
+    lines = ["", "## Training: one epoch of `Sequential.fit`", "",
+             _fit_description(rows[0]["case"]), "",
+             f"| framework | threads | epoch | vs torch ({n} threads) |", "|---|---|---|---|"]
+    for framework, threads, result in measured:
+        versus = (_ratio(torch["median_s"] / result["median_s"])
+                  if torch and framework != "torch" and result["status"] == "ok" else "—")
+        lines.append(f"| {framework} | {_threads_label(threads)} | {_cell(result)} | {versus} |")
+    return lines
+
+
+def _busy_lines(report: Report) -> list[str]:
+    """Per case under competing load: fastlstm with default threads, with 1 thread, their
+    ratio against :data:`BUSY_GOAL`, PyTorch with default threads."""
+    rows = [row for row in report["rows"] if row["busy"]]
+    if not rows:
+        return []
+    by_case: dict[tuple[str, str], dict[tuple[str, int | None], Result]] = {}
+    for row in rows:
+        results = by_case.setdefault((row["case"]["name"], row["case"]["mode"]), {})
+        results.update(((f, row["threads"]), r) for f, r in row["results"].items())
+    busy = rows[0]["busy"]
+    lines = ["", f"## Busy machine: {busy} competing processes", "",
+             f"Every measurement here ran while {busy} pure spin loops (a Python process each) "
+             "competed for the cores. Threads `default`: no thread setting, the framework's "
+             f"own choice. Goal: fastlstm with its default threads at most {BUSY_GOAL:g}x its "
+             "time with 1 thread.", "",
+             "| case | mode | fastlstm default | fastlstm 1 thread | default / 1 thread | "
+             f"≤ {BUSY_GOAL:g}x | torch default |", "|---|---|---|---|---|---|---|"]
+    for (name, mode), results in by_case.items():
+        default, single = results.get(("fastlstm", None)), results.get(("fastlstm", 1))
+        ratio, met = "—", "—"
+        if default and single and default["status"] == single["status"] == "ok":
+            value = default["median_s"] / single["median_s"]
+            ratio, met = f"{value:.2f}x", "yes" if value <= BUSY_GOAL else "no"
+        lines.append(f"| {name} | {mode} | {_cell(default)} | {_cell(single)} | {ratio} | {met} | "
+                     f"{_cell(results.get(('torch', None)))} |")
+    return lines
+
+
 def _note_lines(report: Report) -> list[str]:
-    results = [r for row in report["rows"] for r in row["results"].values()]
-    busy = [r["other_cores"] for r in results if _noisy(r)]
+    measured = [r for row in report["rows"] for r in row["results"].values()
+                if r["status"] == "ok"]
+    busy = [r["other_cores"] for r in measured if _noisy(r)]
     notes = [f"- \\* other processes kept {min(busy):.1f}-{max(busy):.1f} cores busy (on average) "
-             f"during {len(busy)} of {len(results)} measurements: those figures are noisy; "
+             f"during {len(busy)} of {len(measured)} measurements: those figures are noisy; "
              "rerun on an idle machine"] if busy else []
+    unsettled = [r for r in measured if not r["settled"]]
+    if unsettled:
+        notes.append(f"- {len(unsettled)} of {len(measured)} warm-ups stopped at the "
+                     f"{report['timing']['warmup_max_s']:g} s cap before the timings settled; "
+                     "`settled` in results.json says which")
     for framework, seen in report["frameworks"].items():
         if seen["status"] == "absent":
             notes.append(f"- {framework}: absent ({seen['message']})")
     for row in report["rows"]:
         for framework, result in row["results"].items():
             if result["status"] == "error":
-                notes.append(f"- {row['case']['name']} {row['case']['mode']} {framework}: "
+                load = f", {row['busy']} busy" if row["busy"] else ""
+                notes.append(f"- {row['case']['name']} {row['case']['mode']} {framework} "
+                             f"({_threads_label(row['threads'])} thr{load}): "
                              f"error: {result.get('message', '')}")
     if report.get("chart_note"):
         notes.append(f"- {report['chart_note']}")
@@ -376,7 +539,8 @@ def _note_lines(report: Report) -> list[str]:
 
 
 def write_chart(report: Report, path: str) -> str | None:
-    """A bar chart of fastlstm's speedup over each peer per case, saved as PNG.
+    """A bar chart of fastlstm's speedup over each peer per case (without competing load),
+    saved as PNG.
 
     Returns None, or a note saying why there is no chart (matplotlib absent, nothing to plot).
     """
@@ -385,11 +549,12 @@ def write_chart(report: Report, path: str) -> str | None:
         from matplotlib.figure import Figure
     except ImportError:
         return "no speedup chart: matplotlib is not installed"
-    rows = [row for row in report["rows"] if row["speedup"]]
+    rows = [row for row in report["rows"] if row["speedup"] and not row["busy"]]
     peers = [p for p in PEERS if any(p in row["speedup"] for row in rows)]
     if not peers:
         return "no speedup chart: no peer was measured next to fastlstm"
-    labels = [f"{r['case']['name']} {r['case']['mode']} ({r['threads']} thr)" for r in rows]
+    labels = [f"{r['case']['name']} {r['case']['mode']} ({_threads_label(r['threads'])} thr)"
+              for r in rows]
     fig = Figure(figsize=(9, 0.2 * len(rows) * len(peers) + 1.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -432,14 +597,16 @@ def write_report(report: Report, out_dir: str) -> str:
 
 
 def main(quick: bool = False, threads: int | None = None, out_dir: str = DEFAULT_OUT,
-         frameworks: Iterable[str] = FRAMEWORKS, modes: Iterable[str] = MODES) -> int:
-    """Run the benchmark, print the table and write the files; return the exit status
+         frameworks: Iterable[str] = FRAMEWORKS, modes: Iterable[str] = MODES,
+         busy: int = 0) -> int:
+    """Run the benchmark, print the tables and write the files; return the exit status
     (1 if fastlstm itself failed on some case, else 0)."""
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
-    entries = plan(quick, threads, frameworks, modes)
+    entries = plan(quick, threads, frameworks, modes, busy)
+    load = f", {busy} competing processes in the busy section" if busy else ""
     _log(f"fastlstm bench: {sum(len(e.frameworks) for e in entries)} measurements, "
-         f"{threads} threads, one process each; writing to {os.path.abspath(out_dir)}")
+         f"{threads} threads{load}, one process each; writing to {os.path.abspath(out_dir)}")
     report = run(entries, QUICK_TIMING if quick else FULL_TIMING)
     print(write_report(report, out_dir))
     _log(f"wrote {', '.join(os.path.join(out_dir, n) for n in ('results.md', 'results.json'))}"

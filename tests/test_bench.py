@@ -1,16 +1,27 @@
-"""The benchmark instrument: cases, timing, workers, the runner's outputs, absent/crashing peers."""
+"""The benchmark instrument: cases, timing, workers, the runner's outputs, absent/crashing
+peers, the fit epoch, competing load."""
 import json
+import math
 import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 from conftest import assert_close, require
 
 from fastlstm import bench, reference
-from fastlstm._bench_worker import (BUILDERS, FRAMEWORKS, Case, Timing, make_data, make_params,
-                                    measure)
+from fastlstm._bench_worker import (BUILDERS, FRAMEWORKS, Case, Timing, build_call, is_settled,
+                                    make_data, make_params, make_tokens, measure)
 
-TINY_TIMING = Timing(warmup_s=0.0, budget_s=0.01, min_repeats=2, max_repeats=3, min_repeat_s=0.0)
+TINY_TIMING = Timing(warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2,
+                     max_repeats=3, min_repeat_s=0.0)
+TINY_FIT = Case("tinylm", "fit", batch=4, seq_len=5, input_size=3, hidden_size=6,
+                vocabulary_size=7, num_sequences=10)
 
 
 def test_flops_and_sgemm_shape_follow_the_lstm_count():
@@ -29,6 +40,9 @@ def test_flops_and_sgemm_shape_follow_the_lstm_count():
     (dict(hidden_size=0), "hidden_size"),
     (dict(mode="stream", batch=2), "stream"),
     (dict(mode="stream", batch=1, seq_len=1, bidirectional=True), "stream"),
+    (dict(mode="fit", num_sequences=3), "vocabulary_size"),
+    (dict(mode="fit", vocabulary_size=5, num_sequences=3, num_layers=2), "fit"),
+    (dict(vocabulary_size=5), "only mode 'fit'"),
 ])
 def test_case_rejects_bad_fields(fields, message):
     base = dict(name="c", mode="forward", batch=1, seq_len=1, input_size=3, hidden_size=4)
@@ -36,37 +50,118 @@ def test_case_rejects_bad_fields(fields, message):
         Case(**{**base, **fields})
 
 
+def _steps(entries):
+    return [(e.case.name, e.case.mode, e.threads, e.frameworks) for e in entries]
+
+
 def test_plan_quick_full_and_filters():
     quick = bench.plan(quick=True, threads=2)
-    assert [(e.case.name, e.case.mode) for e in quick] == [
+    assert _steps(quick) == [(name, mode, 2, FRAMEWORKS) for name, mode in [
         ("S1", "forward"), ("S1", "train"), ("S2", "forward"), ("S2", "train"),
-        ("S3", "forward"), ("S3", "train"), ("S1", "stream")]
-    assert all(e.threads == 2 and e.frameworks == FRAMEWORKS for e in quick)
+        ("S3", "forward"), ("S3", "train"), ("S1", "stream")]] + [
+        ("charlm", "fit", 2, ("fastlstm", "torch"))]
+    assert not any(e.busy for e in quick)
 
     full = bench.plan(quick=False, threads=2)
-    one_thread = [e for e in full if e.threads == 1]
-    assert [(e.case.name, e.case.mode, e.frameworks) for e in one_thread] == [
-        ("S3", "forward", ("fastlstm",)), ("S3", "train", ("fastlstm",))]
+    assert [s for s in _steps(full) if s[3] == ("fastlstm",)] == [
+        ("charlm", "fit", None, ("fastlstm",)),
+        ("S3", "forward", 1, ("fastlstm",)), ("S3", "train", 1, ("fastlstm",)),
+        ("charlm", "fit", 1, ("fastlstm",))]
     names = {e.case.name for e in full}
     assert {"S2-2layer", "S2-bidir", *bench.DEEPBENCH_SHAPES} <= names
-    assert not [e for e in bench.plan(quick=False, threads=1) if e.frameworks == ("fastlstm",)]
+    assert not [e for e in bench.plan(quick=False, threads=1) if e.threads == 1
+                and e.frameworks == ("fastlstm",)]
 
     streams = bench.plan(threads=2, frameworks=["numpy", "fastlstm"], modes=["stream"])
     assert {e.case.mode for e in streams} == {"stream"}
     assert all(e.frameworks == ("fastlstm", "numpy") for e in streams)
+    assert _steps(bench.plan(True, 2, frameworks=["numpy", "torch"], modes=["fit"])) == [
+        ("charlm", "fit", 2, ("torch",))]
     with pytest.raises(ValueError, match="frameworks"):
         bench.plan(frameworks=["tensorflow"])
     with pytest.raises(ValueError, match="modes"):
         bench.plan(modes=[])
     with pytest.raises(ValueError, match="threads"):
         bench.plan(threads=0)
+    with pytest.raises(ValueError, match="busy"):
+        bench.plan(busy=-1)
     assert len(bench.plan(True, 2, frameworks=iter(["numpy"]), modes=iter(["train"]))) == 3
+
+
+def test_plan_busy_section():
+    """--busy N: S1-S3 forward and the fit, fastlstm at default and 1 thread, torch at default."""
+    busy = [e for e in bench.plan(quick=True, threads=2, busy=3) if e.busy]
+    assert all(e.busy == 3 for e in busy)
+    expected = []
+    for name, mode in [("S1", "forward"), ("S2", "forward"), ("S3", "forward"),
+                       ("charlm", "fit")]:
+        expected += [(name, mode, None, ("fastlstm", "torch")), (name, mode, 1, ("fastlstm",))]
+    assert _steps(busy) == expected
+    only_fit = bench.plan(quick=True, threads=2, frameworks=["fastlstm"], modes=["fit"], busy=1)
+    assert [(e.threads, e.busy) for e in only_fit] == [(2, 0), (None, 1), (1, 1)]
+
+
+def test_is_settled_compares_the_medians_of_the_last_two_windows():
+    assert not is_settled([1.0, 1.0, 1.0], window=2, tolerance=0.05)     # too few samples
+    assert is_settled([5.0, 1.0, 1.01, 1.02, 0.99], window=2, tolerance=0.05)
+    assert not is_settled([5.0, 3.0, 1.0, 1.0], window=2, tolerance=0.05)
+    assert not is_settled([1.0, 1.0, 1.03, 9.0, 1.0], window=2, tolerance=0.05)
+    assert is_settled([1.0, 1.04], window=1, tolerance=0.05)
+    assert not is_settled([1.0, 1.06], window=1, tolerance=0.05)
+
+
+class FakeTimer:
+    """A clock and a call that advances it by scripted durations (the last one repeats)."""
+
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def clock(self):
+        return self.now
+
+    def call(self):
+        self.now += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+
+
+def test_measure_warms_up_until_timings_settle():
+    """A slow first call (as an allocation or a thread pool start) does not set the repeats."""
+    timer = FakeTimer([0.050, 0.020, 0.011, 0.010, 0.0101, 0.0099, 0.010])
+    timing = Timing(warmup_min_s=0.0, warmup_max_s=10.0, settle_window=2, settle_tolerance=0.05,
+                    budget_s=0.105, min_repeats=3, max_repeats=50, min_repeat_s=0.001)
+    stats = measure(timer.call, timing, clock=timer.clock)
+    print(stats)
+    # medians (0.0105, then 0.01) of the windows (0.011, 0.010) and (0.0101, 0.0099)
+    assert stats["settled"] and stats["warmup_calls"] == 6
+    assert stats["warmup_s"] == pytest.approx(0.111)
+    assert stats["inner"] == 1 and stats["repeats"] == 10      # 0.105 s budget / 0.01 s
+    assert stats["median_s"] == pytest.approx(0.010)
+    assert timer.calls == 6 + 10
+
+
+def test_warm_up_keeps_going_for_its_minimum_time_and_stops_at_its_cap():
+    timing = Timing(warmup_min_s=0.5, warmup_max_s=10.0, settle_window=2, settle_tolerance=0.05,
+                    budget_s=0.0, min_repeats=2, max_repeats=5, min_repeat_s=0.0)
+    steady = FakeTimer([0.1])
+    stats = measure(steady.call, timing, clock=steady.clock)
+    assert stats["settled"] and stats["warmup_calls"] == 5       # settled after 4, 0.5 s at 5
+
+    shrinking = FakeTimer([0.1 * 0.8 ** k for k in range(1000)])  # never within 5%
+    capped = replace(timing, warmup_max_s=0.3)
+    stats = measure(shrinking.call, capped, clock=shrinking.clock)
+    print(stats)
+    assert not stats["settled"]
+    assert 0.3 <= stats["warmup_s"] < 0.3 + 0.1
+    assert stats["repeats"] == 2                                 # the min_repeats floor
 
 
 def test_measure_repeats_and_batches_short_calls():
     calls = []
-    stats = measure(lambda: calls.append(1), Timing(warmup_s=0.0, budget_s=0.05, min_repeats=3,
-                                                    max_repeats=7, min_repeat_s=0.001))
+    stats = measure(lambda: calls.append(1), Timing(warmup_min_s=0.0, warmup_max_s=0.05,
+                                                    budget_s=0.05, min_repeats=3, max_repeats=7,
+                                                    min_repeat_s=0.001))
     print(stats)
     assert 3 <= stats["repeats"] <= 7
     assert stats["inner"] > 1  # an append takes far less than 1 ms, so calls are batched
@@ -121,11 +216,29 @@ def fake_peers(tmp_path, monkeypatch):
     return fake
 
 
-def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(fake_peers, tmp_path):
+def _sections(markdown):
+    """The Markdown's '## ' sections by title ('' for the part before the first)."""
+    parts = ("\n" + markdown).split("\n## ")
+    return {part.split("\n", 1)[0] if i else "": part for i, part in enumerate(parts)}
+
+
+def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(
+        fake_peers, tmp_path, monkeypatch):
     require("matplotlib")
+    spinners = []
+    competing_load = bench.competing_load
+
+    @contextmanager
+    def recorded_load(processes):
+        with competing_load(processes) as started:
+            spinners.extend(started)
+            yield started
+    monkeypatch.setattr(bench, "competing_load", recorded_load)
     entries = [bench.Entry(Case("tiny", mode, 2, 3, 4, 5), 1, FRAMEWORKS)
                for mode in ("forward", "train")]
-    entries.append(bench.Entry(Case("tiny", "stream", 1, 1, 4, 5), 1, FRAMEWORKS))
+    entries += [bench.Entry(Case("tiny", "stream", 1, 1, 4, 5), 1, FRAMEWORKS),
+                bench.Entry(TINY_FIT, 1, ("fastlstm", "torch")),
+                bench.Entry(Case("tiny", "forward", 2, 3, 4, 5), None, ("fastlstm",), busy=1)]
     report = bench.run(entries, TINY_TIMING, log=print)
     out_dir = tmp_path / "out"
     markdown = bench.write_report(report, str(out_dir))
@@ -136,7 +249,15 @@ def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(fake_
         dict(fastlstm="ok", numpy="ok", torch="absent", onnxruntime="error"),
         dict(fastlstm="ok", numpy="ok", torch="absent", onnxruntime="n/a"),
         dict(fastlstm="ok", numpy="ok", torch="absent", onnxruntime="error"),
+        dict(fastlstm="ok", torch="absent"),
+        dict(fastlstm="ok"),
     ]
+    # one spinner per measurement of the busy entry, each gone once it was measured
+    assert len(spinners) == 1 and spinners[0].returncode is not None
+    fit, busy = report["rows"][3:]
+    assert fit["flops"] is None and fit["gflops"] is None
+    assert "sgemm" not in fit["results"]["fastlstm"] and "sgemm" not in busy["results"]["fastlstm"]
+    assert busy["busy"] == 1 and busy["threads"] is None
     forward = report["rows"][0]
     assert "simulated: torch is not installed" in forward["results"]["torch"]["message"]
     assert "simulated onnxruntime crash" in forward["results"]["onnxruntime"]["message"]
@@ -152,11 +273,16 @@ def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(fake_
     assert saved["frameworks"]["torch"]["status"] == "absent"
     assert (out_dir / "results.md").read_text(encoding="utf-8") == markdown
     assert (out_dir / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = [line for line in markdown.splitlines() if line.startswith("| tiny |")]
+    sections = _sections(markdown)
+    table = [line for line in sections[""].splitlines() if line.startswith("| tiny |")]
     assert len(table) == 3
     assert all("absent" in line for line in table)
     assert "| error |" in table[0] and "| n/a |" in table[1]
-    assert "simulated onnxruntime crash" in markdown
+    fit = sections["Training: one epoch of `Sequential.fit`"]
+    assert "| fastlstm | 1 |" in fit and "| torch | 1 | absent |" in fit
+    busy = sections["Busy machine: 1 competing processes"]
+    assert "| tiny | forward |" in busy
+    assert "simulated onnxruntime crash" in sections["Notes"]
 
 
 def test_a_worker_that_dies_is_an_error(fake_peers):
@@ -173,3 +299,127 @@ def test_chart_is_skipped_with_a_note_without_peers(tmp_path):
     print(note)
     assert note.startswith("no speedup chart")
     assert not (tmp_path / "speedup.png").exists()
+
+
+def test_fit_epoch_of_fastlstm_and_torch_trains_the_same_char_lm():
+    """One epoch of each on the same tokens: a first-epoch loss near ln(vocabulary)."""
+    require("torch")
+    x, y = make_tokens(TINY_FIT)
+    assert x.shape == y.shape == (10, 5) and np.array_equal(x[:, 1:], y[:, :-1])
+    assert 0 <= x.min() and x.max() < 7
+    losses = {f: build_call(f, TINY_FIT, 1)() for f in ("fastlstm", "torch")}
+    print(losses, "ln V =", math.log(7))
+    for loss in losses.values():
+        assert abs(loss - math.log(7)) < 0.3
+
+
+def test_worker_env_sets_or_removes_the_thread_variables(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("FASTLSTM_TEST_OTHER", "kept")
+    assert {name: bench.worker_env(3)[name] for name in bench.THREAD_ENV} == dict.fromkeys(
+        bench.THREAD_ENV, "3")
+    default = bench.worker_env(None)
+    assert not set(bench.THREAD_ENV) & set(default)
+    assert default["FASTLSTM_TEST_OTHER"] == "kept"
+
+
+def _alive(pid):
+    """Whether process ``pid`` exists and is not a zombie (reads /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+
+
+@needs_proc
+def test_competing_load_runs_spinners_and_kills_them_on_interrupt():
+    with pytest.raises(KeyboardInterrupt):
+        with bench.competing_load(2) as spinners:
+            assert len(spinners) == 2 and all(_alive(p.pid) for p in spinners)
+            raise KeyboardInterrupt
+    assert all(p.returncode is not None and not _alive(p.pid) for p in spinners)
+
+
+@needs_proc
+def test_spinners_exit_by_themselves_when_the_runner_is_killed():
+    code = ("import os, signal\n"
+            "from fastlstm import bench\n"
+            "with bench.competing_load(1) as spinners:\n"
+            "    print(spinners[0].pid, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    pid = int(proc.stdout)
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survived = _alive(pid)
+    if survived:
+        os.kill(pid, signal.SIGKILL)
+    assert not survived
+
+
+def _ok(median, settled=True, other_cores=0.0):
+    return dict(status="ok", median_s=median, q1_s=0.99 * median, q3_s=1.01 * median,
+                settled=settled, other_cores=other_cores)
+
+
+def test_markdown_sections_scaling_fit_and_busy():
+    """Thread scaling has S3 forward and train and the fit; fit and busy rows have their own
+    sections and stay out of the LSTM table."""
+    s3 = {mode: Case("S3", mode, *bench.S_SHAPES["S3"]) for mode in ("forward", "train")}
+    s1 = Case("S1", "forward", *bench.S_SHAPES["S1"])
+    fit = bench.CHARLM
+    rows = [
+        (bench.Entry(s3["forward"], 2, ("fastlstm",)), dict(fastlstm=_ok(0.10))),
+        (bench.Entry(s3["train"], 2, ("fastlstm",)), dict(fastlstm=_ok(0.30))),
+        (bench.Entry(fit, 2, ("fastlstm", "torch")),
+         dict(fastlstm=_ok(0.8), torch=_ok(1.2, settled=False))),
+        (bench.Entry(fit, None, ("fastlstm",)), dict(fastlstm=_ok(0.9))),
+        (bench.Entry(s3["forward"], 1, ("fastlstm",)), dict(fastlstm=_ok(0.18))),
+        (bench.Entry(s3["train"], 1, ("fastlstm",)), dict(fastlstm=_ok(0.51))),
+        (bench.Entry(fit, 1, ("fastlstm",)), dict(fastlstm=_ok(0.6))),
+        (bench.Entry(s1, None, ("fastlstm", "torch"), busy=2),
+         dict(fastlstm=_ok(0.0012, other_cores=0.5), torch=_ok(0.003))),
+        (bench.Entry(s1, 1, ("fastlstm",), busy=2), dict(fastlstm=_ok(0.001))),
+        (bench.Entry(fit, None, ("fastlstm", "torch"), busy=2),
+         dict(fastlstm=_ok(2.0), torch=_ok(3.0))),
+        (bench.Entry(fit, 1, ("fastlstm",), busy=2), dict(fastlstm=_ok(1.0))),
+    ]
+    report = dict(
+        machine=dict(cpu_model="test CPU", usable_cores=2, simd=[], threads=2,
+                     load_average=[0.0] * 3, load_average_end=[0.0] * 3,
+                     versions=dict(python="3")),
+        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={},
+        rows=[bench.summarize(entry, results) for entry, results in rows])
+    sections = _sections(bench.to_markdown(report))
+    print("\n## ".join(sections.values()))
+
+    table = [line for line in sections[""].splitlines() if line.startswith("| S")]
+    assert [line.split(" | ")[:2] + [line.split(" | ")[7]] for line in table] == [
+        ["| S3", "forward", "2"], ["| S3", "train", "2"],
+        ["| S3", "forward", "1"], ["| S3", "train", "1"]]
+    assert "within 5% of the 3 before (at least 0.05 s, at most 1 s)" in sections[""]
+
+    scaling = sections["Thread scaling (fastlstm)"].splitlines()
+    assert "| S3 | forward | 180 ms | 100 ms | 1.80x |" in scaling
+    assert "| S3 | train | 510 ms | 300 ms | 1.70x |" in scaling
+    assert "| charlm | fit | 600 ms | 800 ms | 0.75x |" in scaling
+
+    fit_lines = [line for line in sections["Training: one epoch of `Sequential.fit`"].splitlines()
+                 if line.startswith("| fastlstm") or line.startswith("| torch")]
+    assert fit_lines == ["| fastlstm | default | 900 ms ±1% | 1.33x |",
+                         "| fastlstm | 1 | 600 ms ±1% | 2x |",
+                         "| fastlstm | 2 | 800 ms ±1% | 1.5x |",
+                         "| torch | 2 | 1.2 s ±1% | — |"]
+
+    busy = sections["Busy machine: 2 competing processes"].splitlines()
+    assert "| S1 | forward | 1.2 ms ±1% * | 1 ms ±1% | 1.20x | yes | 3 ms ±1% |" in busy
+    assert "| charlm | fit | 2 s ±1% | 1 s ±1% | 2.00x | no | 3 s ±1% |" in busy
+    notes = sections["Notes"]
+    assert "1 of 14 warm-ups stopped at the 1 s cap" in notes
+    assert "kept 0.5-0.5 cores busy (on average) during 1 of 14 measurements" in notes

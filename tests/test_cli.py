@@ -54,6 +54,7 @@ def test_info_of_a_serial_build_without_threadpoolctl(capsys, monkeypatch):
     (["bench", "--threads", "4096"], "--threads"),
     (["bench", "--frameworks", "tensorflow"], "--frameworks"),
     (["bench", "--modes", "backward"], "--modes"),
+    (["bench", "--busy", "0"], "--busy"),
 ])
 def test_bench_rejects_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -67,16 +68,21 @@ def test_bench_rejects_bad_arguments(args, message, capsys):
 def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
     """The CLI wiring, on tiny shapes standing in for S1-S3."""
     monkeypatch.setattr(bench, "S_SHAPES", {"T1": (1, 3, 4, 5), "T2": (2, 2, 3, 8)})
-    monkeypatch.setattr(bench, "QUICK_TIMING", bench.Timing(0.0, 0.01, 2, 3, 0.0))
+    monkeypatch.setattr(bench, "QUICK_TIMING", bench.Timing(
+        warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2, max_repeats=3,
+        min_repeat_s=0.0))
     out_dir = tmp_path / "bench-out"
-    status = main(["bench", "--quick", "--threads", "1", "--out", str(out_dir),
+    status = main(["bench", "--quick", "--threads", "1", "--out", str(out_dir), "--busy", "1",
                    "--frameworks", "fastlstm", "numpy", "--modes", "forward"])
     captured = capsys.readouterr()
     print(captured.out)
     assert status == 0
-    rows = [line for line in captured.out.splitlines() if line.startswith("| T")]
+    main_table, busy = captured.out.split("## Busy machine: 1 competing processes")
+    rows = [line for line in main_table.splitlines() if line.startswith("| T")]
     assert [line.split(" | ")[:2] for line in rows] == [["| T1", "forward"], ["| T2", "forward"]]
-    assert "| fastlstm | numpy | vs numpy |" in captured.out
-    assert "torch" not in captured.out.split("| case |")[1]
+    assert "| fastlstm | numpy | vs numpy |" in main_table
+    assert "torch" not in main_table.split("| case |")[1]
+    assert [line.split(" | ")[:2] for line in busy.splitlines() if line.startswith("| T")] == [
+        ["| T1", "forward"], ["| T2", "forward"]]
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["results.json", "results.md", "speedup.png"]
