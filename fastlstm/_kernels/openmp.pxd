@@ -22,9 +22,13 @@ cdef extern from *:
      * alone when another member is taken off its core.
      *
      * Each step ends in a sense-reversing barrier. A member marks the team stalled when one
-     * wait exceeds FL_STALL_NS, or when its waits add up to more than FL_WAIT_MIN_NS and
-     * half of its time in the call (a step's imbalance is microseconds; a member that lost
-     * its core to other load is gone for hundreds of microseconds or more). The last member
+     * wait exceeds both FL_STALL_NS and twice its own work since the previous barrier, or
+     * when its waits add up to more than FL_WAIT_MIN_NS and half of its time in the call
+     * (a step's imbalance is a small part of the step; a member that lost its core to
+     * other load is gone for a scheduler time slice, milliseconds). The first barrier of a
+     * call, after the members' set-up, waits for a thread OpenMP may still be starting:
+     * it allows ten times the set-up and at least FL_FIRST_NS, and its wait is not added
+     * up. The last member
      * to arrive then publishes `solo`: from the next step on, thread 0 does every member's
      * work and the others leave. Every member's work is a pure function of the previous
      * step, so thread 0 computes exactly what they would have.
@@ -34,6 +38,7 @@ cdef extern from *:
     #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
     #define FL_STALL_NS 200000LL
     #define FL_WAIT_MIN_NS 100000LL
+    #define FL_FIRST_NS 1000000LL
     #define FL_BACKOFF_MIN_NS 20000000LL
     #define FL_BACKOFF_MAX_NS 1000000000LL
 
@@ -56,17 +61,17 @@ cdef extern from *:
         int stalled;    /* a member lost its core (see above) */
         int solo;       /* thread 0 continues alone (published with the sense flip) */
         int adaptive;   /* stalls are handled (fl_adaptive when the call started) */
-        long long start_ns;
     } fl_team_t;
 
     typedef struct {    /* one member's view of the team */
         int sense;
-        long long waited_ns;
+        long long waited_ns;    /* in barriers after the first, this call */
+        long long left_ns;      /* when it left the previous barrier */
+        long long first_ns;     /* when it left the first barrier (0: not yet) */
     } fl_member_t;
 
     static inline void fl_team_init(fl_team_t *team, int n) {
         team->n = n; team->count = 0; team->sense = 0; team->stalled = 0; team->solo = 0;
-        team->start_ns = fl_now_ns();
         team->adaptive = fl_adaptive;
     }
 
@@ -76,11 +81,17 @@ cdef extern from *:
         __atomic_store_n(&team->n, n, __ATOMIC_RELAXED);
         me->sense = 0;
         me->waited_ns = 0;
+        me->left_ns = fl_now_ns();
+        me->first_ns = 0;
     }
 
     static inline void fl_team_wait(fl_team_t *team, fl_member_t *me) {
         long long start = fl_now_ns(), now = start;
+        const int first = me->first_ns == 0;
+        long long patience = (first ? 10 : 2) * (start - me->left_ns);
         unsigned spins = 0;
+        if (patience < (first ? FL_FIRST_NS : FL_STALL_NS))
+            patience = first ? FL_FIRST_NS : FL_STALL_NS;
         while (__atomic_load_n(&team->sense, __ATOMIC_ACQUIRE) != me->sense) {
             if (now - start < FL_SPIN_NS) {
     #if defined(__x86_64__) || defined(__i386__)
@@ -91,13 +102,15 @@ cdef extern from *:
             } else {
                 sched_yield();
                 now = fl_now_ns();
-                if (now - start > FL_STALL_NS)
+                if (now - start > patience)
                     __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
             }
         }
+        if (first)
+            return;
         now = fl_now_ns();
         me->waited_ns += now - start;
-        if (me->waited_ns > FL_WAIT_MIN_NS && 2 * me->waited_ns > now - team->start_ns)
+        if (me->waited_ns > FL_WAIT_MIN_NS && 2 * me->waited_ns > now - me->first_ns)
             __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
     }
 
@@ -114,6 +127,9 @@ cdef extern from *:
         } else {
             fl_team_wait(team, me);
         }
+        me->left_ns = fl_now_ns();
+        if (me->first_ns == 0)
+            me->first_ns = me->left_ns;
         return !__atomic_load_n(&team->solo, __ATOMIC_RELAXED) || tid == 0;
     }
 
