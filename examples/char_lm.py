@@ -11,10 +11,7 @@ cross-entropy to predict each next character. Reported: held-out perplexity,
 training frequency, add-one smoothed), then text sampled from the model one character at
 a time through the LSTM's streaming stepper (``fl.LSTM.stream``).
 
-Run: ``python examples/char_lm.py`` (under a minute on 2 cores). The script keeps
-fastlstm's kernels and NumPy's BLAS (the Dense head) to one thread each: for a model this
-size one thread is the fastest on the 2-core dev machine, and two spinning thread pools
-slow down badly when other jobs share the cores.
+Run: ``python examples/char_lm.py`` (under a minute on 2 cores).
 """
 import time
 
@@ -107,7 +104,4 @@ def main(epochs=4, n_chars=None, seq_length=64, hidden_size=128, batch_size=32,
 
 
 if __name__ == "__main__":
-    from threadpoolctl import threadpool_limits
-    fl.set_num_threads(1)
-    with threadpool_limits(1, user_api="blas"):
-        main()
+    main()

@@ -12,6 +12,10 @@
 ``Sequential`` is also a :class:`fastlstm.modules.Module`: ``model(x)``, ``model.backward``,
 ``model.parameters()`` and ``state_dict()`` work as for the PyTorch-style modules
 (parameter names ``"<layer index>.<parameter>"``, e.g. ``"0.lstm.weight_ih_l0"``).
+
+``fit``, ``evaluate``, ``predict`` and ``train_on_batch`` hold the OpenBLAS pools of NumPy
+and SciPy to one thread while they run (restored after): the kernels' OpenMP threads own
+the cores, and NumPy's products (the ``Dense`` head, the losses) run on the calling thread.
 """
 import math
 import sys
@@ -24,6 +28,7 @@ from . import layers as layers_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optim
+from ._threads import single_threaded_blas
 from .modules import Module
 from .validation import check_float, check_int
 
@@ -202,6 +207,7 @@ class Sequential(Module):
         value, grad = self.loss(y, y_pred)
         return value, grad, y_pred
 
+    @single_threaded_blas()
     def train_on_batch(self, x, y):
         """One optimizer step on one batch; returns the batch loss."""
         self._check_compiled("train_on_batch")
@@ -226,6 +232,7 @@ class Sequential(Module):
             raise ValueError("optimizer: already bound to other parameters; give compile a "
                              "fresh optimizer")
 
+    @single_threaded_blas()
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
         """Train for ``epochs`` epochs (from ``initial_epoch``); returns a ``History``.
@@ -354,6 +361,7 @@ class Sequential(Module):
             self.train(was_training)
         return {"loss": loss_sum / len(x), **{m.name: m.result() for m in metrics}}
 
+    @single_threaded_blas()
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """Loss (a float) without metrics, else ``[loss, *metrics]``, in eval mode."""
         self._check_compiled("evaluate")
@@ -366,6 +374,7 @@ class Sequential(Module):
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
+    @single_threaded_blas()
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x``, computed in eval mode ``batch_size`` samples at a time."""
         batch_size = _batch_size(batch_size)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._threads import single_threaded_blas
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 
@@ -223,7 +224,9 @@ class Linear(Module):
         Seeds PyTorch's init: weight and bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features)).
 
     ``weight`` is (out_features, in_features), ``bias`` (out_features,). ``x`` is
-    (..., in_features); the result is (..., out_features).
+    (..., in_features); the result is (..., out_features). ``forward`` and ``backward`` run
+    their NumPy products with the OpenBLAS pools of NumPy and SciPy held to one thread (a
+    few microseconds per call), so they wake no pool that spins against fastlstm's threads.
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
@@ -238,6 +241,7 @@ class Linear(Module):
         if self.has_bias:
             self._add_parameter("bias", rng.uniform(-bound, bound, out_features).astype(self.dtype))
 
+    @single_threaded_blas()
     def forward(self, x):
         # x is (..., in), weight is (out, in), out is (..., out)
         x = as_real_array(x, "x", self.dtype)
@@ -248,6 +252,7 @@ class Linear(Module):
         self._keep(x)
         return out
 
+    @single_threaded_blas()
     def backward(self, grad_out):
         """Accumulate dweight, dbias; return dx, shaped like the kept ``x``."""
         x = self._take()

@@ -50,13 +50,13 @@ regressor; predictions come back in the units of ``y``. Training runs in float32
 
 Threads
 -------
-During ``fit``, ``predict`` and ``predict_proba`` (so ``score``), fastlstm's kernels and the
-BLAS behind NumPy (the Dense head's products) use ``n_threads`` threads (default 1), then
-the previous settings are restored. Both thread pools spin while they wait for work, so
-fits running in parallel (``n_jobs`` of a search, joblib's Dask backend) must each keep to
-one thread; on the 2-core dev machine one thread is also the fastest for models of this
-size. ``n_threads=None`` leaves :func:`fastlstm.set_num_threads` and threadpoolctl's
-settings alone.
+During ``fit``, ``predict`` and ``predict_proba`` (so ``score``), fastlstm's kernels use
+``n_threads`` threads (default 1), then the previous setting is restored; the OpenBLAS
+pools of NumPy and SciPy run on one thread throughout, as in every ``Sequential.fit``.
+OpenMP threads spin while they wait for work, so fits running in parallel (``n_jobs`` of a
+search, joblib's Dask backend) must each keep to one thread; on the 2-core dev machine one
+thread is also the fastest for models of this size. ``n_threads=None`` leaves
+:func:`fastlstm.set_num_threads`'s setting alone: the choice for a single large fit.
 """
 import contextlib
 import threading
@@ -69,12 +69,12 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
-    from threadpoolctl import ThreadpoolController
 except ImportError as error:
     raise ImportError(f"fastlstm.sklearn needs scikit-learn >= 1.6 (pip install "
                       f"'fastlstm[sklearn]'): {error}") from error
 
 from . import _threads, layers, optim
+from ._threads import single_threaded_blas
 from .models import Sequential
 from .validation import check_bool, check_float, check_int
 
@@ -82,54 +82,41 @@ _OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD,
                "rmsprop": optim.RMSprop}
 _DTYPE = np.float32
 
-# Thread requests of the fits/predictions running now in this process, and what to restore
-# when the last one ends (see _limited_threads).
+# Kernel-thread requests of the fits/predictions running now in this process, and the
+# setting to restore when the last one ends (see _limited_threads).
 _thread_lock = threading.Lock()
-_thread_state: dict[str, Any] = {"requests": [], "saved": None, "blas": None,
-                                 "applied": None, "controller": None}
+_thread_state: dict[str, Any] = {"requests": [], "saved": None}
 
 
 @contextlib.contextmanager
 def _limited_threads(n_threads):
-    """Run fastlstm's kernels and the BLAS NumPy calls on ``n_threads`` threads inside the
-    block (None: leave both alone).
+    """Run fastlstm's kernels on ``n_threads`` threads (None: leave the setting alone) and
+    NumPy's and SciPy's BLAS on one inside the block.
 
-    Both are process-wide settings, shared by threads that run estimators concurrently
-    (joblib's threading backend, Dask workers with ``processes=False``): while any runs,
-    the smallest request holds; after the last, the earlier settings return.
+    The kernel thread count is a process-wide setting, shared by threads that run
+    estimators concurrently (joblib's threading backend, Dask workers with
+    ``processes=False``): while any runs, the smallest request holds; after the last, the
+    earlier setting returns.
     """
-    if n_threads is None:
-        yield
-        return
-    state = _thread_state
-    with _thread_lock:
-        if not state["requests"]:
-            if state["controller"] is None:
-                state["controller"] = ThreadpoolController()
-            state["saved"] = _threads._requested
-            state["blas"] = state["controller"].limit(limits=n_threads, user_api="blas")
-            state["applied"] = n_threads
-            _threads.set_num_threads(n_threads)
-        state["requests"].append(n_threads)
-        _apply_thread_limit(min(state["requests"]))
-    try:
-        yield
-    finally:
+    with single_threaded_blas():
+        if n_threads is None:
+            yield
+            return
+        state = _thread_state
         with _thread_lock:
-            state["requests"].remove(n_threads)
-            if state["requests"]:
-                _apply_thread_limit(min(state["requests"]))
-            else:
-                state["blas"].restore_original_limits()
-                _threads._requested = state["saved"]
-
-
-def _apply_thread_limit(n_threads):
-    """Set both thread counts to ``n_threads`` if they are not already (lock held)."""
-    if _thread_state["applied"] != n_threads:
-        _threads.set_num_threads(n_threads)
-        _thread_state["controller"].limit(limits=n_threads, user_api="blas")
-        _thread_state["applied"] = n_threads
+            if not state["requests"]:
+                state["saved"] = _threads._requested
+            state["requests"].append(n_threads)
+            _threads.set_num_threads(min(state["requests"]))
+        try:
+            yield
+        finally:
+            with _thread_lock:
+                state["requests"].remove(n_threads)
+                if state["requests"]:
+                    _threads.set_num_threads(min(state["requests"]))
+                else:
+                    _threads._requested = state["saved"]
 
 
 def _windows(series, window):
@@ -308,8 +295,8 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
     verbose : {0, 1, 2}, default 0
         Progress output of ``fit`` (as ``Sequential.fit``).
     n_threads : int or None, default 1
-        Threads of fastlstm's kernels and NumPy's BLAS inside fit and predict (None: leave
-        the process's settings alone; see the module docstring).
+        Threads of fastlstm's kernels inside fit and predict (None: leave the process's
+        setting alone; see the module docstring).
 
     Attributes
     ----------
