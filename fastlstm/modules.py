@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._kernels.lstm import weights_changed
+
 from ._threads import single_threaded_blas
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
@@ -164,6 +166,7 @@ class Module:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {array.shape}, got "
                                  f"{value.shape}")
             array[...] = value
+        weights_changed()
 
     def num_parameters(self):
         """Total number of scalar parameters."""
