@@ -85,6 +85,7 @@ class LSTM:
         object.__setattr__(self, "_params", {})
         self.training = True
         self._kept = None
+        self._workspace = {}   # training buffers reused from call to call (_reuse)
         self._rng = np.random.default_rng(seed)
         self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
         self._peephole_grad_blocks = {}
@@ -174,6 +175,15 @@ class LSTM:
             self.load_state_dict({name: value}, strict=False)
         else:
             object.__setattr__(self, name, value)
+
+    def __getstate__(self):
+        # Pickles and copies leave out the reusable training buffers (rebuilt on use).
+        state = dict(self.__dict__)
+        state["_workspace"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def named_parameters(self):
         """Return [(name, array)] in PyTorch's order; the arrays are the live parameters."""
@@ -342,8 +352,9 @@ class LSTM:
         n_threads = self._kernel_threads(batch)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
-        kept = dict(x=x if not training else x.copy(), h0=h0, c0=c0, lengths=lengths,
-                    layers=[], n_threads=n_threads)
+        if training:
+            x = self._reuse("x", x.shape, dtype, like=x)
+        kept = dict(x=x, h0=h0, c0=c0, lengths=lengths, layers=[], n_threads=n_threads)
         layer_input = kept["x"]
         for layer in range(self.num_layers):
             out = np.empty((steps, batch, D * H), dtype=dtype)
@@ -351,14 +362,15 @@ class LSTM:
             for direction in range(D):
                 index = layer * D + direction
                 _, W_ih, W_hh, bias, peep = self._direction_params(layer, direction)
-                state_steps = steps if training else 2
-                buffers = dict(
-                    gates=np.empty(steps * batch * 4 * H if training else 0, dtype=dtype),
-                    hidden=np.empty(state_steps * batch * H, dtype=dtype),
-                    cells=np.empty(state_steps * batch * H, dtype=dtype),
-                    clipped=(np.empty(steps * batch * 4 * H, dtype=np.uint8)
-                             if training and self.clip is not None else _EMPTY_MASK),
-                )
+                if training:   # what backward needs, in buffers reused from call to call
+                    buffers = {name: self._reuse((index, name), (size,), kind) for name, size, kind in (
+                        ("gates", steps * batch * 4 * H, dtype),
+                        ("hidden", steps * batch * H, dtype),
+                        ("cells", steps * batch * H, dtype),
+                        ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
+                else:          # inference keeps nothing: per-call rings, safe from many threads
+                    buffers = dict(gates=np.empty(0, dtype), hidden=np.empty(2 * batch * H, dtype),
+                                   cells=np.empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
                 _lstm.lstm_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
                     buffers["hidden"], buffers["cells"], buffers["clipped"], layer_input,
@@ -373,6 +385,19 @@ class LSTM:
             kept["layers"].append(record)
             layer_input = out
         return layer_input, h_n, c_n, kept
+
+    def _reuse(self, key, shape, dtype, like=None):
+        """A training buffer kept on the module from call to call (a copy of `like` if given).
+
+        Fresh arrays of this size cost page faults on every call; training calls on one
+        module are sequential, and a new call replaces what the last one kept.
+        """
+        buffer = self._workspace.get(key)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self._workspace[key] = np.empty(shape, dtype)
+        if like is not None:
+            np.copyto(buffer, like)
+        return buffer
 
     def backward(self, grad_out, grad_state=None):
         """Backpropagate through the last train-mode call.
@@ -404,7 +429,7 @@ class LSTM:
         dh0, dc0 = self._grad_state(grad_state, batch)
         self._kept = None
         lengths = kept["lengths"]
-        dgates = np.empty(steps * batch * 4 * H, dtype=dtype)
+        dgates = self._reuse("dgates", (steps * batch * 4 * H,), dtype)
         for layer in reversed(range(L)):
             record = kept["layers"][layer]
             if record["mask"] is not None:

@@ -576,7 +576,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.hoist = w.B < HOIST_BELOW
     n_threads = fl_team_size(n_threads)
     _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
-    fl_team_init(&w.team, n_threads)
+    fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):
             _forward_thread(&w, <floating*>NULL)
@@ -637,7 +637,7 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
     n_threads = fl_team_size(n_threads)
     _scratch(&w, n_threads, w.H, sizeof(floating))
-    fl_team_init(&w.team, n_threads)
+    fl_team_init(&w.team, n_threads, w.T + 1)
     cdef int blas_previous
     with nogil:
         blas_previous = blas_threads_limit(1)

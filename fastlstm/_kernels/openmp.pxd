@@ -21,22 +21,21 @@ cdef extern from *:
     /* A team of threads that steps through the time steps together, and leaves thread 0
      * alone when another member is taken off its core.
      *
-     * Each step ends in a sense-reversing barrier. A member marks the team stalled when one
-     * wait exceeds both FL_STALL_NS and twice its own work since the previous barrier, or
-     * when its waits add up to more than FL_WAIT_MIN_NS and half of its time in the call
-     * (a step's imbalance is a small part of the step; a member that lost its core to
-     * other load is gone for a scheduler time slice, milliseconds). The first barrier of a
-     * call, after the members' set-up, waits for a thread OpenMP may still be starting:
-     * it allows ten times the set-up and at least FL_FIRST_NS, and its wait is not added
-     * up. The last member
-     * to arrive then publishes `solo`: from the next step on, thread 0 does every member's
-     * work and the others leave. Every member's work is a pure function of the previous
-     * step, so thread 0 computes exactly what they would have.
-     * After a stalled call, fl_team_size() gives one thread to the calls of the next
+     * Each step ends in a sense-reversing barrier. A member marks the team stalled when its
+     * waits since the first barrier add up to more than a quarter of that time and more
+     * than a tenth of the call's expected length (steps x its own last step), at least
+     * FL_WAIT_MIN_NS. A member that lost its core to other load is gone for a scheduler
+     * time slice, milliseconds, again and again; a one-off hiccup of a long call is not
+     * worth handing the rest of the call to one thread. The first barrier of a call waits
+     * for a thread OpenMP may still be starting or waking: it is a stall only past ten
+     * times the set-up and at least FL_FIRST_NS.
+     * When the team is stalled, the last member to arrive publishes `solo`: from the next
+     * step on, thread 0 does every member's work and the others leave. Every member's work
+     * is a pure function of the previous step, so thread 0 computes exactly what they would
+     * have. After a stalled call, fl_team_size() gives one thread to the calls of the next
      * backoff period (doubling while stalls continue, up to FL_BACKOFF_MAX_NS), then probes
      * with the full team again. */
     #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
-    #define FL_STALL_NS 200000LL
     #define FL_WAIT_MIN_NS 100000LL
     #define FL_FIRST_NS 1000000LL
     #define FL_BACKOFF_MIN_NS 20000000LL
@@ -61,6 +60,7 @@ cdef extern from *:
         int stalled;    /* a member lost its core (see above) */
         int solo;       /* thread 0 continues alone (published with the sense flip) */
         int adaptive;   /* stalls are handled (fl_adaptive when the call started) */
+        long long steps;    /* barriers the call expects */
     } fl_team_t;
 
     typedef struct {    /* one member's view of the team */
@@ -70,9 +70,10 @@ cdef extern from *:
         long long first_ns;     /* when it left the first barrier (0: not yet) */
     } fl_member_t;
 
-    static inline void fl_team_init(fl_team_t *team, int n) {
+    static inline void fl_team_init(fl_team_t *team, int n, long long steps) {
         team->n = n; team->count = 0; team->sense = 0; team->stalled = 0; team->solo = 0;
         team->adaptive = fl_adaptive;
+        team->steps = steps;
     }
 
     /* Every member states the team's size (omp_get_num_threads()) before its first
@@ -86,12 +87,9 @@ cdef extern from *:
     }
 
     static inline void fl_team_wait(fl_team_t *team, fl_member_t *me) {
-        long long start = fl_now_ns(), now = start;
-        const int first = me->first_ns == 0;
-        long long patience = (first ? 10 : 2) * (start - me->left_ns);
+        long long start = fl_now_ns(), now = start, work = start - me->left_ns, allowed;
         unsigned spins = 0;
-        if (patience < (first ? FL_FIRST_NS : FL_STALL_NS))
-            patience = first ? FL_FIRST_NS : FL_STALL_NS;
+        const int first = me->first_ns == 0;
         while (__atomic_load_n(&team->sense, __ATOMIC_ACQUIRE) != me->sense) {
             if (now - start < FL_SPIN_NS) {
     #if defined(__x86_64__) || defined(__i386__)
@@ -102,7 +100,7 @@ cdef extern from *:
             } else {
                 sched_yield();
                 now = fl_now_ns();
-                if (now - start > patience)
+                if (first && now - start > 10 * work && now - start > FL_FIRST_NS)
                     __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
             }
         }
@@ -110,7 +108,10 @@ cdef extern from *:
             return;
         now = fl_now_ns();
         me->waited_ns += now - start;
-        if (me->waited_ns > FL_WAIT_MIN_NS && 2 * me->waited_ns > now - me->first_ns)
+        allowed = team->steps * work / 10;
+        if (allowed < FL_WAIT_MIN_NS)
+            allowed = FL_WAIT_MIN_NS;
+        if (me->waited_ns > allowed && 4 * me->waited_ns > now - me->first_ns)
             __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
     }
 
@@ -169,7 +170,7 @@ cdef extern from *:
         int solo
     ctypedef struct fl_member_t:
         pass
-    void fl_team_init(fl_team_t* team, int n) noexcept nogil
+    void fl_team_init(fl_team_t* team, int n, long long steps) noexcept nogil
     void fl_team_join(fl_team_t* team, fl_member_t* me, int n) noexcept nogil
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
     int fl_team_size(int requested) noexcept nogil
