@@ -19,7 +19,7 @@ from posix.unistd cimport usleep
 cimport numpy as cnp
 
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
-from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
+from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
                       fl_member_t, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
 
 cnp.import_array()
@@ -80,16 +80,22 @@ cdef inline void _maybe_late(int tid, Py_ssize_t step) noexcept nogil:
 
 
 def inject_late_thread(Py_ssize_t step, unsigned int microseconds):
-    """Make thread 1 of every later call arrive late at one step's barrier (-1: never)."""
-    global _late_step, _late_us
+    """Make thread 1 of every later call arrive late at one step's barrier (-1: never).
+
+    While a late thread is injected the machine counts as busy (as if other processes had
+    taken the core), so the wait is handled as a lost core.
+    """
+    global _late_step, _late_us, fl_busy_override
     _late_step, _late_us = step, microseconds
+    fl_busy_override = 1 if step >= 0 else -1
 
 
 def set_adaptive_threads(bint adaptive):
     """Turn stall handling on (the default) or off, and clear the backoff.
 
     On: a call whose thread lost its core finishes on thread 0, and the calls of the next
-    backoff period use one thread. Off: every call runs its full team to the end.
+    backoff period use one thread; a short call after the cores sat idle uses one thread.
+    Off: every call runs its full team to the end.
     Returns the previous setting.
     """
     global fl_adaptive
@@ -100,8 +106,13 @@ def set_adaptive_threads(bint adaptive):
 
 
 def team_size(int requested):
-    """Threads the next kernel call will use when asked for `requested`."""
-    return fl_team_size(requested)
+    """Threads a long kernel call would use now when asked for `requested`."""
+    return fl_team_size(requested, 1LL << 62)
+
+
+cdef long long _expected_ns(LSTMWork* w, int passes):
+    # One thread's time for `passes` forward-sized passes, at a modest 50 GFLOP/s
+    return passes * 2 * w.T * w.B * 4 * w.H * (w.n_in + w.H) // 50
 
 
 # How the last forward or backward call ran (for tests and diagnostics; not synchronised).
@@ -574,7 +585,7 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
     w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
     w.hoist = w.B < HOIST_BELOW
-    n_threads = fl_team_size(n_threads)
+    n_threads = fl_team_size(n_threads, _expected_ns(&w, 1))
     _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
@@ -635,7 +646,7 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     w.dW_ih, w.dW_hh, w.dgates = <void*>&dW_ih[0, 0], <void*>&dW_hh[0, 0], <void*>&dgates[0]
     w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
     w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
-    n_threads = fl_team_size(n_threads)
+    n_threads = fl_team_size(n_threads, _expected_ns(&w, 2))
     _scratch(&w, n_threads, w.H, sizeof(floating))
     fl_team_init(&w.team, n_threads, w.T + 1)
     cdef int blas_previous

@@ -29,6 +29,10 @@ cdef extern from *:
      * worth handing the rest of the call to one thread. The first barrier of a call waits
      * for a thread OpenMP may still be starting or waking: it is a stall only past ten
      * times the set-up and at least FL_FIRST_NS.
+     * Waits that long are taken for lost cores only while the machine has more runnable
+     * threads than cores (/proc/loadavg, read only then): on an otherwise idle machine a
+     * long wait is a thread being woken or a hiccup of the host, and handing the call to
+     * one thread would not help.
      * When the team is stalled, the last member to arrive publishes `solo`: from the next
      * step on, thread 0 does every member's work and the others leave. Every member's work
      * is a pure function of the previous step, so thread 0 computes exactly what they would
@@ -38,8 +42,30 @@ cdef extern from *:
     #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
     #define FL_WAIT_MIN_NS 100000LL
     #define FL_FIRST_NS 1000000LL
+    #define FL_IDLE_NS 10000000LL           /* after this long without a call, a woken core */
+    #define FL_WORTH_WAKING_NS 20000000LL   /* costs milliseconds: worth it for calls this long */
     #define FL_BACKOFF_MIN_NS 20000000LL
     #define FL_BACKOFF_MAX_NS 1000000000LL
+
+    #include <stdio.h>
+    #include <unistd.h>
+
+    /* More runnable threads than online cores right now (Linux; 1 where unknown), or
+     * fl_busy_override when it is 0 or 1 (tests). */
+    static int fl_busy_override = -1;
+    static int fl_machine_busy(void) {
+        int running = 0, total = 0;
+        if (fl_busy_override >= 0)
+            return fl_busy_override;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        FILE *f = fopen("/proc/loadavg", "r");
+        if (f == NULL)
+            return 1;
+        if (fscanf(f, "%*f %*f %*f %d/%d", &running, &total) != 2)
+            running = 0, cores = 0;
+        fclose(f);
+        return cores <= 0 || running > cores;
+    }
 
     static inline long long fl_now_ns(void) {
         struct timespec ts;
@@ -52,6 +78,7 @@ cdef extern from *:
     static long long fl_backoff_until = 0;
     static long long fl_backoff_ns = 0;
     static int fl_adaptive = 1;
+    static long long fl_last_call_ns = 0;      /* when the last kernel call started or ended */
 
     typedef struct {
         int n;          /* members */
@@ -67,6 +94,7 @@ cdef extern from *:
         int sense;
         long long waited_ns;    /* in barriers after the first, this call */
         long long left_ns;      /* when it left the previous barrier */
+        long long judged_ns;    /* waited_ns when the machine was last found not busy */
         long long first_ns;     /* when it left the first barrier (0: not yet) */
     } fl_member_t;
 
@@ -84,12 +112,14 @@ cdef extern from *:
         me->waited_ns = 0;
         me->left_ns = fl_now_ns();
         me->first_ns = 0;
+        me->judged_ns = 0;
     }
 
     static inline void fl_team_wait(fl_team_t *team, fl_member_t *me) {
         long long start = fl_now_ns(), now = start, work = start - me->left_ns, allowed;
         unsigned spins = 0;
         const int first = me->first_ns == 0;
+        int judged = 0;
         while (__atomic_load_n(&team->sense, __ATOMIC_ACQUIRE) != me->sense) {
             if (now - start < FL_SPIN_NS) {
     #if defined(__x86_64__) || defined(__i386__)
@@ -100,8 +130,11 @@ cdef extern from *:
             } else {
                 sched_yield();
                 now = fl_now_ns();
-                if (first && now - start > 10 * work && now - start > FL_FIRST_NS)
-                    __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+                if (first && !judged && now - start > 10 * work && now - start > FL_FIRST_NS) {
+                    judged = 1;
+                    if (fl_machine_busy())
+                        __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+                }
             }
         }
         if (first)
@@ -111,8 +144,12 @@ cdef extern from *:
         allowed = team->steps * work / 10;
         if (allowed < FL_WAIT_MIN_NS)
             allowed = FL_WAIT_MIN_NS;
-        if (me->waited_ns > allowed && 4 * me->waited_ns > now - me->first_ns)
-            __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+        if (me->waited_ns > me->judged_ns + allowed && 4 * me->waited_ns > now - me->first_ns) {
+            if (fl_machine_busy())
+                __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+            else
+                me->judged_ns = me->waited_ns;
+        }
     }
 
     /* Wait for every member; returns 1 while this thread still has work in the team. */
@@ -135,20 +172,30 @@ cdef extern from *:
     }
 
 
-    /* Threads for the next call: `requested`, or 1 during a backoff period. */
-    static inline int fl_team_size(int requested) {
-        if (requested > 1 && fl_adaptive && __atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > fl_now_ns())
+    /* Threads for the next call, expected to take `expected_ns` on one thread: `requested`,
+     * or 1 during a backoff period, or 1 for a short call after the cores sat idle (an idle
+     * virtual core can take milliseconds to wake; the next call finds it awake). */
+    static inline int fl_team_size(int requested, long long expected_ns) {
+        long long now = fl_now_ns();
+        long long last = __atomic_exchange_n(&fl_last_call_ns, now, __ATOMIC_RELAXED);
+        if (requested < 2 || !fl_adaptive)
+            return requested;
+        if (__atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > now)
+            return 1;
+        if (now - last > FL_IDLE_NS && expected_ns < FL_WORTH_WAKING_NS)
             return 1;
         return requested;
     }
 
-    static inline void fl_backoff_reset(void) {
+    static inline void fl_backoff_reset(void) {   /* and count the cores as awake */
         __atomic_store_n(&fl_backoff_until, 0, __ATOMIC_RELAXED);
         fl_backoff_ns = 0;
+        __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
     }
 
     /* Record how a call with a team of n threads ended. */
     static inline void fl_team_report(const fl_team_t *team) {
+        __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
         if (team->n < 2 || !team->adaptive)
             return;
         if (team->stalled) {
@@ -173,7 +220,8 @@ cdef extern from *:
     void fl_team_init(fl_team_t* team, int n, long long steps) noexcept nogil
     void fl_team_join(fl_team_t* team, fl_member_t* me, int n) noexcept nogil
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
-    int fl_team_size(int requested) noexcept nogil
+    int fl_team_size(int requested, long long expected_ns) noexcept nogil
     void fl_team_report(const fl_team_t* team) noexcept nogil
     void fl_backoff_reset() noexcept nogil
     int fl_adaptive
+    int fl_busy_override
