@@ -9,9 +9,7 @@ squared errors are printed, in squared sunspot numbers, and a forecast-vs-truth 
 saved as a PNG.
 
 Run: ``python examples/forecast_sunspots.py [plot.png]`` (a few seconds; needs statsmodels
-and matplotlib). The script runs fastlstm's kernels on one thread: for a model this small
-that is the fastest on the 2-core dev machine (two kernel threads took twice as long with
-the machine idle, and far longer with it busy).
+and matplotlib). It runs on fastlstm's default threads.
 """
 import sys
 import time
@@ -88,5 +86,4 @@ def main(plot_path="sunspots_forecast.png", epochs=40, window=20, hidden_size=32
 
 
 if __name__ == "__main__":
-    fl.set_num_threads(1)
     main(*sys.argv[1:2])

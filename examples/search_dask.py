@@ -9,8 +9,8 @@ that cluster (every worker needs fastlstm installed)::
     python examples/search_dask.py                          # LocalCluster, 2 workers
     python examples/search_dask.py tcp://scheduler:8786     # a real cluster
 
-Each estimator keeps fastlstm's kernels to one thread (``n_threads=1``, the default): the
-parallelism comes from running fits side by side, one per worker thread.
+Each estimator keeps fastlstm's kernels to one thread (``n_threads=1``): the parallelism
+comes from running fits side by side, one per worker thread.
 
 The task: tell apart noisy sine waves of three frequencies (labels "slow", "medium",
 "fast") from 30 samples each; chance accuracy is about 1/3.

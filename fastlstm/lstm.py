@@ -10,7 +10,7 @@ from .validation import as_dtype, as_real_array, check_bool, check_float, check_
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
 # Below this many multiply-adds per time step (B * 4H * (in + H)) a second thread costs more
 # in per-step barriers than it saves; threads also own at least one block of units each.
-_MIN_WORK_PER_THREAD = 1 << 15
+_MIN_WORK_PER_THREAD = 1 << 13
 _ALIGNMENT = 64   # bytes: whole cache lines, so vector loads of weight rows never split
 
 

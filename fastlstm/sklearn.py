@@ -51,12 +51,12 @@ regressor; predictions come back in the units of ``y``. Training runs in float32
 Threads
 -------
 During ``fit``, ``predict`` and ``predict_proba`` (so ``score``), fastlstm's kernels use
-``n_threads`` threads (default 1), then the previous setting is restored; the OpenBLAS
-pools of NumPy and SciPy run on one thread throughout, as in every ``Sequential.fit``.
-OpenMP threads spin while they wait for work, so fits running in parallel (``n_jobs`` of a
-search, joblib's Dask backend) must each keep to one thread; on the 2-core dev machine one
-thread is also the fastest for models of this size. ``n_threads=None`` leaves
-:func:`fastlstm.set_num_threads`'s setting alone: the choice for a single large fit.
+``n_threads`` threads, then the previous setting is restored; the default, None, leaves
+:func:`fastlstm.set_num_threads`'s setting alone (all usable cores). The OpenBLAS pools of
+NumPy and SciPy run on one thread throughout, as in every ``Sequential.fit``. Fits running
+in parallel (``n_jobs`` of a search, joblib's Dask backend) should each keep to one thread
+(``n_threads=1``): the kernels notice cores taken by other work and fall back to one
+thread, but a team that never has to find out is faster still.
 """
 import contextlib
 import threading
@@ -136,7 +136,7 @@ class _LSTMEstimator(BaseEstimator):
 
     def __init__(self, hidden_size=32, num_layers=1, learning_rate=1e-2, batch_size=32,
                  epochs=50, dropout=0.0, weight_decay=0.0, window=None, optimizer="adam",
-                 clipnorm=None, standardize=True, random_state=None, verbose=0, n_threads=1):
+                 clipnorm=None, standardize=True, random_state=None, verbose=0, n_threads=None):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.learning_rate = learning_rate
@@ -294,9 +294,9 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
         Seeds the initialisation, dropout and shuffling; an int makes fit deterministic.
     verbose : {0, 1, 2}, default 0
         Progress output of ``fit`` (as ``Sequential.fit``).
-    n_threads : int or None, default 1
+    n_threads : int or None, default None
         Threads of fastlstm's kernels inside fit and predict (None: leave the process's
-        setting alone; see the module docstring).
+        setting alone; 1 for fits that run in parallel; see the module docstring).
 
     Attributes
     ----------

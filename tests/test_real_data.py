@@ -5,19 +5,9 @@ import pytest
 
 from conftest import load_example, require
 
-import fastlstm as fl
-from fastlstm import _threads
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """fastlstm's kernels on one thread (the fastest for these small settings); restored
-    after."""
-    monkeypatch.setattr(_threads, "_requested", _threads._requested)
-    fl.set_num_threads(1)
-
-
-def test_sunspot_forecast_beats_persistence(one_thread, tmp_path):
+def test_sunspot_forecast_beats_persistence(tmp_path):
     require("statsmodels")
     require("matplotlib")
     plot = tmp_path / "sunspots.png"
@@ -26,7 +16,7 @@ def test_sunspot_forecast_beats_persistence(one_thread, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_char_lm_beats_the_unigram_baseline(one_thread):
+def test_char_lm_beats_the_unigram_baseline():
     figures = load_example("char_lm").main(epochs=2, n_chars=120_000, hidden_size=64,
                                    sample_length=80)
     losses = figures["train_loss"]

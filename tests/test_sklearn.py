@@ -234,11 +234,12 @@ def test_threads_set_inside_fit_and_restored(monkeypatch, restore_threads):
     fl.set_num_threads(2)
     before = blas_threads()
     rng = np.random.default_rng(11)
+    LSTMRegressor(hidden_size=4, epochs=1, n_threads=1).fit(rng.standard_normal((10, 3)),
+                                                            rng.standard_normal(10))
     LSTMRegressor(hidden_size=4, epochs=1).fit(rng.standard_normal((10, 3)),
                                                rng.standard_normal(10))
-    LSTMRegressor(hidden_size=4, epochs=1, n_threads=None).fit(rng.standard_normal((10, 3)),
-                                                               rng.standard_normal(10))
-    # n_threads sets the kernels' threads; BLAS runs on one thread either way
+    # n_threads sets the kernels' threads (default: the process's setting); BLAS runs on
+    # one thread either way
     assert seen == [(1, [1]), (min(2, _threads.usable_cores()), [1])]
     assert _threads._requested == 2 and blas_threads() == before
 
