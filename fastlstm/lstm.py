@@ -359,6 +359,7 @@ class LSTM:
         for layer in range(self.num_layers):
             out = np.empty((steps, batch, D * H), dtype=dtype)
             record = dict(input=layer_input, directions=[], mask=None)
+            calls = []
             for direction in range(D):
                 index = layer * D + direction
                 _, W_ih, W_hh, bias, peep = self._direction_params(layer, direction)
@@ -371,13 +372,14 @@ class LSTM:
                 else:          # inference keeps nothing: per-call rings, safe from many threads
                     buffers = dict(gates=np.empty(0, dtype), hidden=np.empty(2 * batch * H, dtype),
                                    cells=np.empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
-                _lstm.lstm_forward(
+                calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
                     buffers["hidden"], buffers["cells"], buffers["clipped"], layer_input,
                     h0[index], c0[index], W_ih, W_hh, bias, peep,
                     _EMPTY_INDEX if lengths is None else lengths,
-                    direction == 1 or self.reverse, training, self.clip or 0.0, n_threads)
+                    direction == 1 or self.reverse, training, self.clip or 0.0))
                 record["directions"].append(buffers)
+            _lstm.run_forward(calls, n_threads)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
                 record["mask"] = (self._rng.random(out.shape) < keep).astype(dtype) / dtype.type(keep)

@@ -324,8 +324,9 @@ cdef void _hoist_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
              <floating*>w.packed + s * w.slice_panels, w.T * w.B, 4 * blocks, w.n_in, 0)
 
 
-cdef void _forward_thread(LSTMWork* w, floating* kind) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
+cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
+    # Member tid of a team of n threads (tid = 0, n = 1: the whole call on this thread).
+    cdef int s
     cdef fl_member_t me
     cdef Py_ssize_t step, j0, nj, b, last_slot
     cdef bint member = True
@@ -537,27 +538,36 @@ cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize)
     return 0
 
 
-def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
-                 floating[:, ::1] h_n, floating[:, ::1] c_n,
-                 floating[::1] gates, floating[::1] hidden, floating[::1] cells,
-                 unsigned char[::1] clipped,
-                 const floating[:, :, ::1] x, const floating[:, ::1] h0,
-                 const floating[:, ::1] c0, const floating[:, ::1] W_ih,
-                 const floating[:, ::1] W_hh, const floating[::1] bias,
-                 const floating[::1] peep, const Py_ssize_t[::1] lengths,
-                 bint reverse, bint training, double clip, int n_threads):
-    """One layer, one direction, time-major.
+cdef class ForwardCall:
+    """One layer and direction of a forward pass, checked and ready for :func:`run_forward`.
+
+    Holds the workspace description and references to every array it points into.
+    """
+    cdef LSTMWork w
+    cdef object arrays
+    cdef bint double
+
+
+def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
+                    floating[:, ::1] h_n, floating[:, ::1] c_n,
+                    floating[::1] gates, floating[::1] hidden, floating[::1] cells,
+                    unsigned char[::1] clipped,
+                    const floating[:, :, ::1] x, const floating[:, ::1] h0,
+                    const floating[:, ::1] c0, const floating[:, ::1] W_ih,
+                    const floating[:, ::1] W_hh, const floating[::1] bias,
+                    const floating[::1] peep, const Py_ssize_t[::1] lengths,
+                    bint reverse, bint training, double clip):
+    """Check the arrays of one layer and direction, time-major; return a ForwardCall.
 
     out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end).
     Training: gates (T*B*4H,) keeps the activated gates, hidden/cells (T*B*H,) the states,
     clipped (T*B*4H,) the clip mask (empty without clip). Inference: gates and clipped are
     empty, hidden/cells are (2*B*H,) rings. bias (4H,) is b_ih + b_hh (zeros without
-    biases); empty peep/lengths arrays mean absent. Returns True when another thread lost
-    its core and the call finished on one thread.
+    biases); empty peep/lengths arrays mean absent.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], H = W_hh.shape[1], steps
     steps = T if training else 2
-    _check_shapes("lstm_forward", [
+    _check_shapes("prepare_forward", [
         ("out", out.shape[0], T), ("out", out.shape[1], B), ("out", out.shape[2] >= out_col + H, True),
         ("out_col", out_col >= 0, True), ("h_n", h_n.shape[0], B), ("h_n", h_n.shape[1], H),
         ("c_n", c_n.shape[0], B), ("c_n", c_n.shape[1], H),
@@ -570,8 +580,9 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
         ("bias", bias.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
         ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True)])
     _check_lengths(lengths, T)
-    cdef LSTMWork w
-    memset(&w, 0, sizeof(w))
+    cdef ForwardCall call = ForwardCall()
+    cdef LSTMWork* w = &call.w
+    memset(w, 0, sizeof(LSTMWork))
     w.T, w.B, w.n_in, w.H = x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1]
     w.out_stride = out.shape[2]
     w.reverse, w.training, w.clip = reverse, training, clip
@@ -585,14 +596,65 @@ def lstm_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
     w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
     w.hoist = w.B < HOIST_BELOW
-    n_threads = fl_team_size(n_threads, _expected_ns(&w, 1))
-    _scratch(&w, n_threads, w.n_in + w.H, sizeof(floating))
+    call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, h0, c0, W_ih, W_hh, bias,
+                   peep, lengths)
+    call.double = floating is double
+    return call
+
+
+cdef void _run_forward_thread(LSTMWork* w, int tid, int n, bint double) noexcept nogil:
+    if double:
+        _forward_thread(w, tid, n, <double*>NULL)
+    else:
+        _forward_thread(w, tid, n, <float*>NULL)
+
+
+def run_forward(list calls, int n_threads):
+    """Run ForwardCalls (one, or the two directions of a layer) on up to n_threads threads.
+
+    One call: its hidden units split across the team. Two calls of the same input on two
+    or more threads: one thread each, side by side, with no barrier between them (each
+    thread keeps its direction's weights in its own cache). Returns True when a thread
+    lost its core and a call finished on one thread.
+    """
+    cdef ForwardCall first = calls[0], second
+    cdef Py_ssize_t depth = first.w.n_in + first.w.H
+    cdef bint stalled = False, double = first.double
+    if len(calls) == 2:
+        second = calls[1]
+        n_threads = fl_team_size(n_threads, 2 * _expected_ns(&first.w, 1))
+        if n_threads >= 2:
+            for call in (first, second):
+                _scratch(&(<ForwardCall>call).w, 1, depth, first.arrays[0].itemsize)
+                fl_team_init(&(<ForwardCall>call).w.team, 1, first.w.T + 1)
+            with nogil:
+                with parallel(num_threads=2):
+                    if fl_omp_team_size() == 2:
+                        _run_forward_thread(&first.w if fl_omp_thread_id() == 0 else &second.w,
+                                            0, 1, double)
+                    else:
+                        _run_forward_thread(&first.w, 0, 1, double)
+                        _run_forward_thread(&second.w, 0, 1, double)
+                fl_team_report(&first.w.team)
+            _finish(&first.w)
+            _finish(&second.w)
+            return False
+        calls = [first, second]
+    for call in calls:
+        stalled |= _run_forward(<ForwardCall>call, n_threads)
+    return stalled
+
+
+cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
+    cdef LSTMWork* w = &call.w
+    n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
+    _scratch(w, n_threads, w.n_in + w.H, call.arrays[0].itemsize)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):
-            _forward_thread(&w, <floating*>NULL)
+            _run_forward_thread(w, fl_omp_thread_id(), fl_omp_team_size(), call.double)
         fl_team_report(&w.team)
-    return _finish(&w)
+    return _finish(w)
 
 
 def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
