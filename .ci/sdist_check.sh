@@ -15,7 +15,8 @@ python -m build --sdist --outdir "$work/dist" . > "$work/sdist.log" 2>&1 \
 sdist=$(ls "$work"/dist/fastlstm-*.tar.gz)
 tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$work/sdist.txt"
 missing=0
-for source in fastlstm/*.pyx fastlstm/*.pxd fastlstm/*.h fastlstm/*.pyi fastlstm/py.typed \
+for source in fastlstm/_kernels/*.pyx fastlstm/_kernels/*.pxd fastlstm/_kernels/*.h \
+              fastlstm/_kernels/*.pyi fastlstm/py.typed \
               LICENSE CHANGELOG.md tests/conftest.py; do
     grep -qxF "$source" "$work/sdist.txt" || { echo "sdist lacks $source"; missing=1; }
 done
@@ -37,8 +38,8 @@ check() (
         "$work/venv-$1/bin/python" - "$wheel" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-for suffix in ("py.typed", "_lstm.pyi", "_blas.pyi", "_openmp.pyi"):
-    assert f"fastlstm/{suffix}" in names, f"wheel lacks fastlstm/{suffix}"
+for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi"):
+    assert f"fastlstm/{name}" in names, f"wheel lacks fastlstm/{name}"
 assert sum(n.endswith(".so") for n in names) == 3, "wheel lacks a compiled module"
 assert not [n for n in names if n.endswith(".c")], "wheel holds generated C"
 PY

@@ -12,12 +12,13 @@ import tempfile
 import numpy as np
 
 import fastlstm as fl
-from fastlstm import _openmp, reference
+from fastlstm import reference
+from fastlstm._kernels import openmp as _openmp
 
 expected = sys.argv[1]
 package_dir = os.path.dirname(fl.__file__)
 assert "site-packages" in package_dir, f"fastlstm imported from {package_dir}, not site-packages"
-for name in ("py.typed", "_lstm.pyi", "_blas.pyi", "_openmp.pyi"):
+for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi"):
     assert os.path.exists(os.path.join(package_dir, name)), f"{name} is not installed"
 
 openmp = _openmp.openmp_enabled()

@@ -58,7 +58,7 @@ SPINNER = ("import os, sys\n"
 # slower than with 1 thread.
 BUSY_GOAL = 1.3
 
-# DESIGN section 5: (batch, seq_len, input_size, hidden_size)
+# The reference shapes of docs/performance.rst: (batch, seq_len, input_size, hidden_size)
 S_SHAPES = {"S1": (1, 128, 32, 128), "S2": (16, 64, 64, 256), "S3": (64, 100, 256, 512)}
 # Baidu DeepBench's inference LSTMs: input = hidden, H 128..1024, B 1..64, T 50..150.
 DEEPBENCH_SHAPES = {"DB1": (1, 150, 128, 128), "DB2": (4, 150, 256, 256),

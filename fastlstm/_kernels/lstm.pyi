@@ -7,6 +7,7 @@ from typing_extensions import Self, disjoint_base
 import numpy as np
 import numpy.typing as npt
 
+@disjoint_base
 class ForwardCall: ...
 
 def prepare_forward(
