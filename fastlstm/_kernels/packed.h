@@ -54,73 +54,25 @@ typedef double fl_v16_d __attribute__((vector_size(16)));
 #define FL_V64 fl_vec_f
 #define FL_V32 fl_v32_f
 #define FL_V16 fl_v16_f
-#define FL_NAME(name) name##_f_avx512
-#define FL_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define FL_MR 8
-#define FL_KVEC FL_V64
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
-#define FL_NAME(name) name##_f_avx2
-#define FL_TARGET __attribute__((target("avx2,fma")))
-#define FL_MR 2
-#define FL_KVEC FL_V32
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
-#define FL_NAME(name) name##_f_portable
-#define FL_TARGET
-#define FL_MR 1
-#define FL_KVEC FL_V16
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
+#define FL_TYPE f
+#include "packed_isas.h"
 #undef REAL
 #undef FL_V64
 #undef FL_V32
 #undef FL_V16
+#undef FL_TYPE
 
 #define REAL double
 #define FL_V64 fl_vec_d
 #define FL_V32 fl_v32_d
 #define FL_V16 fl_v16_d
-#define FL_NAME(name) name##_d_avx512
-#define FL_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define FL_MR 8
-#define FL_KVEC FL_V64
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
-#define FL_NAME(name) name##_d_avx2
-#define FL_TARGET __attribute__((target("avx2,fma")))
-#define FL_MR 2
-#define FL_KVEC FL_V32
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
-#define FL_NAME(name) name##_d_portable
-#define FL_TARGET
-#define FL_MR 1
-#define FL_KVEC FL_V16
-#include "packed_impl.h"
-#undef FL_NAME
-#undef FL_TARGET
-#undef FL_MR
-#undef FL_KVEC
+#define FL_TYPE d
+#include "packed_isas.h"
 #undef REAL
 #undef FL_V64
 #undef FL_V32
 #undef FL_V16
+#undef FL_TYPE
 
 typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, const float *,
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
