@@ -65,7 +65,7 @@ cdef extern from "packed.h":
 cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
-    HOIST_BELOW = 8     # batches this small get x @ W_ih.T for all steps before the loop
+    CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
 
 
 # Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
@@ -142,7 +142,7 @@ cdef struct LSTMWork:
     Py_ssize_t slice_units          # hidden units per slice (multiple of SLICE_ALIGN)
     int n_slices
     bint reverse, training, accumulate_dx
-    bint hoist                      # x @ W_ih.T for all steps first, into z (see HOIST_BELOW)
+    Py_ssize_t chunk                # steps whose x @ W_ih.T is projected at once (CHUNK_ROWS)
     double clip                     # <= 0: no clipping
     # IN
     void* x                         # (T, B, n_in)
@@ -173,8 +173,8 @@ cdef struct LSTMWork:
     void* dgates                    # (T, B, 4H) pre-activation gradients
     # Scratch
     void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
-    void* z                         # n_slices x z_size: per-slice product results, (B, 4 nj_pad)
-                                    # or with hoist (T, B, 4 nj_pad)
+    void* z                         # n_slices x z_size: per-slice gate pre-activations of a
+                                    # chunk of steps, (chunk, B, 4 nj_pad)
     Py_ssize_t slice_panels         # elements of packed weights per slice
     Py_ssize_t z_size               # elements of z per slice
     fl_team_t team
@@ -265,7 +265,7 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
     # One time step for the units of slice s: z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T
     # from the packed panels, then the cell pass.
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
-    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low
     cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
     cdef Py_ssize_t slot = t if w.training else step % 2
     cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
@@ -286,17 +286,18 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
         return
     blocks = (nj + lanes - 1) // lanes
     nj_pad = blocks * lanes
-    if w.hoist:
-        # z[t, b] already holds x_t[b] @ W_ih[rows].T; add h_prev[b] @ W_hh[rows].T
-        z += t * B * 4 * nj_pad
-        _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks,
-                 H, 1)
-    else:
-        # z[b, g*nj_pad + j] = x_t[b] @ W_ih[g*H + j0 + j] + h_prev[b] @ W_hh[g*H + j0 + j]
-        _product(z, 4 * nj_pad, <const floating*>w.x + t * B * n_in, n_in, panels, B,
-                 4 * blocks, n_in, 0)
-        _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks,
-                 H, 1)
+    # This step's chunk: steps [first, first + count), times [t_low, t_low + count).
+    first = step - step % w.chunk
+    count = min(w.chunk, w.T - first)
+    t_low = w.T - first - count if w.reverse else first
+    if step == first:
+        # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
+        # rows, so each W_ih panel is read once per chunk instead of once per step
+        _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
+                 count * B, 4 * blocks, n_in, 0)
+    # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T
+    z += (t - t_low) * B * 4 * nj_pad
+    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H, 1)
     for b in range(B):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
@@ -312,18 +313,6 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
             memset(out + row * w.out_stride + j0, 0, nj * sizeof(floating))
 
 
-cdef void _hoist_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
-    # z[t, b] = x[t, b] @ W_ih[rows of slice s].T for every step: one product of T*B rows
-    # instead of T products that each read W_ih from cache for a handful of rows.
-    cdef Py_ssize_t lanes = _lanes(kind), j0, nj, blocks
-    _slice_units(w, s, &j0, &nj)
-    if nj <= 0:
-        return
-    blocks = (nj + lanes - 1) // lanes
-    _product(<floating*>w.z + s * w.z_size, 4 * blocks * lanes, <const floating*>w.x, w.n_in,
-             <floating*>w.packed + s * w.slice_panels, w.T * w.B, 4 * blocks, w.n_in, 0)
-
-
 cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
     # Member tid of a team of n threads (tid = 0, n = 1: the whole call on this thread).
     cdef int s
@@ -332,13 +321,10 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     cdef bint member = True
     fl_team_join(&w.team, &me, n)
 
-    # 1. Each thread packs its slices' panels, which then stay in its cache (and, for small
-    #    batches, projects every step's input onto its slices).
+    # 1. Each thread packs its slices' panels, which then stay in its cache.
     s = tid
     while s < w.n_slices:
         _pack_forward_slice(w, s, kind)
-        if w.hoist:
-            _hoist_slice(w, s, kind)
         s += n
     member = fl_team_barrier(&w.team, &me, tid)
 
@@ -528,7 +514,7 @@ cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize)
     w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
     slice_pad = w.slice_units   # already a multiple of every panel width
     w.slice_panels = 4 * slice_pad * depth
-    w.z_size = (w.T if w.hoist else 1) * w.B * 4 * slice_pad
+    w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
     w.packed = _aligned(w.n_slices * w.slice_panels * itemsize)
     w.z = _aligned(w.n_slices * w.z_size * itemsize)
     if w.packed == NULL or w.z == NULL:
@@ -595,7 +581,7 @@ def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.gates = <void*>&gates[0] if training else NULL
     w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
     w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
-    w.hoist = w.B < HOIST_BELOW
+    w.chunk = max(1, min(w.T, CHUNK_ROWS // w.B))
     call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, h0, c0, W_ih, W_hh, bias,
                    peep, lengths)
     call.double = floating is double
