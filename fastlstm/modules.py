@@ -325,7 +325,12 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             rows, flat = rows[keep], flat[keep]
-        np.add.at(self._grads["weight"], flat, rows)
+        # dweight[flat[i]] += rows[i]: sort by index and sum each run (np.add.at is 5x slower)
+        order = np.argsort(flat, kind="stable")
+        flat = flat[order]
+        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]]) if flat.size else flat
+        if flat.size:
+            self._grads["weight"][flat[starts]] += np.add.reduceat(rows[order], starts, axis=0)
         return None
 
     def extra_repr(self):

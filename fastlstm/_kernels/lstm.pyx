@@ -564,7 +564,9 @@ def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
         ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H),
         ("W_ih", W_ih.shape[1], x.shape[2]), ("W_hh", W_hh.shape[0], 4 * H),
         ("bias", bias.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True)])
+        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True),
+        # BLAS and the cell pass index with C ints
+        ("T * B * max(in, 4H)", T * B * max(x.shape[2], 4 * H) < 2 ** 31, True)])
     _check_lengths(lengths, T)
     cdef ForwardCall call = ForwardCall()
     cdef LSTMWork* w = &call.w
@@ -676,7 +678,9 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
         ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
         ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H), ("W_ih", W_ih.shape[1], n_in),
         ("W_hh", W_hh.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True)])
+        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True),
+        # BLAS and the cell pass index with C ints
+        ("T * B * max(in, 4H)", T * B * max(x.shape[2], 4 * H) < 2 ** 31, True)])
     _check_lengths(lengths, T)
     cdef LSTMWork w
     memset(&w, 0, sizeof(w))
