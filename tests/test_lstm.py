@@ -170,6 +170,29 @@ def test_stream_steps_equal_one_full_call(dtype, batch):
     np.testing.assert_allclose(s.step(x[0]).reshape(out[0].shape), out[0], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stream_with_weights_past_l2_splits_steps_and_equals_one_full_call(dtype):
+    """Weights of over 1 MB: each step's units are split across the threads."""
+    from fastlstm._kernels import lstm as lstm_kernels
+
+    m = fl.LSTM(64, 300, num_layers=2, dtype=dtype, peephole=True, seed=0).eval()
+    x = make_input((5, 3, 64), dtype=dtype)
+    out, (h_n, c_n) = m(x)
+    previous = fl.get_num_threads()
+    adaptive = lstm_kernels.set_adaptive_threads(False)   # every step on the full team
+    try:
+        fl.set_num_threads(2)
+        s = m.stream(3)
+        steps = np.stack([s.step(x[t]) for t in range(5)])
+    finally:
+        fl.set_num_threads(previous)
+        lstm_kernels.set_adaptive_threads(adaptive)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert_close("split stream out", steps, out, tol)
+    assert_close("split stream h", s.state[0], h_n, tol)
+    assert_close("split stream c", s.state[1], c_n, tol)
+
+
 def stream_matches_module(m, s, x):
     """One step of the stream from a zero state equals the module's first output step."""
     s.reset()

@@ -66,6 +66,7 @@ cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
     CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
+    STREAM_SPLIT_BYTES = 1 << 20    # a stream whose weights pass a core's L2 splits each step
 
 
 # Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
@@ -761,32 +762,76 @@ def weights_changed():
     _weights_generation += 1
 
 
+cdef void _stream_products(floating* z, const floating* layer_in, Py_ssize_t n_in,
+                           const floating* h_layer, const floating* packed_ih,
+                           const floating* packed_hh, Py_ssize_t B, Py_ssize_t H,
+                           Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    # z[:, g*H_pad + j] = x @ W_ih[g*H + j].T + h @ W_hh[g*H + j].T for the units of panel
+    # blocks [u0, u1) of every gate (the panels of one gate are contiguous)
+    cdef Py_ssize_t lanes = _lanes(z), H_pad = (H + lanes - 1) // lanes * lanes
+    cdef Py_ssize_t blocks = H_pad // lanes, g
+    if u0 == 0 and u1 == blocks:    # every unit: all four gates' panels are one run
+        _product(z, 4 * H_pad, layer_in, n_in, packed_ih, B, 4 * blocks, n_in, 0)
+        _product(z, 4 * H_pad, h_layer, H, packed_hh, B, 4 * blocks, H, 1)
+        return
+    for g in range(4):
+        _product(z + g * H_pad + u0 * lanes, 4 * H_pad, layer_in, n_in,
+                 packed_ih + (g * blocks + u0) * n_in * lanes, B, u1 - u0, n_in, 0)
+        _product(z + g * H_pad + u0 * lanes, 4 * H_pad, h_layer, H,
+                 packed_hh + (g * blocks + u0) * H * lanes, B, u1 - u0, H, 1)
+
+
 cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c, floating* z,
                        floating** packed_ih, floating** packed_hh, floating** bias,
                        void** peep, const Py_ssize_t* in_sizes, Py_ssize_t L, Py_ssize_t B,
-                       Py_ssize_t H, floating clip) noexcept nogil:
+                       Py_ssize_t H, floating clip, fl_team_t* team) noexcept nogil:
     """One time step through all L layers: y (B, H) = h[L-1] after the step.
 
-    x (B, in); h, c (L, B, H) updated in place; z scratch (B, 4 * H_pad).
+    x (B, in); h, c (L, B, H) updated in place; z scratch (B, 4 * H_pad). Member of `team`:
+    each thread takes part of the hidden units; every layer reads all of h before any
+    thread writes it (a barrier between the products and the cell passes), and the next
+    layer reads all of the new h (a barrier after them).
     """
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), part
+    cdef fl_member_t me
     cdef Py_ssize_t lanes = _lanes(y), H_pad = (H + lanes - 1) // lanes * lanes
-    cdef Py_ssize_t layer, b, n_panels = 4 * H_pad // lanes
+    cdef Py_ssize_t blocks = H_pad // lanes, layer, b, u0, u1, j0, nj
     cdef const floating* layer_in = x
     cdef floating* h_layer
     cdef floating* c_layer
+    cdef bint member = True
+    fl_team_join(team, &me, n)
     for layer in range(L):
         h_layer = h + layer * B * H
         c_layer = c + layer * B * H
-        # z = x @ W_ih.T + h @ W_hh.T      (B, 4 * H_pad), gate blocks H_pad apart
-        _product(z, 4 * H_pad, layer_in, in_sizes[layer], packed_ih[layer], B, n_panels,
-                 in_sizes[layer], 0)
-        _product(z, 4 * H_pad, h_layer, H, packed_hh[layer], B, n_panels, H, 1)
-        for b in range(B):
-            _cell_forward(<floating*>NULL, c_layer + b * H, h_layer + b * H, <floating*>NULL,
-                          NULL, bias[layer], z + b * 4 * H_pad, c_layer + b * H,
-                          <const floating*>peep[layer], clip, <int>H, <int>H, <int>H_pad)
+        part = 0 if team.solo else tid
+        while part < n:
+            _split(blocks, n, part, &u0, &u1)
+            _stream_products(z, layer_in, in_sizes[layer], h_layer, packed_ih[layer],
+                             packed_hh[layer], B, H, u0, u1)
+            part += 1 if team.solo else n
+        member = fl_team_barrier(team, &me, tid)
+        if not member:
+            return
+        part = 0 if team.solo else tid
+        while part < n:
+            _split(blocks, n, part, &u0, &u1)
+            j0 = u0 * lanes
+            nj = min(H, u1 * lanes) - j0
+            if nj > 0:
+                for b in range(B):
+                    _cell_forward(<floating*>NULL, c_layer + b * H + j0, h_layer + b * H + j0,
+                                  <floating*>NULL, NULL, bias[layer] + j0,
+                                  z + b * 4 * H_pad + j0, c_layer + b * H + j0,
+                                  <const floating*>peep[layer] + j0 if peep[layer] != NULL
+                                  else NULL, clip, <int>nj, <int>H, <int>H_pad)
+            part += 1 if team.solo else n
+        member = fl_team_barrier(team, &me, tid)
+        if not member:
+            return
         layer_in = h_layer
-    memcpy(y, h + (L - 1) * B * H, B * H * sizeof(floating))
+    if tid == 0:
+        memcpy(y, h + (L - 1) * B * H, B * H * sizeof(floating))
 
 
 cdef class StreamKernel:
@@ -800,6 +845,8 @@ cdef class StreamKernel:
     cdef object _layers, _packed, _bias, _z, _y, _y_flat, _dtype, _in_sizes, _pointers
     cdef Py_ssize_t L, B, H, in_size
     cdef int typenum
+    cdef bint split                     # weights past L2: a step uses every thread
+    cdef long long expected_ns
     cdef double clip
     cdef unsigned long long _generation
     cdef void** _packed_ih
@@ -859,6 +906,9 @@ cdef class StreamKernel:
         self.h = np.zeros((self.L, self.B, self.H), dtype=dtype)
         self.c = np.zeros((self.L, self.B, self.H), dtype=dtype)
         self._z = np.empty(self.B * 4 * H_pad, dtype=dtype)
+        weights = sum(4 * self.H * (size + self.H) for size in in_sizes) * self._dtype.itemsize
+        self.split = weights > STREAM_SPLIT_BYTES
+        self.expected_ns = 2 * self.B * weights // (self._dtype.itemsize * 50)
         self._y = np.empty((self.B, self.H), dtype=dtype)
         self._y_flat = self._y.reshape(-1)
         self.refresh()
@@ -896,6 +946,19 @@ cdef class StreamKernel:
         self.h.fill(0)
         self.c.fill(0)
 
+    cdef void _step(self, void* x, void* y, void* h, void* c, void* z,
+                    const Py_ssize_t* in_sizes, fl_team_t* team) noexcept nogil:
+        if self.typenum == cnp.NPY_FLOAT32:
+            _stream_step(<float*>y, <const float*>x, <float*>h, <float*>c, <float*>z,
+                         <float**>self._packed_ih, <float**>self._packed_hh,
+                         <float**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
+                         self.H, <float>self.clip, team)
+        else:
+            _stream_step(<double*>y, <const double*>x, <double*>h, <double*>c, <double*>z,
+                         <double**>self._packed_ih, <double**>self._packed_hh,
+                         <double**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
+                         self.H, self.clip, team)
+
     cdef cnp.ndarray _coerce(self, object x):
         import numpy as np
         from ..validation import as_real_array
@@ -929,17 +992,20 @@ cdef class StreamKernel:
         cdef void* c = cnp.PyArray_DATA(self.c)
         cdef void* z = cnp.PyArray_DATA(self._z)
         cdef const Py_ssize_t* in_sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._in_sizes)
+        cdef int n_threads = 1
+        cdef fl_team_t team
+        if self.split:
+            from .._threads import get_num_threads
+            n_threads = fl_team_size(get_num_threads(), self.expected_ns)
+        fl_team_init(&team, n_threads, 2 * self.L)
         with nogil:
-            if self.typenum == cnp.NPY_FLOAT32:
-                _stream_step(<float*>y, <const float*>x, <float*>h, <float*>c, <float*>z,
-                             <float**>self._packed_ih, <float**>self._packed_hh,
-                             <float**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
-                             self.H, <float>self.clip)
+            if n_threads == 1:      # no parallel region: its start costs as much as a small step
+                self._step(x, y, h, c, z, in_sizes, &team)
             else:
-                _stream_step(<double*>y, <const double*>x, <double*>h, <double*>c,
-                             <double*>z, <double**>self._packed_ih, <double**>self._packed_hh,
-                             <double**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
-                             self.H, self.clip)
+                with parallel(num_threads=n_threads):
+                    self._step(x, y, h, c, z, in_sizes, &team)
+            if self.split:
+                fl_team_report(&team)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)
