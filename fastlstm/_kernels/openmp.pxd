@@ -37,8 +37,8 @@ cdef extern from *:
      * step on, thread 0 does every member's work and the others leave. Every member's work
      * is a pure function of the previous step, so thread 0 computes exactly what they would
      * have. After a stalled call, fl_team_size() gives one thread to the calls of the next
-     * backoff period (doubling while stalls continue, up to FL_BACKOFF_MAX_NS), then probes
-     * with the full team again. */
+     * backoff period (doubling while stalls continue, up to FL_BACKOFF_MAX_NS, halving
+     * after each clean probe), then probes with the full team again. */
     #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
     #define FL_WAIT_MIN_NS 100000LL
     #define FL_FIRST_NS 1000000LL
@@ -203,7 +203,9 @@ cdef extern from *:
             fl_backoff_ns = backoff < FL_BACKOFF_MAX_NS ? backoff : FL_BACKOFF_MAX_NS;
             __atomic_store_n(&fl_backoff_until, fl_now_ns() + fl_backoff_ns, __ATOMIC_RELAXED);
         } else {
-            fl_backoff_ns = 0;
+            /* a clean probe halves the period: under intermittent load some probes pass,
+             * and a reset would make every other call pay for a stall again */
+            fl_backoff_ns = fl_backoff_ns / 2 < FL_BACKOFF_MIN_NS ? 0 : fl_backoff_ns / 2;
         }
     }
     """
