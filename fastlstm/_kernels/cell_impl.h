@@ -1,4 +1,4 @@
-/* Template body of _pointwise.h, included once per REAL (float, double). */
+/* Template body of cell.h, included once per REAL (float, double). */
 
 /* Forward cell for one row. zx, act: 4 gate blocks at stride H (act may alias zx: the
  * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;

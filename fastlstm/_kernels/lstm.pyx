@@ -19,8 +19,11 @@ from posix.unistd cimport usleep
 cimport numpy as cnp
 
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
-from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
-                      fl_member_t, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
+from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_member_t,
+                      fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
+                      fl_team_join, fl_team_report, fl_team_size, fl_team_t)
+
+from .._threads import get_num_threads
 
 cnp.import_array()
 
@@ -657,7 +660,7 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
                   const floating[:, ::1] c0, const floating[:, ::1] W_ih,
                   const floating[:, ::1] W_hh, const floating[::1] peep,
                   const Py_ssize_t[::1] lengths, bint reverse, int n_threads):
-    """Backward of :func:`lstm_forward` (training mode) for one layer and direction.
+    """Backward of a training-mode forward (:func:`prepare_forward`) for one layer and direction.
 
     dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; dW_ih, dW_hh, db,
     dpeep accumulate; dx is overwritten, or accumulated into when accumulate_dx.
@@ -995,7 +998,6 @@ cdef class StreamKernel:
         cdef int n_threads = 1
         cdef fl_team_t team
         if self.split:
-            from .._threads import get_num_threads
             n_threads = fl_team_size(get_num_threads(), self.expected_ns)
         fl_team_init(&team, n_threads, 2 * self.L)
         with nogil:
