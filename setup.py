@@ -4,7 +4,9 @@ OpenMP is detected by compiling a tiny program with ``-fopenmp``; without it the
 build serially (with a loud warning) and stay correct. The gate nonlinearities are compiled
 for several instruction sets at once (``target_clones`` in ``fastlstm/_kernels``) so one portable
 build runs AVX-512/AVX2 code where the CPU has it. ``FASTLSTM_NATIVE=1`` adds
-``-march=native`` for a local build tuned to this machine.
+``-march=native`` for a local build tuned to this machine. ``FASTLSTM_SANITIZE=1`` builds
+with AddressSanitizer and UndefinedBehaviorSanitizer (any report aborts; see
+``.ci/sanitize.sh``).
 """
 import os
 import shutil
@@ -50,6 +52,12 @@ compile_args = ["-O3", "-fno-wrapv", "-fno-math-errno", "-fno-trapping-math",
                 "-fno-semantic-interposition"]
 if os.environ.get("FASTLSTM_NATIVE"):
     compile_args.append("-march=native")
+link_args = list(omp_link)
+if os.environ.get("FASTLSTM_SANITIZE"):
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer", "-g"]
+    compile_args += sanitize
+    link_args += sanitize
 compile_args += omp_compile
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
           ("FASTLSTM_OPENMP", "1" if omp_compile else "0")]
@@ -59,7 +67,7 @@ def extension(name):
     return Extension(
         f"fastlstm._kernels.{name}", [f"fastlstm/_kernels/{name}.pyx"],
         include_dirs=["fastlstm/_kernels", numpy.get_include()],
-        extra_compile_args=compile_args, extra_link_args=omp_link, libraries=["m"],
+        extra_compile_args=compile_args, extra_link_args=link_args, libraries=["m"],
         define_macros=macros,
     )
 

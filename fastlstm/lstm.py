@@ -5,6 +5,7 @@ import numpy as np
 
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
+from . import _limits
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
@@ -83,6 +84,9 @@ class LSTM:
                              "expected reverse=False with bidirectional=True")
         object.__setattr__(self, "_config", config)
         object.__setattr__(self, "_params", {})
+        _limits.check_memory(
+            f"LSTM(input_size={input_size}, hidden_size={hidden_size}, num_layers={num_layers}): "
+            "the parameters and their gradients", 2 * self._parameter_count() * self.dtype.itemsize)
         self.training = True
         self._kept = None
         self._workspace = {}   # training buffers reused from call to call (_reuse)
@@ -346,9 +350,33 @@ class LSTM:
         useful = min(work // _MIN_WORK_PER_THREAD, -(-H // _lstm.SLICE_UNITS))
         return max(1, min(get_num_threads(), useful))
 
+    def _parameter_count(self):
+        H, D = self.hidden_size, self.num_directions
+        count = 0
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else D * H
+            count += D * (4 * H * (n_in + H) + 8 * H * self.bias + 3 * H * self.peephole)
+        return count
+
+    def _check_call_size(self, steps, batch, training):
+        """Refuse, before allocating, a call the kernels cannot index or memory cannot hold."""
+        H, D, L, n_in = self.hidden_size, self.num_directions, self.num_layers, self.input_size
+        what = f"x with T={steps}, B={batch} for hidden_size={H}"
+        _limits.check_index(f"{what}: T * B * max(input_size, 4 * hidden_size)",
+                            steps * batch * max(n_in, D * H, 4 * H))
+        per_step = batch * (n_in + 2 * D * H)              # x, two layers' outputs
+        if training:   # kept gates, hidden and cell states (and clip masks) of every layer
+            per_step += L * batch * D * (6 * H + H) + batch * 4 * H
+        nbytes = steps * per_step * self.dtype.itemsize
+        if training and self.clip is not None:
+            nbytes += steps * L * batch * D * 4 * H
+        _limits.check_memory(f"{what}: the {'training' if training else 'inference'} buffers",
+                             nbytes)
+
     def _forward(self, x, h0, c0, lengths, training):
         steps, batch = x.shape[0], x.shape[1]
         H, D, dtype = self.hidden_size, self.num_directions, self.dtype
+        self._check_call_size(steps, batch, training)
         n_threads = self._kernel_threads(batch)
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
@@ -509,6 +537,8 @@ class LSTM:
         a parameter array directly (``m.weight_hh_l0[...] = w``), call ``s.refresh()``.
         """
         batch_size = check_int(batch_size, "batch_size", 1, 1 << 24)
+        _limits.check_index(f"stream(batch_size={batch_size}): batch_size * max(input_size, "
+                            "4 * hidden_size)", batch_size * max(self.input_size, 4 * self.hidden_size))
         if self.bidirectional or self.reverse:
             raise ValueError("stream: expected a forward-only LSTM, got "
                              f"bidirectional={self.bidirectional}, reverse={self.reverse}")

@@ -64,6 +64,8 @@ cdef extern from "packed.h":
                               Py_ssize_t lda, const double* panels, Py_ssize_t M,
                               Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
     int fl_packed_isa() noexcept nogil
+    int fl_cpu_isa() noexcept nogil
+    int fl_forced_isa
 
 cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
@@ -421,35 +423,49 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
             memcpy(<floating*>w.dh + b * H + j0, z + b * nj_pad, nj * sizeof(floating))
 
 
+cdef enum:
+    GRAD_BLOCK = 128    # rows per weight-gradient product, whatever the thread count
+
+
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
-    # Whole-sequence products after the loop, rows split into `parts`.
+    # Whole-sequence products after the loop in blocks of GRAD_BLOCK rows, dealt round-robin
+    # to the `parts` threads. Every block is one BLAS call of the same shape for any thread
+    # count, so the sums (and the results, bit for bit) do not depend on the threads.
     cdef Py_ssize_t G = 4 * w.H, H = w.H, B = w.B, n_in = w.n_in, TB = w.T * w.B
-    cdef Py_ssize_t g0, g1, r0, r1, r, g
+    cdef Py_ssize_t g0, g1, r0, r1, r, g, block
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
-    _split(G, parts, part, &g0, &g1)
-    # dW_ih[g0:g1] += dgates[:, g0:g1].T @ x
-    gemm(True, False, <int>(g1 - g0), <int>n_in, <int>TB, 1, dgates + g0, <int>G,
-         <const floating*>w.x, <int>n_in, 1, <floating*>w.dW_ih + g0 * n_in, <int>n_in)
-    # dW_hh[g0:g1] += dgates[t, :, g0:g1].T @ h_{t-1} over t, h_{-1} = h0
-    if w.T > 1:
-        gemm(True, False, <int>(g1 - g0), <int>H, <int>(TB - B), 1,
-             dgates + (0 if w.reverse else B * G) + g0, <int>G,
-             <const floating*>w.hidden + (B * H if w.reverse else 0), <int>H, 1,
-             <floating*>w.dW_hh + g0 * H, <int>H)
-    gemm(True, False, <int>(g1 - g0), <int>H, <int>B, 1,
-         dgates + ((w.T - 1) if w.reverse else 0) * B * G + g0, <int>G,
-         <const floating*>w.h0, <int>H, 1, <floating*>w.dW_hh + g0 * H, <int>H)
-    if db != NULL:
-        # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
-        for r in range(TB):
-            for g in range(g0, g1):
-                db[g] += dgates[r * G + g]
-    # dx[r0:r1] (+)= dgates[r0:r1] @ W_ih
-    _split(TB, parts, part, &r0, &r1)
-    gemm(False, False, <int>(r1 - r0), <int>n_in, <int>G, 1, dgates + r0 * G, <int>G,
-         <const floating*>w.W_ih, <int>n_in, 1 if w.accumulate_dx else 0,
-         <floating*>w.dx + r0 * n_in, <int>n_in)
+    block = part
+    while block * GRAD_BLOCK < G:
+        g0 = block * GRAD_BLOCK
+        g1 = min(G, g0 + GRAD_BLOCK)
+        # dW_ih[g0:g1] += dgates[:, g0:g1].T @ x
+        gemm(True, False, <int>(g1 - g0), <int>n_in, <int>TB, 1, dgates + g0, <int>G,
+             <const floating*>w.x, <int>n_in, 1, <floating*>w.dW_ih + g0 * n_in, <int>n_in)
+        # dW_hh[g0:g1] += dgates[t, :, g0:g1].T @ h_{t-1} over t, h_{-1} = h0
+        if w.T > 1:
+            gemm(True, False, <int>(g1 - g0), <int>H, <int>(TB - B), 1,
+                 dgates + (0 if w.reverse else B * G) + g0, <int>G,
+                 <const floating*>w.hidden + (B * H if w.reverse else 0), <int>H, 1,
+                 <floating*>w.dW_hh + g0 * H, <int>H)
+        gemm(True, False, <int>(g1 - g0), <int>H, <int>B, 1,
+             dgates + ((w.T - 1) if w.reverse else 0) * B * G + g0, <int>G,
+             <const floating*>w.h0, <int>H, 1, <floating*>w.dW_hh + g0 * H, <int>H)
+        if db != NULL:
+            # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
+            for r in range(TB):
+                for g in range(g0, g1):
+                    db[g] += dgates[r * G + g]
+        block += parts
+    block = part
+    while block * GRAD_BLOCK < TB:
+        r0 = block * GRAD_BLOCK
+        r1 = min(TB, r0 + GRAD_BLOCK)
+        # dx[r0:r1] (+)= dgates[r0:r1] @ W_ih
+        gemm(False, False, <int>(r1 - r0), <int>n_in, <int>G, 1, dgates + r0 * G, <int>G,
+             <const floating*>w.W_ih, <int>n_in, 1 if w.accumulate_dx else 0,
+             <floating*>w.dx + r0 * n_in, <int>n_in)
+        block += parts
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
@@ -720,8 +736,48 @@ SLICE_UNITS = SLICE_ALIGN    # a thread's hidden units come in blocks of this ma
 
 
 def packed_isa():
-    """The instruction set of the packed products on this CPU: one of :data:`ISAS`."""
+    """The instruction set the packed products use: one of :data:`ISAS`."""
     return ISAS[fl_packed_isa()]
+
+
+def supported_isas():
+    """The instruction sets this CPU runs, lowest first (:func:`set_packed_isa` takes any)."""
+    return ISAS[:fl_cpu_isa() + 1]
+
+
+def set_packed_isa(isa=None):
+    """Force the packed products onto a lower instruction set, or back to the CPU's best.
+
+    For tests and comparisons: every path this CPU offers can be run on it. The panels do
+    not depend on the instruction set, so this may be called between any two kernel calls
+    (not during one). The environment variable ``FASTLSTM_ISA`` sets it at import.
+
+    Parameters
+    ----------
+    isa : {"portable", "avx2", "avx512"} or None
+        None restores the CPU's best.
+    """
+    global fl_forced_isa
+    supported = supported_isas()
+    if isa is None:
+        fl_forced_isa = -1
+    elif isa in supported:
+        fl_forced_isa = ISAS.index(isa)
+    else:
+        raise ValueError(f"isa: expected one of {supported} on this CPU or None, got {isa!r}")
+
+
+def _isa_from_environment():
+    import os
+    isa = os.environ.get("FASTLSTM_ISA")
+    if isa:
+        try:
+            set_packed_isa(isa)
+        except ValueError as error:
+            raise ValueError(f"environment variable FASTLSTM_ISA: {error}") from None
+
+
+_isa_from_environment()
 
 
 def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
@@ -731,10 +787,9 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     C (M, N), A (M, K), W (N, K); `isa` one of :data:`ISAS` this CPU supports.
     """
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = W.shape[0], lanes, n_panels, p
+    if isa not in supported_isas():
+        raise ValueError(f"isa: expected one of {supported_isas()} on this CPU, got {isa!r}")
     cdef int level = ISAS.index(isa)
-    if level > fl_packed_isa():
-        raise ValueError(f"isa: expected one of {ISAS[:fl_packed_isa() + 1]} on this CPU, "
-                         f"got {isa!r}")
     _check_shapes("packed_product_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
                                           ("W", W.shape[1], K)])
     import numpy as np

@@ -79,8 +79,8 @@ typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, con
 typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, const double *,
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 
-/* The instruction set the products use: 2 AVX-512, 1 AVX2+FMA, 0 portable (read once). */
-static inline int fl_packed_isa(void)
+/* The best instruction set of this CPU: 2 AVX-512, 1 AVX2+FMA, 0 portable (read once). */
+static inline int fl_cpu_isa(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     static int isa = -1;
@@ -93,6 +93,15 @@ static inline int fl_packed_isa(void)
 #else
     return 0;
 #endif
+}
+
+/* A lower instruction set forced for testing (set_packed_isa), or -1 for the CPU's best. */
+static int fl_forced_isa = -1;
+
+/* The instruction set the products use. */
+static inline int fl_packed_isa(void)
+{
+    return fl_forced_isa >= 0 ? fl_forced_isa : fl_cpu_isa();
 }
 
 /* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels, with

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The kernels under AddressSanitizer and UndefinedBehaviorSanitizer: a separate build of the
+# tree (FASTLSTM_SANITIZE=1) in a temporary directory, running the kernel, module, io and
+# ONNX tests on every packed-product instruction set this CPU offers, and on 1 and 2 threads.
+# Any sanitizer report fails the job. Leak detection is off: the interpreter itself keeps
+# memory to the end on purpose. Needs the test extras installed (README, command 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+git ls-files --cached --others --exclude-standard | tar cf - -T - | tar xf - -C "$build"
+cd "$build"
+FASTLSTM_SANITIZE=1 python setup.py -q build_ext --inplace -j 2 > build.log 2>&1 || {
+    cat build.log; exit 1; }
+
+logs="$build/sanitizer-logs"
+mkdir -p "$logs"
+# libstdc++ is preloaded too, so C++ exceptions inside PyTorch pass the ASan interceptor
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:log_path=$logs/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
+
+# The sanitized build is the one imported, and it carries the sanitizer checks.
+python - "$build" <<'EOF'
+import pathlib, sys
+import fastlstm
+from fastlstm._kernels import lstm
+assert pathlib.Path(fastlstm.__file__).is_relative_to(sys.argv[1]), fastlstm.__file__
+binary = pathlib.Path(lstm.__file__).read_bytes()
+assert b"__asan_report" in binary and b"__ubsan_handle" in binary, "not a sanitized build"
+print("sanitized build:", lstm.__file__, "| instruction sets:", lstm.supported_isas())
+EOF
+
+# the kernels' own tests on every instruction set and thread count; the rest (modules,
+# files, ONNX, PyTorch parity) on the CPU's best set, where the kernels' paths are the same
+kernel_tests=(tests/test_kernels.py tests/test_kernel_properties.py tests/test_determinism.py
+              tests/test_lstm.py tests/test_threads.py)
+tests=("${kernel_tests[@]}" tests/test_modules.py tests/test_gradcheck.py
+       tests/test_reference.py tests/test_io.py tests/test_onnx.py tests/test_torch_parity.py)
+for extra in tests/test_fuzz_loaders.py tests/test_quantize.py; do
+    [[ -f $extra ]] && tests+=("$extra")
+done
+
+failed=0
+run() {   # run VAR=value ... -- test files: the tests under that environment
+    local env=()
+    while [[ $1 != -- ]]; do env+=("$1"); shift; done
+    shift
+    echo "== sanitized tests with ${env[*]}: $#  files"
+    env "${env[@]}" python -m pytest -q -p no:cacheprovider "$@" | tail -3 || failed=1
+}
+isas=($(python -c "from fastlstm._kernels import lstm; print(*lstm.supported_isas())"))
+for isa in "${isas[@]}"; do
+    run FASTLSTM_ISA="$isa" OMP_NUM_THREADS=2 -- "${kernel_tests[@]}"
+done
+run OMP_NUM_THREADS=1 -- "${kernel_tests[@]}"
+run OMP_NUM_THREADS=2 -- "${tests[@]}"
+
+if grep -l -E "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer" "$logs"/* 2>/dev/null; then
+    cat "$logs"/*
+    failed=1
+fi
+if (( failed )); then
+    echo "sanitizer job FAILED"
+    exit 1
+fi
+echo "sanitizer job passed: no reports"
