@@ -20,7 +20,8 @@ import re
 import numpy as np
 
 from .losses import sigmoid, softmax
-from .modules import Module, as_index_array, dropout_mask
+from ._functional import as_index_array, dropout_mask
+from .modules import Module
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 

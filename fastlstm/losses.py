@@ -30,7 +30,7 @@ indices shaped like ``y_pred`` without its class axis (or with a trailing axis o
 """
 import numpy as np
 
-from .modules import as_index_array
+from ._functional import as_index_array
 from .validation import as_real_array, check_bool
 
 EPSILON = 1e-7

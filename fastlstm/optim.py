@@ -27,23 +27,18 @@ import numpy as np
 
 from ._kernels.lstm import weights_changed
 
-from .modules import Module, Parameter, is_module
+from .modules import Module, Parameter
 from .validation import check_bool, check_float, check_int
 
 
 def _as_parameters(params):
     """Flatten modules / Parameters / (name, data, grad) triples into a list of Parameter."""
-    if is_module(params):
+    if isinstance(params, Module):
         params = [params]
     result = []
     for item in params:
-        if is_module(item):
-            if isinstance(item, Module):
-                result.extend(item.parameters())
-            else:
-                grads = item.grads
-                result.extend(Parameter(name, array, grads[name])
-                              for name, array in item.named_parameters())
+        if isinstance(item, Module):
+            result.extend(item.parameters())
         elif isinstance(item, tuple) and len(item) == 3:
             result.append(Parameter(*item))
         else:
