@@ -138,17 +138,16 @@ def test_lstm_layer_gradients(return_state):
 
     assert_close(f"LSTM layer (return_state={return_state}) dx", dx,
                  numerical_grad(objective, x.copy()), 1e-7)
-    kernel = layer.lstm.weight_ih_l0
+    for name, array in layer.named_parameters():   # Keras' kernel, recurrent_kernel, bias
+        def objective_param(values, array=array):
+            saved = array.copy()
+            array[...] = values
+            value = objective(x)
+            array[...] = saved
+            return value
 
-    def objective_kernel(values):
-        saved = kernel.copy()
-        kernel[...] = values
-        value = objective(x)
-        kernel[...] = saved
-        return value
-
-    assert_close("LSTM layer dweight_ih", grads["lstm.weight_ih_l0"],
-                 numerical_grad(objective_kernel, kernel.copy()), 1e-7)
+        assert_close(f"LSTM layer d{name}", grads[name],
+                     numerical_grad(objective_param, array.copy()), 1e-7)
 
 
 def test_input_dropout_shares_one_mask_over_time():
