@@ -28,6 +28,7 @@ import numpy as np
 from .losses import sigmoid, softmax
 from . import modules
 from ._functional import dropout_mask
+from ._registry import Registry
 from .lstm import LSTM as CoreLSTM
 from .modules import Module
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
@@ -611,20 +612,18 @@ class Bidirectional(Layer):
         return cls(layer, **config)
 
 
-_CLASSES = {cls.__name__: cls for cls in (LSTM, Dense, Embedding, Dropout, Bidirectional)}
+_REGISTRY = Registry("layer", Layer, [LSTM, Dense, Embedding, Dropout, Bidirectional])
 
 
 def serialize(layer):
     """``{"class_name", "config"}`` of a built-in layer (TypeError for other classes)."""
-    if type(layer) is not _CLASSES.get(type(layer).__name__):
+    config = _REGISTRY.serialize(layer)
+    if config is None:
         raise TypeError(f"layer: cannot serialize {type(layer).__qualname__}; only "
-                        f"{sorted(_CLASSES)} are known")
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+                        f"{sorted(_REGISTRY.classes)} are known")
+    return config
 
 
 def deserialize(config):
     """The layer :func:`serialize` described."""
-    if not isinstance(config, dict) or config.get("class_name") not in _CLASSES:
-        raise ValueError(f"layer config: expected {{'class_name': one of {sorted(_CLASSES)}, "
-                         f"'config': {{...}}}}, got {config!r:.200}")
-    return _CLASSES[config["class_name"]].from_config(dict(config.get("config", {})))
+    return _REGISTRY.deserialize(config)
