@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close, report, require
-from test_losses import numerical_grad
+from conftest import assert_close, central_differences, report, require
 
 L = fl.layers
 
@@ -106,7 +105,7 @@ def test_sequential_backward_matches_finite_differences():
             return value
 
         assert_close(f"Sequential d{name}", model.grads[name],
-                     numerical_grad(objective, array.copy()), 1e-7)
+                     central_differences(objective, array.copy()), 1e-7)
 
 
 def test_classification_learns_and_reports_accuracy():

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close
-from test_losses import numerical_grad
+from conftest import assert_close, central_differences
 
 
 class Tagger(fl.Module):
@@ -51,7 +50,7 @@ def test_composite_module_gradients_match_finite_differences():
             array[...] = saved
             model.train()
             return value
-        expected = numerical_grad(objective, array.copy())
+        expected = central_differences(objective, array.copy())
         assert_close(f"Tagger d{name} vs central differences", model.grads[name], expected, 1e-7)
 
 
@@ -107,9 +106,9 @@ def test_linear_gradients(shape, out_features, dtype):
     rtol = 1e-7 if dtype == "float64" else 2e-4
     assert_close(f"Linear {dtype} forward", out, x @ weight.T + bias, 1e-12 if dtype == "float64"
                  else 2e-5)
-    assert_close(f"Linear {dtype} dx", dx, numerical_grad(
+    assert_close(f"Linear {dtype} dx", dx, central_differences(
         lambda v: float(np.sum((v @ weight.T + bias) * projection)), x.copy()), rtol)
-    assert_close(f"Linear {dtype} dweight", layer.grads["weight"], numerical_grad(
+    assert_close(f"Linear {dtype} dweight", layer.grads["weight"], central_differences(
         lambda w: float(np.sum((x @ w.T + bias) * projection)), weight.copy()), rtol)
     assert_close(f"Linear {dtype} dbias", layer.grads["bias"],
                  projection.reshape(-1, out_features).sum(0), rtol)
