@@ -1,6 +1,6 @@
 """LSTM.from_keras against a NumPy transcription of Keras' LSTM equations (training against
-Keras 3 itself is in test_keras_training.py): kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates i, f, c, o,
-recurrent activation sigmoid, activation tanh; Bidirectional runs a go_backwards copy and
+Keras 3 itself is in test_keras_training.py): kernel (in, 4H), recurrent_kernel (H, 4H),
+bias (4H,), gates i, f, c, o, recurrent activation sigmoid, activation tanh; Bidirectional runs a go_backwards copy and
 re-reverses its outputs before concatenating them."""
 import numpy as np
 import pytest
