@@ -7,7 +7,7 @@ Epoch logs hold ``loss``, the metrics, and with validation data ``val_loss`` and
 """
 import math
 
-from .optim import LRScheduler
+from .validation import check_float, check_int
 
 
 class Callback:
@@ -182,12 +182,16 @@ class LearningRateScheduler(Callback):
     """
 
     def __init__(self, schedule, verbose=0):
+        from .optim import LRScheduler
+
         if not (callable(schedule) or isinstance(schedule, LRScheduler)):
             raise TypeError(f"schedule: expected a function (epoch, lr) -> lr or a "
                             f"fastlstm.optim schedule, got {schedule!r}")
         self.schedule, self.verbose = schedule, int(verbose)
 
     def on_epoch_begin(self, epoch, logs=None):
+        from .optim import LRScheduler
+
         optimizer = self.model.optimizer
         if isinstance(self.schedule, LRScheduler):
             if self.schedule.optimizer is not optimizer:
@@ -204,39 +208,98 @@ class LearningRateScheduler(Callback):
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:.6g}.")
 
 
-class ReduceLROnPlateau(_Monitor):
-    """Multiply the lr by ``factor`` once ``monitor`` has not improved by more than
-    ``min_delta`` for ``patience`` epochs (Keras' semantics), then wait ``cooldown``
-    epochs; never below ``min_lr``."""
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when a monitored value stops improving.
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
-                 min_delta=1e-4, cooldown=0, min_lr=0.0):
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"factor: expected a number in (0, 1), got {factor!r}")
-        super().__init__(monitor, mode, min_delta)
-        self.factor, self.patience, self.verbose = float(factor), int(patience), int(verbose)
-        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+    One class, also importable as ``fastlstm.optim.ReduceLROnPlateau``, with two uses:
 
-    def on_train_begin(self, logs=None):
-        self.wait = 0
-        self.cooldown_counter = 0
+    - Keras' callback, ``fit(callbacks=[ReduceLROnPlateau(monitor="val_loss", factor=0.1,
+      patience=10, mode="auto", min_delta=1e-4, cooldown=0, min_lr=0.0)])``, built
+      without an optimizer: it acts on the model's at the end of every epoch, with Keras'
+      semantics (``min_delta`` is an absolute threshold; the lr drops once ``patience``
+      epochs have passed without improvement, ``cooldown`` counts the reducing epoch).
+    - PyTorch's scheduler, ``ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+      patience=10, threshold=1e-4, threshold_mode="rel", cooldown=0, min_lr=0.0)``, with
+      ``step(metric)`` once per epoch and PyTorch's semantics.
+
+    Both run PyTorch's rule: a value improves on the best seen if it beats it by more than
+    the threshold (``"rel"``: ``best * threshold``, ``"abs"``: ``threshold``); after more
+    than ``patience`` epochs without improvement the lr becomes ``max(lr * factor,
+    min_lr)``, and the next ``cooldown`` epochs are not counted. Keras' ``patience`` p and
+    ``cooldown`` c are this rule's ``max(p - 1, 0)`` and ``max(c - 1, 0)``.
+    """
+
+    def __init__(self, optimizer=None, mode=None, factor=0.1, patience=10, threshold=None,
+                 threshold_mode=None, cooldown=0, min_lr=0.0, *, monitor="val_loss",
+                 min_delta=None, verbose=0):
+        from .optim import Optimizer
+
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a fastlstm.optim.Optimizer or None (the "
+                            f"model's, as a fit callback), got {type(optimizer).__name__}")
+        keras = optimizer is None
+        if threshold is not None and min_delta is not None:
+            raise ValueError(f"threshold, min_delta: give one (min_delta is Keras' name), got "
+                             f"threshold={threshold!r} and min_delta={min_delta!r}")
+        self.optimizer, self.monitor, self.verbose = optimizer, monitor, int(verbose)
+        self.mode = _resolve_mode(("auto" if keras else "min") if mode is None else mode,
+                                  monitor)
+        self.threshold_mode = threshold_mode or ("abs" if keras else "rel")
+        if self.threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode: expected 'rel' or 'abs', got {threshold_mode!r}")
+        threshold = min_delta if min_delta is not None else threshold
+        self.threshold = abs(check_float(1e-4 if threshold is None else threshold,
+                                         "threshold", -math.inf, math.inf))
+        self.factor = check_float(factor, "factor", 0.0, 1.0, high_open=True)
+        self.patience = check_int(patience, "patience", minimum=0)
+        self.cooldown = check_int(cooldown, "cooldown", minimum=0)
+        self.min_lr = check_float(min_lr, "min_lr", 0.0, math.inf)
+        # Keras counts the epoch that reaches patience, and the reducing epoch in cooldown
+        self._patience = max(self.patience - 1, 0) if keras else self.patience
+        self._cooldown = max(self.cooldown - 1, 0) if keras else self.cooldown
+        self._reset()
+
+    def _reset(self):
         self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
 
-    def on_epoch_end(self, epoch, logs=None):
-        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
-        optimizer = self.model.optimizer
+    def is_better(self, value):
+        """Whether ``value`` improves on the best seen by more than the threshold."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        margin = self.best * self.threshold if self.threshold_mode == "rel" else self.threshold
+        if math.isinf(self.best):
+            return sign * value < sign * self.best
+        return sign * value < sign * self.best - margin
+
+    def step(self, metric):
+        """Record one epoch's ``metric``; reduce the lr if it has plateaued."""
+        value = float(metric)
+        if self.is_better(value):
+            self.best = value
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
-            self.wait = 0
-        if self._improves(value, self.best):
-            self.best = value
-            self.wait = 0
-        elif self.cooldown_counter == 0:
-            self.wait += 1
-            if self.wait >= self.patience and optimizer.lr > self.min_lr:
-                optimizer.lr = max(optimizer.lr * self.factor, self.min_lr)
-                if self.verbose:
-                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
-                          f"{optimizer.lr:.6g}.")
-                self.cooldown_counter = self.cooldown
-                self.wait = 0
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self._patience:
+            optimizer = self._optimizer()
+            optimizer.lr = max(optimizer.lr * self.factor, self.min_lr)
+            if self.verbose:
+                print(f"ReduceLROnPlateau reducing learning rate to {optimizer.lr:.6g}.")
+            self.cooldown_counter = self._cooldown
+            self.num_bad_epochs = 0
+
+    def get_last_lr(self):
+        """The lr in effect now."""
+        return self._optimizer().lr
+
+    def _optimizer(self):
+        return self.optimizer if self.optimizer is not None else self.model.optimizer
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step(_monitored(logs, self.monitor, "ReduceLROnPlateau"))

@@ -2,7 +2,11 @@
 ``Dropout``, ``Bidirectional``.
 
 Each layer is a :class:`fastlstm.modules.Module` (train mode at creation, explicit
-``backward``) that creates its parameters when it is built: on its first call, by
+``backward``) and a thin adapter over the PyTorch-style module doing the work
+(``Dense`` over :class:`fastlstm.Linear`, ``Embedding`` over :class:`fastlstm.Embedding`,
+``Dropout`` over :class:`fastlstm.Dropout`, ``LSTM`` over :class:`fastlstm.LSTM`): its
+parameters are views of that module's arrays in Keras' layout (``Dense.kernel`` is the
+transpose of ``Linear.weight``). It creates them when it is built: on its first call, by
 ``build(input_shape)``, or when added to a ``Sequential`` whose input shape is known (the
 first layer's ``input_shape``: the shape of one sample, without the batch axis, as in
 Keras). Building late lets a seeded ``Sequential`` seed every layer. Inputs are
@@ -11,16 +15,22 @@ glorot-uniform kernels, orthogonal recurrent kernels, zero biases with the LSTM 
 at 1, embeddings ~ U(-0.05, 0.05). Every layer takes ``name``, ``dtype`` ("float32" or
 "float64") and ``seed`` (initialisation and dropout masks).
 
-``get_weights()`` / ``set_weights(ws)`` use Keras' layouts (Dense: kernel (in, units),
-bias; LSTM: kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates i, f, c, o), so
-weights move between Keras and fastlstm models by position.
+``get_weights()`` / ``set_weights(ws)`` use Keras' layouts and names (Dense: kernel
+(in, units), bias; LSTM: kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates
+i, f, c, o), so weights move between Keras and fastlstm models by position. The LSTM
+layer has one bias, as Keras' has, so it trains as Keras' does (the wrapped
+``fastlstm.LSTM`` keeps ``bias_hh`` at zero).
 """
 import re
 
 import numpy as np
 
 from .losses import sigmoid, softmax
-from .modules import Module, as_index_array, dropout_mask
+from . import modules
+from ._functional import dropout_mask
+from ._registry import Registry
+from .lstm import LSTM as CoreLSTM
+from .modules import Module
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 
@@ -61,14 +71,43 @@ class Layer(Module):
 
     Subclasses implement ``_build(input_shape, rng)``, ``compute_output_shape``,
     ``forward``, ``backward`` and extend ``get_config``. ``input_shape`` excludes the batch.
+    A layer over a PyTorch-style module sets ``_module`` in ``_build`` and lists its
+    parameters, in Keras' order and layout, in ``_keras_parameters``.
     """
 
     def __init__(self, input_shape=None, name=None, dtype="float32", seed=None):
+        self.built_input_shape = None
         self.name = name
         self.dtype = as_dtype(dtype)
         self.seed = None if seed is None else check_int(seed, "seed", minimum=0)
         self.input_shape = _shape(input_shape, "input_shape")
-        self.built_input_shape = None
+        self._module = None
+        self._views = None
+
+    def _keras_parameters(self):
+        """[(name, array, grad)] views of ``_module``'s arrays in Keras' layout."""
+        return []
+
+    def _own_parameters(self):
+        if self.__dict__.get("built_input_shape") is None:
+            return []
+        if self._views is None:   # built once: the views stay valid (loads copy in place)
+            self._views = self._keras_parameters()
+        return self._views
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_views"] = None   # pickled views would be copies; rebuilt from _module
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self._module is not None:
+            self._module.train(self.training)
+        return self
 
     @property
     def built(self):
@@ -89,6 +128,7 @@ class Layer(Module):
             return
         self._build(input_shape, np.random.default_rng(self.seed))
         self.built_input_shape = input_shape
+        self.train(self.training)
 
     def __call__(self, x, *args, **kwargs):
         if not self.built:
@@ -100,13 +140,15 @@ class Layer(Module):
         return self.num_parameters()
 
     def get_weights(self):
-        """Copies of the parameters in Keras' order and layout."""
+        """Copies of the parameters in Keras' order and layout (empty before building)."""
         return [array.copy() for _, array in self.named_parameters()]
 
     def set_weights(self, weights):
-        """Load ``get_weights()``-style arrays (Keras order and layout) into the parameters."""
+        """Load ``get_weights()``-style arrays (Keras order and layout) into the parameters;
+        nothing is written unless all of them fit."""
         self._require_built("set_weights")
         names = [name for name, _ in self.named_parameters()]
+        weights = list(weights)
         if len(weights) != len(names):
             raise ValueError(f"weights: expected {len(names)} arrays {names}, got {len(weights)}")
         self.load_state_dict(dict(zip(names, weights)))
@@ -187,10 +229,20 @@ class Dense(Layer):
         if not input_shape or input_shape[-1] is None:
             raise ValueError(f"input_shape: Dense needs a known last axis, got {input_shape}")
         fan_in = input_shape[-1]
-        self._add_parameter("kernel", glorot_uniform(rng, fan_in, self.units,
-                                                     (fan_in, self.units), self.dtype))
+        kernel = glorot_uniform(rng, fan_in, self.units, (fan_in, self.units), self.dtype)
+        self._module = modules.Linear(fan_in, self.units, bias=self.use_bias,
+                                      dtype=self.dtype.name)
+        init = {"weight": kernel.T}
         if self.use_bias:
-            self._add_parameter("bias", np.zeros(self.units, self.dtype))
+            init["bias"] = np.zeros(self.units, self.dtype)
+        self._module.load_state_dict(init)
+
+    def _keras_parameters(self):
+        linear = self._module
+        params = [("kernel", linear.weight.T, linear.grads["weight"].T)]
+        if self.use_bias:
+            params.append(("bias", linear.bias, linear.grads["bias"]))
+        return params
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -198,27 +250,20 @@ class Dense(Layer):
     def forward(self, x, logits=False):
         # x is (..., in), kernel is (in, units), out is (..., units)
         x = self._check_input(x, None, "inputs")
-        z = x @ self.kernel
-        if self.use_bias:
-            z += self.bias
+        z = self._module(x)
         out = z if logits else _ACTIVATIONS[self.activation][0](z)
-        self._keep((x, None if logits else out))
+        self._keep((None if logits else out,))
         return out
 
     def backward(self, grad_out):
         """Accumulate dkernel, dbias; return dx."""
-        x, out = self._take()
+        (out,) = self._take()
         grad = as_real_array(grad_out, "grad_out", self.dtype)
-        if grad.shape != x.shape[:-1] + (self.units,):
-            raise ValueError(f"grad_out: expected shape {x.shape[:-1] + (self.units,)}, got "
-                             f"{grad.shape}")
         if out is not None:
+            if grad.shape != out.shape:
+                raise ValueError(f"grad_out: expected shape {out.shape}, got {grad.shape}")
             grad = _ACTIVATIONS[self.activation][1](grad, out)
-        rows = grad.reshape(-1, self.units)
-        self._grads["kernel"] += x.reshape(-1, x.shape[-1]).T @ rows
-        if self.use_bias:
-            self._grads["bias"] += rows.sum(axis=0)
-        return grad @ self.kernel.T
+        return self._module.backward(grad)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation,
@@ -241,28 +286,22 @@ class Embedding(Layer):
         self.output_dim = check_int(output_dim, "output_dim", minimum=1)
 
     def _build(self, input_shape, rng):
-        self._add_parameter("embeddings", rng.uniform(-0.05, 0.05, (self.input_dim,
-                                                                    self.output_dim))
-                            .astype(self.dtype))
+        self._module = modules.Embedding(self.input_dim, self.output_dim, dtype=self.dtype.name)
+        self._module.load_state_dict({"weight": rng.uniform(-0.05, 0.05, (self.input_dim,
+                                                                          self.output_dim))})
+
+    def _keras_parameters(self):
+        return [("embeddings", self._module.weight, self._module.grads["weight"])]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
 
     def forward(self, x):
-        indices = as_index_array(x, self.input_dim, "x")
-        self._keep(indices)
-        return self.embeddings[indices]
+        return self._module(x)
 
     def backward(self, grad_out):
         """Accumulate dembeddings; returns None (indices have no gradient)."""
-        indices = self._take()
-        grad = as_real_array(grad_out, "grad_out", self.dtype)
-        if grad.shape != indices.shape + (self.output_dim,):
-            raise ValueError(f"grad_out: expected shape {indices.shape + (self.output_dim,)}, "
-                             f"got {grad.shape}")
-        np.add.at(self._grads["embeddings"], indices.reshape(-1),
-                  grad.reshape(-1, self.output_dim))
-        return None
+        return self._module.backward(grad_out)
 
     def get_config(self):
         return {**super().get_config(), "input_dim": self.input_dim,
@@ -277,24 +316,16 @@ class Dropout(Layer):
         self.rate = check_float(rate, "rate", 0.0, 1.0)
 
     def _build(self, input_shape, rng):
-        self._rng = rng
+        self._module = modules.Dropout(self.rate, seed=rng)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def forward(self, x):
-        x = as_real_array(x, "x", self.dtype)
-        mask = None
-        if self.training and self.rate > 0:
-            mask = dropout_mask(self._rng, x.shape, self.rate, self.dtype)
-            x = x * mask
-        self._keep((mask,))
-        return x
+        return self._module(as_real_array(x, "x", self.dtype))
 
     def backward(self, grad_out):
-        (mask,) = self._take()
-        grad = as_real_array(grad_out, "grad_out", self.dtype)
-        return grad if mask is None else grad * mask
+        return self._module.backward(as_real_array(grad_out, "grad_out", self.dtype))
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
@@ -348,20 +379,27 @@ class LSTM(Layer):
         self.stateful = check_bool(stateful, "stateful")
         self.use_bias = check_bool(use_bias, "use_bias")
         self.unit_forget_bias = check_bool(unit_forget_bias, "unit_forget_bias")
-        self.lstm = None
         self._state = None
+
+    @property
+    def lstm(self):
+        """The wrapped :class:`fastlstm.LSTM` (batch-first; None before building)."""
+        return self._module
+
+    @property
+    def _suffixes(self):
+        return ("", "_reverse")[:self._num_directions]
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"input_shape: LSTM expects (timesteps, features) with known "
                              f"features, got {input_shape}")
-        from .lstm import LSTM as CoreLSTM
         n_in, H = input_shape[-1], self.units
-        self.lstm = CoreLSTM(n_in, H, bias=self.use_bias, batch_first=True,
+        self._module = CoreLSTM(n_in, H, bias=self.use_bias, batch_first=True,
                              bidirectional=self._num_directions == 2, dtype=self.dtype.name,
                              seed=int(rng.integers(2**31)))
         init = {}
-        for suffix in ("", "_reverse")[:self._num_directions]:
+        for suffix in self._suffixes:
             init[f"weight_ih_l0{suffix}"] = glorot_uniform(rng, n_in, 4 * H, (4 * H, n_in),
                                                            self.dtype)
             init[f"weight_hh_l0{suffix}"] = orthogonal(rng, 4 * H, H, self.dtype)
@@ -371,10 +409,38 @@ class LSTM(Layer):
                     bias[H:2 * H] = 1
                 init[f"bias_ih_l0{suffix}"] = bias
                 init[f"bias_hh_l0{suffix}"] = np.zeros(4 * H, self.dtype)
-        self.lstm.load_state_dict(init)
-        if not self.training:
-            self.lstm.eval()
+        self._module.load_state_dict(init)
         self._rng = rng
+
+    def _keras_parameters(self):
+        core, params = self._module, []
+        grads = core.grads
+        for suffix in self._suffixes:
+            for keras_name, torch_name, transpose in (
+                    ("kernel", "weight_ih", True), ("recurrent_kernel", "weight_hh", True),
+                    ("bias", "bias_ih", False))[:3 if self.use_bias else 2]:
+                name = f"{torch_name}_l0{suffix}"
+                array, grad = getattr(core, name), grads[name]
+                params.append((keras_name + suffix, array.T if transpose else array,
+                               grad.T if transpose else grad))
+        return params
+
+    def _upgrade_state_dict(self, state, prefix=""):
+        """Fold the names of files saved when this layer exposed its ``fastlstm.LSTM``
+        (``lstm.weight_ih_l0``, ..., ``bias_ih_l0`` + ``bias_hh_l0``) into Keras' names."""
+        old = f"{prefix}lstm."
+        for suffix in self._suffixes:
+            for keras_name, torch_name in (("kernel", "weight_ih"),
+                                           ("recurrent_kernel", "weight_hh")):
+                key = f"{old}{torch_name}_l0{suffix}"
+                if key in state:
+                    state[f"{prefix}{keras_name}{suffix}"] = as_real_array(
+                        state.pop(key), f"state_dict[{key!r}]", self.dtype).T
+            biases = [f"{old}bias_{kind}_l0{suffix}" for kind in ("ih", "hh")]
+            if all(key in state for key in biases):
+                state[f"{prefix}bias{suffix}"] = sum(
+                    as_real_array(state.pop(key), f"state_dict[{key!r}]", self.dtype)
+                    for key in biases)
 
     @property
     def _width(self):
@@ -404,7 +470,7 @@ class LSTM(Layer):
                                  f"{self._state[0].shape[1]}, got {B} (call reset_states() "
                                  f"to change it)")
             hx = self._state
-        out, (h_n, c_n) = self.lstm(x, hx)
+        out, (h_n, c_n) = self._module(x, hx)
         if self.stateful:
             self._state = (h_n.copy(), c_n.copy())
         self._keep((mask, T))
@@ -439,7 +505,7 @@ class LSTM(Layer):
             grad_h = np.ascontiguousarray(grad.reshape(B, D, H).transpose(1, 0, 2))
         if grad_state is not None:
             grad_h, grad_c = self._state_grads(grad_state, grad_h, B)
-        dx, _ = self.lstm.backward(grad_seq, (grad_h, grad_c))
+        dx, _ = self._module.backward(grad_seq, (grad_h, grad_c))
         return dx if mask is None else dx * mask
 
     def _state_grads(self, grad_state, grad_h, B):
@@ -476,37 +542,6 @@ class LSTM(Layer):
         if self._merge_mode == "ave":
             grad = grad * self.dtype.type(0.5)
         return np.concatenate([grad, grad], axis=-1)
-
-    def get_weights(self):
-        """[kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,)] per direction (Keras);
-        empty before the layer is built."""
-        if not self.built:
-            return []
-        weights = []
-        for suffix in ("", "_reverse")[:self._num_directions]:
-            weights += [getattr(self.lstm, f"weight_ih_l0{suffix}").T.copy(),
-                        getattr(self.lstm, f"weight_hh_l0{suffix}").T.copy()]
-            if self.use_bias:
-                weights.append(getattr(self.lstm, f"bias_ih_l0{suffix}")
-                               + getattr(self.lstm, f"bias_hh_l0{suffix}"))
-        return weights
-
-    def set_weights(self, weights):
-        """Load Keras' [kernel, recurrent_kernel, bias] (per direction) into the layer."""
-        per = 3 if self.use_bias else 2
-        self._require_built("set_weights")
-        if len(weights) != per * self._num_directions:
-            raise ValueError(f"weights: expected {per * self._num_directions} arrays, got "
-                             f"{len(weights)}")
-        state = {}
-        for d, suffix in enumerate(("", "_reverse")[:self._num_directions]):
-            w = [np.asarray(a) for a in weights[per * d:per * (d + 1)]]
-            state[f"weight_ih_l0{suffix}"] = w[0].T
-            state[f"weight_hh_l0{suffix}"] = w[1].T
-            if self.use_bias:
-                state[f"bias_ih_l0{suffix}"] = w[2]
-                state[f"bias_hh_l0{suffix}"] = np.zeros_like(w[2])
-        self.lstm.load_state_dict(state)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
@@ -564,13 +599,6 @@ class Bidirectional(Layer):
     def reset_states(self):
         self.layer.reset_states()
 
-    def get_weights(self):
-        return self.layer.get_weights()
-
-    def set_weights(self, weights):
-        self._require_built("set_weights")
-        self.layer.set_weights(weights)
-
     def get_config(self):
         inner = self.layer.get_config()
         inner.update(name=None, seed=None)
@@ -584,20 +612,18 @@ class Bidirectional(Layer):
         return cls(layer, **config)
 
 
-_CLASSES = {cls.__name__: cls for cls in (LSTM, Dense, Embedding, Dropout, Bidirectional)}
+_REGISTRY = Registry("layer", Layer, [LSTM, Dense, Embedding, Dropout, Bidirectional])
 
 
 def serialize(layer):
     """``{"class_name", "config"}`` of a built-in layer (TypeError for other classes)."""
-    if type(layer) is not _CLASSES.get(type(layer).__name__):
+    config = _REGISTRY.serialize(layer)
+    if config is None:
         raise TypeError(f"layer: cannot serialize {type(layer).__qualname__}; only "
-                        f"{sorted(_CLASSES)} are known")
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+                        f"{sorted(_REGISTRY.classes)} are known")
+    return config
 
 
 def deserialize(config):
     """The layer :func:`serialize` described."""
-    if not isinstance(config, dict) or config.get("class_name") not in _CLASSES:
-        raise ValueError(f"layer config: expected {{'class_name': one of {sorted(_CLASSES)}, "
-                         f"'config': {{...}}}}, got {config!r:.200}")
-    return _CLASSES[config["class_name"]].from_config(dict(config.get("config", {})))
+    return _REGISTRY.deserialize(config)

@@ -30,7 +30,8 @@ indices shaped like ``y_pred`` without its class axis (or with a trailing axis o
 """
 import numpy as np
 
-from .modules import as_index_array
+from ._functional import as_index_array
+from ._registry import Registry
 from .validation import as_real_array, check_bool
 
 EPSILON = 1e-7
@@ -193,14 +194,14 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         return float(-np.sum(np.log(p)) / n), grad.reshape(y_pred.shape)
 
 
-_BY_NAME = {
-    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
-    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
-    "binary_crossentropy": BinaryCrossentropy,
-    "categorical_crossentropy": CategoricalCrossentropy,
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-}
-_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
+_REGISTRY = Registry("loss", Loss, [MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy,
+                                    CategoricalCrossentropy, SparseCategoricalCrossentropy], {
+    "mse": lambda _: MeanSquaredError(), "mean_squared_error": lambda _: MeanSquaredError(),
+    "mae": lambda _: MeanAbsoluteError(), "mean_absolute_error": lambda _: MeanAbsoluteError(),
+    "binary_crossentropy": lambda _: BinaryCrossentropy(),
+    "categorical_crossentropy": lambda _: CategoricalCrossentropy(),
+    "sparse_categorical_crossentropy": lambda _: SparseCategoricalCrossentropy(),
+})
 
 
 def get(identifier):
@@ -209,25 +210,12 @@ def get(identifier):
     The dict form is ``{"class_name": "CategoricalCrossentropy", "config": {...}}``, as
     :func:`serialize` writes it.
     """
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, str):
-        key = identifier.lower()
-        if key not in _BY_NAME:
-            raise ValueError(f"loss: unknown name {identifier!r}, expected one of "
-                             f"{sorted(_BY_NAME)} or a fastlstm.losses.Loss")
-        return _BY_NAME[key]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
-        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
-    raise TypeError(f"loss: expected a name such as 'mse', a fastlstm.losses.Loss or a "
-                    f"serialized loss dict, got {identifier!r}")
+    return _REGISTRY.get(identifier)
 
 
 def serialize(loss):
     """``{"class_name", "config"}`` for a built-in loss; None for a custom one."""
-    if type(loss).__name__ in _CLASSES and type(loss) is _CLASSES[type(loss).__name__]:
-        return {"class_name": type(loss).__name__, "config": loss.get_config()}
-    return None
+    return _REGISTRY.serialize(loss)
 
 
 def for_logits(loss, activation):

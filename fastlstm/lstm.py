@@ -3,9 +3,11 @@ import math
 
 import numpy as np
 
+from . import _functional as F
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 from . import _limits
+from .modules import Module
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
@@ -25,8 +27,11 @@ def aligned_empty(shape, dtype):
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 
 
-class LSTM:
+class LSTM(Module):
     """Multi-layer LSTM with PyTorch's parameters, shapes and semantics, on NumPy arrays.
+
+    A :class:`fastlstm.Module`: ``named_parameters()``, ``parameters()``, ``grads``,
+    ``zero_grad()``, ``state_dict()``, atomic ``load_state_dict()``, ``train()``/``eval()``.
 
     Parameters
     ----------
@@ -82,8 +87,7 @@ class LSTM:
         if config["bidirectional"] and config["reverse"]:
             raise ValueError("reverse: a bidirectional LSTM already has a reverse direction; "
                              "expected reverse=False with bidirectional=True")
-        object.__setattr__(self, "_config", config)
-        object.__setattr__(self, "_params", {})
+        self._config = config
         _limits.check_memory(
             f"LSTM(input_size={input_size}, hidden_size={hidden_size}, num_layers={num_layers}): "
             "the parameters and their gradients", 2 * self._parameter_count() * self.dtype.itemsize)
@@ -94,15 +98,6 @@ class LSTM:
         self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
         self._peephole_grad_blocks = {}
         self._init_parameters()
-        self.grads = {}
-        for name, param in self._params.items():
-            self.grads[name] = np.zeros_like(param)
-        for key, block in self._peephole_blocks.items():
-            grad_block = np.zeros_like(block)
-            self._peephole_grad_blocks[key] = grad_block
-            for gate_index, name in enumerate(self._peephole_names(*key)):
-                self.grads[name] = grad_block[gate_index * self.hidden_size:
-                                              (gate_index + 1) * self.hidden_size]
 
     # ------------------------------------------------------------------ configuration
     input_size = property(lambda self: self._config["input_size"])
@@ -157,28 +152,19 @@ class LSTM:
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}{self._suffix(direction)}"
-                self._params["weight_ih" + suffix] = uniform(4 * H, self._layer_input_size(layer))
-                self._params["weight_hh" + suffix] = uniform(4 * H, H)
+                self._add_parameter("weight_ih" + suffix,
+                                    uniform(4 * H, self._layer_input_size(layer)))
+                self._add_parameter("weight_hh" + suffix, uniform(4 * H, H))
                 if self.bias:
-                    self._params["bias_ih" + suffix] = uniform(4 * H)
-                    self._params["bias_hh" + suffix] = uniform(4 * H)
-                if self.peephole:
-                    block = uniform(3 * H)
+                    self._add_parameter("bias_ih" + suffix, uniform(4 * H))
+                    self._add_parameter("bias_hh" + suffix, uniform(4 * H))
+                if self.peephole:   # the three gates' vectors are views of one (3H,) block
+                    block, grad_block = uniform(3 * H), np.zeros(3 * H, dtype)
                     self._peephole_blocks[(layer, direction)] = block
+                    self._peephole_grad_blocks[(layer, direction)] = grad_block
                     for gate_index, name in enumerate(self._peephole_names(layer, direction)):
-                        self._params[name] = block[gate_index * H:(gate_index + 1) * H]
-
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"'LSTM' object has no attribute {name!r}")
-
-    def __setattr__(self, name, value):
-        if name in self._params:
-            self.load_state_dict({name: value}, strict=False)
-        else:
-            object.__setattr__(self, name, value)
+                        gate = slice(gate_index * H, (gate_index + 1) * H)
+                        self._add_parameter(name, block[gate], grad_block[gate])
 
     def __getstate__(self):
         # Pickles and copies leave out the reusable training buffers (rebuilt on use).
@@ -188,61 +174,6 @@ class LSTM:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-
-    def named_parameters(self):
-        """Return [(name, array)] in PyTorch's order; the arrays are the live parameters."""
-        return list(self._params.items())
-
-    def parameters(self):
-        """Return [Parameter(name, data, grad)] (live arrays), the input optimizers take."""
-        from .modules import Parameter
-
-        return [Parameter(name, param, self.grads[name]) for name, param in self._params.items()]
-
-    def state_dict(self):
-        """Return {name: copy of the parameter}, named as PyTorch names them."""
-        return {name: param.copy() for name, param in self._params.items()}
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy parameters from a mapping of array-likes (NumPy, PyTorch, safetensors).
-
-        Values are copied into the existing arrays. With ``strict``, the names must match
-        exactly. Nothing is changed if any entry is missing, unexpected or mis-shaped.
-        """
-        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
-            raise TypeError(f"state_dict: expected a mapping of name -> array, got "
-                            f"{type(state_dict).__name__}")
-        names = set(state_dict.keys())
-        unexpected = sorted(map(str, names - set(self._params)))
-        missing = sorted(set(self._params) - names) if strict else []
-        if unexpected or missing:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
-                             f"for {self!r}")
-        converted = {}
-        for name in names:
-            value = as_real_array(state_dict[name], f"state_dict[{name!r}]", self.dtype)
-            expected = self._params[name].shape
-            if value.shape != expected:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {expected}, got "
-                                 f"{value.shape}")
-            converted[name] = value
-        for name, value in converted.items():
-            np.copyto(self._params[name], value)
-        _lstm.weights_changed()
-
-    def zero_grad(self):
-        """Zero the accumulated parameter gradients in place."""
-        for grad in self.grads.values():
-            grad.fill(0)
-
-    def train(self, mode=True):
-        """Set train mode (calls keep what backward needs; dropout active). Returns self."""
-        self.training = check_bool(mode, "mode")
-        return self
-
-    def eval(self):
-        """Set eval mode (calls keep nothing; safe from many threads). Returns self."""
-        return self.train(False)
 
     # ------------------------------------------------------------------ input checks
     def _time_major_input(self, x):
@@ -409,8 +340,7 @@ class LSTM:
                 record["directions"].append(buffers)
             _lstm.run_forward(calls, n_threads)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
-                keep = 1.0 - self.dropout
-                record["mask"] = (self._rng.random(out.shape) < keep).astype(dtype) / dtype.type(keep)
+                record["mask"] = F.dropout_mask(self._rng, out.shape, self.dropout, dtype)
                 out *= record["mask"]
             kept["layers"].append(record)
             layer_input = out
@@ -473,15 +403,15 @@ class LSTM:
                 db = np.zeros(4 * H, dtype=dtype) if self.bias else np.empty(0, dtype)
                 dpeep = self._peephole_grad_blocks.get((layer, direction), np.empty(0, dtype))
                 _lstm.lstm_backward(
-                    dx, direction == 1, dh0[index], dc0[index], self.grads["weight_ih" + suffix],
-                    self.grads["weight_hh" + suffix], db, dpeep, dgates, grad, direction * H,
+                    dx, direction == 1, dh0[index], dc0[index], self._grads["weight_ih" + suffix],
+                    self._grads["weight_hh" + suffix], db, dpeep, dgates, grad, direction * H,
                     buffers["gates"], buffers["hidden"], buffers["cells"], buffers["clipped"],
                     layer_input, kept["h0"][index], kept["c0"][index], W_ih, W_hh, peep,
                     _EMPTY_INDEX if lengths is None else lengths, direction == 1 or self.reverse,
                     kept["n_threads"])
                 if self.bias:
-                    self.grads["bias_ih" + suffix] += db
-                    self.grads["bias_hh" + suffix] += db
+                    self._grads["bias_ih" + suffix] += db
+                    self._grads["bias_hh" + suffix] += db
             grad = dx
         return self._format_backward(grad, dh0, dc0, kept)
 

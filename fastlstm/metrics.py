@@ -12,6 +12,7 @@ batch as Keras does), ``binary_accuracy``, ``categorical_accuracy``,
 """
 import numpy as np
 
+from ._registry import Registry
 from .losses import clip_probabilities, as_prediction, dense_targets, log_softmax, sparse_targets
 
 
@@ -155,35 +156,24 @@ class Perplexity(Metric):
         return {"name": self.name, "from_logits": self.from_logits}
 
 
-_BY_NAME = {
-    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
-    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
-    "accuracy": Accuracy, "acc": Accuracy,
-    "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
-    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
-    "perplexity": Perplexity,
-}
-_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
+_REGISTRY = Registry("metrics", Metric, [
+    MeanSquaredError, MeanAbsoluteError, Accuracy, BinaryAccuracy, CategoricalAccuracy,
+    SparseCategoricalAccuracy, Perplexity], {
+    key: (lambda cls: lambda name: cls(name=name))(cls) for key, cls in {
+        "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+        "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+        "accuracy": Accuracy, "acc": Accuracy,
+        "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
+        "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+        "perplexity": Perplexity}.items()})
 
 
 def get(identifier):
     """A fresh metric from a name (which becomes its ``name``), a :class:`Metric`, or a
     ``{"class_name", "config"}`` dict as :func:`serialize` writes it."""
-    if isinstance(identifier, Metric):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier.lower() not in _BY_NAME:
-            raise ValueError(f"metrics: unknown name {identifier!r}, expected one of "
-                             f"{sorted(_BY_NAME)} or a fastlstm.metrics.Metric")
-        return _BY_NAME[identifier.lower()](name=identifier)
-    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
-        return _CLASSES[identifier["class_name"]](**identifier.get("config", {}))
-    raise TypeError(f"metrics: expected names such as 'mae', fastlstm.metrics.Metric objects "
-                    f"or serialized metric dicts, got {identifier!r}")
+    return _REGISTRY.get(identifier)
 
 
 def serialize(metric):
     """``{"class_name", "config"}`` for a built-in metric; None for a custom one."""
-    if type(metric) is _CLASSES.get(type(metric).__name__):
-        return {"class_name": type(metric).__name__, "config": metric.get_config()}
-    return None
+    return _REGISTRY.serialize(metric)

@@ -395,21 +395,19 @@ class Sequential(Module):
     # ----------------------------------------------------------------- persistence
     def get_weights(self):
         """All layers' weights, Keras order and layout, as one list."""
-        return [w for layer in self.layers for w in layer.get_weights()]
+        return [array.copy() for _, array in self.named_parameters()]
 
     def set_weights(self, weights):
-        """Load ``get_weights()``-style arrays, layer by layer (the model must be built)."""
+        """Load ``get_weights()``-style arrays (the model must be built); nothing is written
+        unless all of them fit."""
         if not self.built:
             raise ValueError("set_weights: the model is not built (give the first layer "
                              "input_shape or call the model on data)")
+        names = [name for name, _ in self.named_parameters()]
         weights = list(weights)
-        expected = sum(len(layer.get_weights()) for layer in self.layers)
-        if len(weights) != expected:
-            raise ValueError(f"weights: expected {expected} arrays, got {len(weights)}")
-        for layer in self.layers:
-            count = len(layer.get_weights())
-            layer.set_weights(weights[:count])
-            weights = weights[count:]
+        if len(weights) != len(names):
+            raise ValueError(f"weights: expected {len(names)} arrays, got {len(weights)}")
+        self.load_state_dict(dict(zip(names, weights)))
 
     def get_config(self):
         """JSON-serialisable description: layers, input shape, seed, compile settings.

@@ -1,27 +1,32 @@
 """PyTorch-style modules: the ``Module`` base, ``Linear``, ``Embedding`` and ``Dropout``.
 
-Every module follows the protocol of :class:`fastlstm.LSTM`:
+Every module, :class:`fastlstm.LSTM` and the Keras-style layers included, follows one
+protocol, PyTorch's:
 
-- parameters are NumPy arrays held as attributes; ``named_parameters()`` lists them as
-  ``(name, array)`` pairs, ``grads`` maps the same names to persistent gradient arrays that
+- parameters are NumPy arrays reachable as attributes; ``named_parameters()`` lists them
+  as ``(name, array)`` pairs, ``parameters()`` as :class:`Parameter` (name, data, grad)
+  in the same order, and ``grads`` maps the same names to persistent gradient arrays that
   ``backward`` accumulates into and ``zero_grad()`` zeroes in place;
 - ``y = m(x)`` (or ``m.forward(x)``) in train mode keeps what ``backward`` needs;
   ``dx = m.backward(grad_y)`` consumes it (one backward per train-mode call); eval-mode
   calls keep nothing;
-- ``state_dict()`` returns copies, ``load_state_dict(d)`` copies values into the existing
-  arrays, so references held by optimizers stay valid.
+- ``state_dict()`` returns copies; ``load_state_dict(d)`` checks every entry before it
+  writes any (a bad entry leaves the module untouched), then copies the values into the
+  existing arrays, so references held by optimizers stay valid. Assigning to a parameter
+  attribute (``m.weight = w``) loads it the same way.
 
-A model is a ``Module`` subclass whose attributes are modules (``fl.LSTM`` included) or
-lists of modules; ``named_parameters``, ``grads``, ``zero_grad``, ``train``/``eval`` and the
-state dict recurse into them with dotted names (``"fc.weight"``, ``"lstm.weight_ih_l0"``).
-Its ``forward`` and ``backward`` are written by hand, backward mirroring forward.
+A model is a ``Module`` subclass whose attributes are modules or lists of modules;
+``named_parameters``, ``grads``, ``zero_grad``, ``train``/``eval`` and the state dict
+recurse into them with dotted names (``"fc.weight"``, ``"lstm.weight_ih_l0"``). Its
+``forward`` and ``backward`` are written by hand, backward mirroring forward.
 """
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
+from . import _functional as F
 from ._kernels.lstm import weights_changed
-
 from ._threads import single_threaded_blas
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
@@ -38,50 +43,49 @@ class Parameter(NamedTuple):
     grad: np.ndarray
 
 
-def as_index_array(x, size, name="x"):
-    """``x`` as int64 indices in [0, size); integral floats are accepted (Keras feeds them)."""
-    array = np.asarray(x)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise TypeError(f"{name}: expected integer indices, got non-integral floats")
-    elif array.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integer indices, got dtype {array.dtype}")
-    indices = array.astype(np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= size):
-        raise ValueError(f"{name}: expected indices in [0, {size}), got values in "
-                         f"[{indices.min()}, {indices.max()}]")
-    return indices
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(..., strict=False)`` skipped, as PyTorch returns it."""
 
-
-def is_module(obj):
-    """True for objects following the module protocol (``Module`` and ``fl.LSTM``)."""
-    if isinstance(obj, Module):
-        return True
-    if isinstance(obj, type):
-        return False
-    return all(callable(getattr(obj, attr, None))
-               for attr in ("named_parameters", "zero_grad", "train", "eval", "backward"))
+    missing_keys: list
+    unexpected_keys: list
 
 
 class Module:
-    """Base class of the PyTorch-style modules (see the module docstring for the protocol).
+    """Base class of every module (see the module docstring for the protocol).
 
-    Subclasses that own parameters list their attribute names in ``_param_names`` and
-    create them with ``_add_parameter``; composite modules just assign child modules to
-    attributes. ``forward`` and ``backward`` are the subclass's.
+    Subclasses that own parameters create them with ``_add_parameter``; composite modules
+    just assign child modules to attributes. ``forward`` and ``backward`` are the
+    subclass's. A module that presents another module's arrays in another layout (the
+    Keras-style layers) overrides ``_own_parameters``.
     """
 
     training = True
-    _param_names = ()
 
-    def _add_parameter(self, name, array):
-        """Hold ``array`` as parameter attribute ``name`` with a zeroed gradient array."""
-        if not hasattr(self, "_grads"):
-            self._grads = {}
-            self._param_names = []
-        setattr(self, name, array)
-        self._param_names.append(name)
-        self._grads[name] = np.zeros_like(array)
+    def _add_parameter(self, name, array, grad=None):
+        """Hold ``array`` as parameter ``name`` with ``grad`` (default: zeros) as its gradient."""
+        if "_params" not in self.__dict__:
+            object.__setattr__(self, "_params", {})
+            object.__setattr__(self, "_grads", {})
+        self._params[name] = array
+        self._grads[name] = np.zeros_like(array) if grad is None else grad
+
+    def _own_parameters(self):
+        """[(name, array, grad)] of the parameters held here (children's excluded)."""
+        params = self.__dict__.get("_params", {})
+        return [(name, array, self._grads[name]) for name, array in params.items()]
+
+    def __getattr__(self, name):
+        if not name.startswith("_"):
+            for own, array, _ in self._own_parameters():
+                if own == name:
+                    return array
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_") and any(own == name for own, _, _ in self._own_parameters()):
+            self.load_state_dict({name: value}, strict=False)
+        else:
+            object.__setattr__(self, name, value)
 
     def named_children(self):
         """List of (name, module) of the direct submodules, in attribute order."""
@@ -89,52 +93,47 @@ class Module:
         for attr, value in vars(self).items():
             if attr.startswith("_"):
                 continue
-            if is_module(value):
+            if isinstance(value, Module):
                 children.append((attr, value))
-            elif isinstance(value, (list, tuple)) and value and all(map(is_module, value)):
+            elif isinstance(value, (list, tuple)) and value and all(
+                    isinstance(v, Module) for v in value):
                 children.extend((f"{attr}.{i}", child) for i, child in enumerate(value))
         return children
 
+    def _members(self, prefix="", seen=None):
+        """(dotted name, array, grad) of every parameter, each module visited once."""
+        seen = set() if seen is None else seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        for name, array, grad in self._own_parameters():
+            yield prefix + name, array, grad
+        for child_name, child in self.named_children():
+            yield from child._members(f"{prefix}{child_name}.", seen)
+
     def named_parameters(self):
-        """List of (dotted name, array): own parameters first, then each child's."""
-        params = [(name, getattr(self, name)) for name in self._param_names]
-        for prefix, child in self.named_children():
-            params.extend((f"{prefix}.{name}", array) for name, array in child.named_parameters())
-        seen, unique = set(), []
-        for name, array in params:  # a module shared by two attributes counts once
-            if id(array) not in seen:
-                seen.add(id(array))
-                unique.append((name, array))
-        return unique
+        """List of (dotted name, live array): own parameters first, then each child's."""
+        return [(name, array) for name, array, _ in self._members()]
+
+    def parameters(self):
+        """List of :class:`Parameter` (name, data, grad), as ``named_parameters()`` orders them."""
+        return [Parameter(name, array, grad) for name, array, grad in self._members()]
 
     @property
     def grads(self):
         """Dict dotted name -> persistent gradient array, keyed like ``named_parameters()``."""
-        grads = dict(getattr(self, "_grads", {}))
-        for prefix, child in self.named_children():
-            grads.update((f"{prefix}.{name}", g) for name, g in child.grads.items())
-        return {name: grads[name] for name, _ in self.named_parameters()}
-
-    def parameters(self):
-        """List of :class:`Parameter` (name, data, grad), the input optimizers expect."""
-        grads = self.grads
-        return [Parameter(name, array, grads[name]) for name, array in self.named_parameters()]
+        return {name: grad for name, _, grad in self._members()}
 
     def zero_grad(self):
         """Zero every gradient array in place."""
-        for g in getattr(self, "_grads", {}).values():
-            g[...] = 0
-        for _, child in self.named_children():
-            child.zero_grad()
+        for _, _, grad in self._members():
+            grad[...] = 0
 
     def train(self, mode=True):
         """Set train mode (``mode=True``) or eval mode here and in every child; returns self."""
         self.training = check_bool(mode, "mode")
         for _, child in self.named_children():
-            if mode:
-                child.train()
-            else:
-                child.eval()
+            child.train(self.training)
         return self
 
     def eval(self):
@@ -148,25 +147,43 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from a mapping of array-likes (NumPy, torch tensors) into the parameters.
 
-        The existing arrays are updated in place. With ``strict``, missing and unexpected
-        names raise ``ValueError``; a shape mismatch always does.
+        Every entry is checked before any is written: with ``strict``, missing and
+        unexpected names raise ``ValueError``; a shape mismatch always does, and so do
+        values that are not real numbers (``TypeError``). The existing arrays are updated
+        in place. Returns the skipped names as ``(missing_keys, unexpected_keys)``.
         """
+        if not isinstance(state_dict, Mapping) and not (
+                hasattr(state_dict, "keys") and hasattr(state_dict, "__getitem__")):
+            raise TypeError(f"state_dict: expected a mapping of name -> array, got "
+                            f"{type(state_dict).__name__}")
+        state = {name: state_dict[name] for name in state_dict.keys()}
+        self._upgrade_state_dict(state)
         params = dict(self.named_parameters())
-        if strict:
-            missing = sorted(set(params) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(params))
-            if missing or unexpected:
-                raise ValueError(f"state_dict: missing keys {missing}, unexpected keys "
-                                 f"{unexpected}")
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(map(str, set(state) - set(params)))
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected} for {type(self).__name__}")
+        converted = {}
         for name, array in params.items():
-            if name not in state_dict:
-                continue
-            value = as_real_array(state_dict[name], f"state_dict[{name!r}]", array.dtype)
-            if value.shape != array.shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {array.shape}, got "
-                                 f"{value.shape}")
-            array[...] = value
+            if name in state:
+                value = as_real_array(state[name], f"state_dict[{name!r}]", array.dtype)
+                if value.shape != array.shape:
+                    raise ValueError(f"state_dict[{name!r}]: expected shape {array.shape}, got "
+                                     f"{value.shape}")
+                converted[name] = value
+        for name, value in converted.items():
+            np.copyto(params[name], value)
         weights_changed()
+        return IncompatibleKeys(missing, unexpected)
+
+    def _upgrade_state_dict(self, state, prefix=""):
+        """Rename, in place, entries of ``state`` saved by older versions of this module.
+
+        ``prefix`` is this module's dotted name in ``state``; children are asked in turn.
+        """
+        for name, child in self.named_children():
+            child._upgrade_state_dict(state, f"{prefix}{name}.")
 
     def num_parameters(self):
         """Total number of scalar parameters."""
@@ -188,7 +205,7 @@ class Module:
 
     def _take(self):
         """Return and forget what the last train-mode call kept; RuntimeError if nothing."""
-        saved = getattr(self, "_saved", None)
+        saved = self.__dict__.get("_saved")
         if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward: no train-mode call to "
                                f"differentiate (call the module in train mode first; each call "
@@ -249,11 +266,8 @@ class Linear(Module):
         # x is (..., in), weight is (out, in), out is (..., out)
         x = as_real_array(x, "x", self.dtype)
         _check_last_dim(x, self.in_features, "x")
-        out = x @ self.weight.T
-        if self.has_bias:
-            out += self.bias
         self._keep(x)
-        return out
+        return F.linear(x, self.weight, self.bias if self.has_bias else None)
 
     @single_threaded_blas()
     def backward(self, grad_out):
@@ -263,11 +277,8 @@ class Linear(Module):
         if grad_out.shape != x.shape[:-1] + (self.out_features,):
             raise ValueError(f"grad_out: expected shape {x.shape[:-1] + (self.out_features,)}, "
                              f"got {grad_out.shape}")
-        g_rows = grad_out.reshape(-1, self.out_features)
-        self._grads["weight"] += g_rows.T @ x.reshape(-1, self.in_features)
-        if self.has_bias:
-            self._grads["bias"] += g_rows.sum(axis=0)
-        return grad_out @ self.weight
+        return F.linear_backward(grad_out, x, self.weight, self._grads["weight"],
+                                 self._grads["bias"] if self.has_bias else None)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -309,7 +320,7 @@ class Embedding(Module):
         self._add_parameter("weight", weight.astype(self.dtype))
 
     def forward(self, indices):
-        indices = as_index_array(indices, self.num_embeddings, "indices")
+        indices = F.as_index_array(indices, self.num_embeddings, "indices")
         self._keep(indices)
         return self.weight[indices]
 
@@ -320,17 +331,7 @@ class Embedding(Module):
         if grad_out.shape != indices.shape + (self.embedding_dim,):
             raise ValueError(f"grad_out: expected shape {indices.shape + (self.embedding_dim,)}, "
                              f"got {grad_out.shape}")
-        rows = grad_out.reshape(-1, self.embedding_dim)
-        flat = indices.reshape(-1)
-        if self.padding_idx is not None:
-            keep = flat != self.padding_idx
-            rows, flat = rows[keep], flat[keep]
-        # dweight[flat[i]] += rows[i]: sort by index and sum each run (np.add.at is 5x slower)
-        order = np.argsort(flat, kind="stable")
-        flat = flat[order]
-        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]]) if flat.size else flat
-        if flat.size:
-            self._grads["weight"][flat[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+        F.embedding_backward(self._grads["weight"], indices, grad_out, self.padding_idx)
         return None
 
     def extra_repr(self):
@@ -341,7 +342,8 @@ class Embedding(Module):
 class Dropout(Module):
     """Zero each element with probability ``p`` in train mode, scaling the rest by 1/(1-p).
 
-    Eval mode is the identity. ``seed`` seeds the mask generator.
+    Eval mode is the identity. ``seed`` (an int or a ``numpy.random.Generator``) seeds the
+    mask generator.
     """
 
     def __init__(self, p=0.5, seed=None):
@@ -354,24 +356,16 @@ class Dropout(Module):
             raise TypeError(f"x: expected a float array, got dtype {x.dtype}")
         if not self.training:
             return x
-        mask = dropout_mask(self._rng, x.shape, self.p, x.dtype)
-        self._keep(mask)
-        return x * mask
+        mask = F.dropout_mask(self._rng, x.shape, self.p, x.dtype) if self.p > 0 else None
+        self._keep((mask, x.shape))
+        return x if mask is None else x * mask
 
     def backward(self, grad_out):
-        mask = self._take()
+        mask, shape = self._take()
         grad_out = np.asarray(grad_out)
-        if grad_out.shape != mask.shape:
-            raise ValueError(f"grad_out: expected shape {mask.shape}, got {grad_out.shape}")
-        return grad_out * mask
+        if grad_out.shape != shape:
+            raise ValueError(f"grad_out: expected shape {shape}, got {grad_out.shape}")
+        return grad_out if mask is None else grad_out * mask
 
     def extra_repr(self):
         return f"p={self.p}"
-
-
-def dropout_mask(rng, shape, rate, dtype):
-    """Inverted-dropout mask: 0 with probability ``rate``, else 1/(1-rate)."""
-    if rate >= 1.0:
-        return np.zeros(shape, dtype)
-    keep = rng.random(shape) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))

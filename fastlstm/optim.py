@@ -1,49 +1,61 @@
 """Optimizers and learning-rate schedules that update NumPy parameters in place.
 
-PyTorch style::
+Two families, kept apart:
 
-    opt = fl.optim.Adam(model.parameters(), lr=1e-3)   # or Adam(model), Adam([emb, lstm, fc])
-    out = model(x); model.backward(grad); opt.step(); opt.zero_grad()
+- PyTorch's (:class:`SGD`, :class:`Adam`, :class:`AdamW`, :class:`RMSprop`): PyTorch's
+  argument names, defaults and update formulas, for ``fl.LSTM`` and the PyTorch-style
+  modules::
 
-Keras style: ``model.compile(optimizer="adam")`` or ``optimizer=fl.optim.Adam(lr=1e-3)``
-without parameters; ``Sequential`` binds the optimizer to its parameters when it trains.
+      opt = fl.optim.Adam(model.parameters(), lr=1e-3)   # or Adam(model), Adam([emb, lstm])
+      out = model(x); model.backward(grad); opt.step(); opt.zero_grad()
 
-``params`` is a module (anything with ``named_parameters()`` and ``grads``, such as
-``fl.LSTM`` and ``fl.Module``), a list of modules, or a list of
-:class:`fastlstm.modules.Parameter` / ``(name, data, grad)`` triples. Plain arrays are
-refused: they carry no gradient.
+- Keras 3's (:class:`KerasSGD`, :class:`KerasAdam`, :class:`KerasAdamW`,
+  :class:`KerasRMSprop`): Keras' argument names, defaults and update formulas (Adam's
+  epsilon outside the bias-corrected square root, RMSprop's inside it, SGD's momentum
+  holding the lr-scaled step), so a ``Sequential`` trains as the same Keras model does.
+  ``model.compile(optimizer="adam")`` (also ``"sgd"``, ``"rmsprop"``, ``"adamw"``) gives
+  these with Keras' defaults; ``Sequential`` binds an optimizer created without parameters
+  to its own when it trains.
 
-Class defaults are PyTorch's; the strings of :func:`get` give Keras' defaults
-(``"sgd"``: lr 0.01, ``"adam"``: lr 1e-3, ``"adamw"``: lr 1e-3 and weight decay 0.004,
-``"rmsprop"``: lr 1e-3, alpha 0.9). Every optimizer takes ``weight_decay`` (L2 added to the
-gradient, as PyTorch does; decoupled in :class:`AdamW`) and one of ``clipnorm`` (rescale
-all gradients together so their global L2 norm is at most ``clipnorm``) or ``clipvalue``
-(clamp each gradient element to [-clipvalue, clipvalue]). Clipping is applied to a copy:
-the gradient arrays are left as ``backward`` wrote them.
+``params`` is a module (a :class:`fastlstm.Module`, ``fl.LSTM`` included), a list of
+modules, or a list of :class:`fastlstm.modules.Parameter` / ``(name, data, grad)``
+triples. Plain arrays are refused: they carry no gradient. ``lr`` (also readable and
+writable as ``learning_rate``) is the learning rate that schedules and callbacks change.
+
+Clipping is applied to a copy: the gradient arrays are left as ``backward`` wrote them.
+PyTorch's family takes ``clipnorm`` (all gradients rescaled together, as
+``clip_grad_norm_``) or ``clipvalue``; Keras' takes Keras' ``clipnorm`` (each gradient
+on its own), ``global_clipnorm`` or ``clipvalue``. ``weight_decay`` is L2 added to the
+gradient in PyTorch's family (decoupled in :class:`AdamW`) and decoupled in all of
+Keras' (``p -= lr * weight_decay * p`` before the update).
+
+:class:`ReduceLROnPlateau` is :class:`fastlstm.callbacks.ReduceLROnPlateau` (one class,
+both a PyTorch-style scheduler and a Keras callback).
 """
 import math
 
 import numpy as np
 
 from ._kernels.lstm import weights_changed
-
-from .modules import Module, Parameter, is_module
+from ._registry import Registry
+from .callbacks import ReduceLROnPlateau
+from .modules import Module, Parameter
 from .validation import check_bool, check_float, check_int
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "KerasOptimizer", "KerasSGD",
+           "KerasAdam", "KerasAdamW", "KerasRMSprop", "clip_grad_norm_", "global_norm", "get",
+           "serialize", "LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR",
+           "ReduceLROnPlateau"]
 
 
 def _as_parameters(params):
     """Flatten modules / Parameters / (name, data, grad) triples into a list of Parameter."""
-    if is_module(params):
+    if isinstance(params, Module):
         params = [params]
     result = []
     for item in params:
-        if is_module(item):
-            if isinstance(item, Module):
-                result.extend(item.parameters())
-            else:
-                grads = item.grads
-                result.extend(Parameter(name, array, grads[name])
-                              for name, array in item.named_parameters())
+        if isinstance(item, Module):
+            result.extend(item.parameters())
         elif isinstance(item, tuple) and len(item) == 3:
             result.append(Parameter(*item))
         else:
@@ -59,30 +71,42 @@ def _as_parameters(params):
     return result
 
 
-class Optimizer:
-    """Base class: holds the parameters, lr, iteration count, weight decay and clipping.
+def _positive_or_none(value, name):
+    return None if value is None else check_float(value, name, 0.0, math.inf, low_open=True)
 
-    Subclasses implement ``_update(index, data, grad)`` for one parameter, ``grad``
-    already clipped and L2-decayed.
+
+class Optimizer:
+    """Base class: holds the parameters, lr, iteration count and per-parameter state.
+
+    ``step()`` clips the gradients (``_clipped_grads``), applies weight decay
+    (``_decay``) and calls the subclass's ``_update(index, data, grad)`` per parameter.
     """
 
-    def __init__(self, params, lr, weight_decay, clipnorm, clipvalue, learning_rate):
-        if learning_rate is not None:
-            lr = learning_rate
+    def __init__(self, params, lr, weight_decay, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None):
         self.lr = check_float(lr, "lr", 0.0, math.inf)
-        self.weight_decay = check_float(weight_decay, "weight_decay", 0.0, math.inf)
-        if clipnorm is not None and clipvalue is not None:
-            raise ValueError(f"clipnorm, clipvalue: set at most one, got clipnorm={clipnorm!r} "
-                             f"and clipvalue={clipvalue!r}")
-        self.clipnorm = (None if clipnorm is None
-                         else check_float(clipnorm, "clipnorm", 0.0, math.inf, low_open=True))
-        self.clipvalue = (None if clipvalue is None
-                          else check_float(clipvalue, "clipvalue", 0.0, math.inf, low_open=True))
+        self.weight_decay = check_float(weight_decay or 0.0, "weight_decay", 0.0, math.inf)
+        clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        if sum(value is not None for value in clips.values()) > 1:
+            raise ValueError(f"clipnorm, clipvalue, global_clipnorm: set at most one, got "
+                             f"{clips}")
+        self.clipnorm = _positive_or_none(clipnorm, "clipnorm")
+        self.clipvalue = _positive_or_none(clipvalue, "clipvalue")
+        self.global_clipnorm = _positive_or_none(global_clipnorm, "global_clipnorm")
         self.params = []
         self.iterations = 0
         self.state = []
         if params is not None:
             self.set_parameters(params)
+
+    @property
+    def learning_rate(self):
+        """The learning rate (the same value as ``lr``)."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.lr = check_float(value, "learning_rate", 0.0, math.inf)
 
     def set_parameters(self, params):
         """(Re)bind to ``params`` and reset the optimizer state."""
@@ -103,20 +127,19 @@ class Optimizer:
             raise RuntimeError(f"{type(self).__name__}.step: no parameters (pass them to the "
                                f"constructor or to set_parameters)")
         self.iterations += 1
-        grads = self._clipped_grads()
-        for index, (p, grad) in enumerate(zip(self.params, grads)):
-            if self.weight_decay and self._coupled_decay:
-                grad = grad + self.weight_decay * p.data
-            self._update(index, p.data, grad)
+        for index, (p, grad) in enumerate(zip(self.params, self._clipped_grads())):
+            self._update(index, p.data, self._decay(p.data, grad))
         weights_changed()
 
-    _coupled_decay = True
+    def _decay(self, data, grad):
+        """PyTorch's L2 weight decay: the gradient plus ``weight_decay * data``."""
+        return grad + self.weight_decay * data if self.weight_decay else grad
 
     def _clipped_grads(self):
         grads = [p.grad for p in self.params]
         if self.clipvalue is not None:
             return [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
-        if self.clipnorm is not None:
+        if self.clipnorm is not None:   # PyTorch's clip_grad_norm_
             norm = global_norm(grads)
             if norm > self.clipnorm:
                 scale = self.clipnorm / (norm + 1e-6)
@@ -133,6 +156,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+# ---------------------------------------------------------------- PyTorch's optimizers
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as PyTorch's.
 
@@ -148,7 +172,8 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov: needs momentum > 0 and dampening 0, got momentum="
                              f"{momentum!r}, dampening={dampening!r}")
         self.nesterov = check_bool(nesterov, "nesterov")
-        super().__init__(params, lr, weight_decay, clipnorm, clipvalue, learning_rate)
+        super().__init__(params, lr if learning_rate is None else learning_rate, weight_decay,
+                         clipnorm, clipvalue)
 
     def _update(self, index, data, grad):
         if self.momentum:
@@ -180,7 +205,8 @@ class Adam(Optimizer):
         self.betas = tuple(check_float(beta, f"betas[{i}]", 0.0, 1.0, high_open=True)
                            for i, beta in enumerate(betas))
         self.eps = check_float(eps, "eps", 0.0, math.inf)
-        super().__init__(params, lr, weight_decay, clipnorm, clipvalue, learning_rate)
+        super().__init__(params, lr if learning_rate is None else learning_rate, weight_decay,
+                         clipnorm, clipvalue)
 
     def _update(self, index, data, grad):
         beta1, beta2 = self.betas
@@ -207,17 +233,15 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (PyTorch's AdamW): ``p *= 1 - lr * weight_decay``
     before the Adam update."""
 
-    _coupled_decay = False
-
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  *, clipnorm=None, clipvalue=None, learning_rate=None):
         super().__init__(params, lr, betas, eps, weight_decay, clipnorm=clipnorm,
                          clipvalue=clipvalue, learning_rate=learning_rate)
 
-    def _update(self, index, data, grad):
+    def _decay(self, data, grad):
         if self.weight_decay:
             data *= data.dtype.type(1 - self.lr * self.weight_decay)
-        super()._update(index, data, grad)
+        return grad
 
 
 class RMSprop(Optimizer):
@@ -233,7 +257,8 @@ class RMSprop(Optimizer):
         self.alpha = check_float(alpha, "alpha", 0.0, 1.0, high_open=True)
         self.eps = check_float(eps, "eps", 0.0, math.inf)
         self.momentum = check_float(momentum, "momentum", 0.0, 1.0, high_open=True)
-        super().__init__(params, lr, weight_decay, clipnorm, clipvalue, learning_rate)
+        super().__init__(params, lr if learning_rate is None else learning_rate, weight_decay,
+                         clipnorm, clipvalue)
 
     def _update(self, index, data, grad):
         state = self.state[index]
@@ -256,6 +281,157 @@ class RMSprop(Optimizer):
                 "momentum": self.momentum}
 
 
+# ---------------------------------------------------------------- Keras' optimizers
+class KerasOptimizer(Optimizer):
+    """Base of Keras 3's optimizers: decoupled weight decay and Keras' clipping.
+
+    ``weight_decay`` (None or 0: none) shrinks each parameter by ``lr * weight_decay``
+    before its update; ``clipnorm`` rescales each gradient whose L2 norm exceeds it,
+    ``global_clipnorm`` all gradients together, ``clipvalue`` clamps each element.
+    """
+
+    def _decay(self, data, grad):
+        if self.weight_decay:
+            data -= data * data.dtype.type(self.weight_decay * self.lr)
+        return grad
+
+    def _clipped_grads(self):
+        grads = [p.grad for p in self.params]
+        if self.clipnorm is not None:
+            return [g * g.dtype.type(self.clipnorm / max(global_norm([g]), self.clipnorm))
+                    for g in grads]
+        if self.global_clipnorm is not None:
+            scale = self.global_clipnorm / max(global_norm(grads), self.global_clipnorm)
+            return [g * g.dtype.type(scale) for g in grads]
+        if self.clipvalue is not None:
+            return [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        return grads
+
+    def get_config(self):
+        return {"learning_rate": self.lr, "weight_decay": self.weight_decay or None,
+                "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm}
+
+
+class KerasSGD(KerasOptimizer):
+    """Keras' SGD: with momentum, ``m = momentum * m - lr * g`` (m starts at 0) and
+    ``p += m``, or with ``nesterov`` ``p += momentum * m - lr * g``; else ``p -= lr * g``."""
+
+    def __init__(self, params=None, learning_rate=0.01, momentum=0.0, nesterov=False,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        self.momentum = check_float(momentum, "momentum", 0.0, 1.0)
+        self.nesterov = check_bool(nesterov, "nesterov")
+        super().__init__(params, learning_rate, weight_decay, clipnorm, clipvalue,
+                         global_clipnorm)
+
+    def _update(self, index, data, grad):
+        lr = data.dtype.type(self.lr)
+        if not self.momentum:
+            data -= lr * grad
+            return
+        m = self.state[index].setdefault("momentum", np.zeros_like(data))
+        momentum = data.dtype.type(self.momentum)
+        m *= momentum
+        m -= lr * grad
+        data += momentum * m - lr * grad if self.nesterov else m
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class KerasAdam(KerasOptimizer):
+    """Keras' Adam: ``m += (1 - beta_1) (g - m)``, ``v += (1 - beta_2) (g^2 - v)``,
+    ``p -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)`` (epsilon
+    outside the bias correction, unlike PyTorch's); ``amsgrad`` uses the running max of v."""
+
+    def __init__(self, params=None, learning_rate=0.001, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7, amsgrad=False, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None):
+        self.beta_1 = check_float(beta_1, "beta_1", 0.0, 1.0, high_open=True)
+        self.beta_2 = check_float(beta_2, "beta_2", 0.0, 1.0, high_open=True)
+        self.epsilon = check_float(epsilon, "epsilon", 0.0, math.inf)
+        self.amsgrad = check_bool(amsgrad, "amsgrad")
+        super().__init__(params, learning_rate, weight_decay, clipnorm, clipvalue,
+                         global_clipnorm)
+
+    def _update(self, index, data, grad):
+        state = self.state[index]
+        if not state:
+            state["m"], state["v"] = np.zeros_like(data), np.zeros_like(data)
+            if self.amsgrad:
+                state["v_hat"] = np.zeros_like(data)
+        m, v = state["m"], state["v"]
+        m += (grad - m) * data.dtype.type(1 - self.beta_1)
+        v += (grad * grad - v) * data.dtype.type(1 - self.beta_2)
+        if self.amsgrad:
+            np.maximum(state["v_hat"], v, out=state["v_hat"])
+            v = state["v_hat"]
+        t = self.iterations
+        alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        data -= (m * data.dtype.type(alpha)) / (np.sqrt(v) + data.dtype.type(self.epsilon))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+
+class KerasAdamW(KerasAdam):
+    """Keras' AdamW: :class:`KerasAdam` with ``weight_decay`` 0.004 by default."""
+
+    def __init__(self, params=None, learning_rate=0.001, weight_decay=0.004, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-7, amsgrad=False, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None):
+        super().__init__(params, learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay,
+                         clipnorm, clipvalue, global_clipnorm)
+
+
+class KerasRMSprop(KerasOptimizer):
+    """Keras' RMSprop: ``s = rho s + (1 - rho) g^2``, ``u = lr g / sqrt(s + epsilon)``
+    (epsilon inside the root, unlike PyTorch's); with ``centered``, ``s - a^2`` replaces
+    ``s`` (a the mean gradient); with momentum ``buf = momentum buf + u``, ``p -= buf``,
+    else ``p -= u``."""
+
+    def __init__(self, params=None, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None):
+        self.rho = check_float(rho, "rho", 0.0, 1.0, high_open=True)
+        self.momentum = check_float(momentum, "momentum", 0.0, 1.0, high_open=True)
+        self.epsilon = check_float(epsilon, "epsilon", 0.0, math.inf)
+        self.centered = check_bool(centered, "centered")
+        super().__init__(params, learning_rate, weight_decay, clipnorm, clipvalue,
+                         global_clipnorm)
+
+    def _update(self, index, data, grad):
+        state, rho = self.state[index], data.dtype.type(self.rho)
+        if not state:
+            state["velocity"] = np.zeros_like(data)
+            if self.centered:
+                state["average_grad"] = np.zeros_like(data)
+            if self.momentum:
+                state["momentum"] = np.zeros_like(data)
+        velocity = state["velocity"]
+        velocity *= rho
+        velocity += (1 - rho) * (grad * grad)
+        denominator = velocity + data.dtype.type(self.epsilon)
+        if self.centered:
+            average = state["average_grad"]
+            average *= rho
+            average += (1 - rho) * grad
+            denominator -= average * average
+        increment = data.dtype.type(self.lr) * grad / np.sqrt(denominator)
+        if self.momentum:
+            buf = state["momentum"]
+            buf *= data.dtype.type(self.momentum)
+            buf += increment
+            increment = buf
+        data -= increment
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+# ---------------------------------------------------------------- helpers and lookup
 def global_norm(grads):
     """L2 norm of all arrays together (computed in float64)."""
     return math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
@@ -277,39 +453,23 @@ def clip_grad_norm_(params, max_norm):
     return norm
 
 
-_STRINGS = {
-    "sgd": lambda: SGD(lr=0.01),
-    "adam": lambda: Adam(lr=1e-3),
-    "adamw": lambda: AdamW(lr=1e-3, weight_decay=0.004),
-    "rmsprop": lambda: RMSprop(lr=1e-3, alpha=0.9),
-}
-_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, RMSprop)}
+_REGISTRY = Registry("optimizer", Optimizer, [
+    SGD, Adam, AdamW, RMSprop, KerasSGD, KerasAdam, KerasAdamW, KerasRMSprop], {
+    "sgd": lambda _: KerasSGD(), "adam": lambda _: KerasAdam(),
+    "adamw": lambda _: KerasAdamW(), "rmsprop": lambda _: KerasRMSprop()})
 
 
 def get(identifier):
-    """An optimizer from a Keras name (``"adam"``: Keras defaults, see the module docstring),
-    an :class:`Optimizer`, or a ``{"class_name", "config"}`` dict as :func:`serialize` writes."""
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier.lower() not in _STRINGS:
-            raise ValueError(f"optimizer: unknown name {identifier!r}, expected one of "
-                             f"{sorted(_STRINGS)} or a fastlstm.optim.Optimizer")
-        return _STRINGS[identifier.lower()]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
-        config = dict(identifier.get("config", {}))
-        if "betas" in config:
-            config["betas"] = tuple(config["betas"])
-        return _CLASSES[identifier["class_name"]](**config)
-    raise TypeError(f"optimizer: expected a name such as 'adam', a fastlstm.optim.Optimizer or "
-                    f"a serialized optimizer dict, got {identifier!r}")
+    """An optimizer from a Keras name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``:
+    Keras' optimizer with Keras 3's defaults), an :class:`Optimizer`, or a
+    ``{"class_name", "config"}`` dict as :func:`serialize` writes."""
+    return _REGISTRY.get(identifier)
 
 
 def serialize(optimizer):
-    """``{"class_name", "config"}`` of a built-in optimizer (hyperparameters, not state)."""
-    if type(optimizer) is _CLASSES.get(type(optimizer).__name__):
-        return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
-    return None
+    """``{"class_name", "config"}`` of a built-in optimizer (hyperparameters, not state);
+    None for others."""
+    return _REGISTRY.serialize(optimizer)
 
 
 class LRScheduler:
@@ -370,60 +530,4 @@ class CosineAnnealingLR(LRScheduler):
         return self.eta_min + (self.base_lr - self.eta_min) * cosine
 
 
-class ReduceLROnPlateau:
-    """Multiply the lr by ``factor`` when a metric has stopped improving (PyTorch's).
 
-    ``step(metric)`` once per epoch. After more than ``patience`` epochs without an
-    improvement (``mode="min"``: below ``best * (1 - threshold)`` with
-    ``threshold_mode="rel"``, below ``best - threshold`` with ``"abs"``; mirrored for
-    ``"max"``), lr becomes ``max(lr * factor, min_lr)`` and ``cooldown`` epochs pass before
-    counting again.
-    """
-
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
-                 threshold_mode="rel", cooldown=0, min_lr=0.0):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a fastlstm.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold_mode: expected 'rel' or 'abs', got {threshold_mode!r}")
-        self.factor = check_float(factor, "factor", 0.0, 1.0, high_open=True)
-        self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
-        self.patience = check_int(patience, "patience", minimum=0)
-        self.cooldown = check_int(cooldown, "cooldown", minimum=0)
-        self.threshold = check_float(threshold, "threshold", 0.0, math.inf)
-        self.min_lr = check_float(min_lr, "min_lr", 0.0, math.inf)
-        self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
-
-    def is_better(self, value):
-        """Whether ``value`` improves on the best seen by more than the threshold."""
-        if self.mode == "min":
-            bound = (self.best * (1 - self.threshold) if self.threshold_mode == "rel"
-                     else self.best - self.threshold)
-            return value < bound
-        bound = (self.best * (1 + self.threshold) if self.threshold_mode == "rel"
-                 else self.best + self.threshold)
-        return value > bound
-
-    def step(self, metric):
-        """Record one epoch's ``metric``; reduce the lr if it has plateaued."""
-        value = float(metric)
-        if self.is_better(value):
-            self.best = value
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
-        if self.num_bad_epochs > self.patience:
-            self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
-            self.cooldown_counter = self.cooldown
-            self.num_bad_epochs = 0
-
-    def get_last_lr(self):
-        return self.optimizer.lr

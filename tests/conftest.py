@@ -45,16 +45,43 @@ def load_example(name):
     return module
 
 
-def central_differences(loss, array, indices, eps):
-    """d loss() / d array[index] for each index, by central differences (array perturbed
-    in place and restored)."""
+def central_differences(loss, array, indices=None, eps=1e-6):
+    """d loss(array) / d array[index] by central differences, ``array`` perturbed in place
+    and restored: for each index of ``indices``, or for every element (the result then
+    shaped like ``array``)."""
+    every = indices is None
     grads = []
-    for index in indices:
+    for index in np.ndindex(array.shape) if every else indices:
         saved = array[index]
         array[index] = saved + eps
-        up = loss()
+        up = loss(array)
         array[index] = saved - eps
-        down = loss()
+        down = loss(array)
         array[index] = saved
         grads.append((up - down) / (2 * eps))
-    return np.array(grads)
+    grads = np.array(grads)
+    return grads.reshape(array.shape) if every else grads
+
+
+def keras_lstm(x, kernel, recurrent_kernel, bias=None, go_backwards=False):
+    """Keras' LSTM equations (kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates
+    i, f, c, o; sigmoid and tanh) on x (B, T, in), in float64: (outputs (B, T, H) in
+    processing order, h, c), as LSTM(return_sequences=True, return_state=True) gives."""
+    batch, steps, _ = x.shape
+    units = recurrent_kernel.shape[0]
+    h = np.zeros((batch, units))
+    c = np.zeros((batch, units))
+    outputs = []
+    for t in (reversed(range(steps)) if go_backwards else range(steps)):
+        z = x[:, t] @ kernel + h @ recurrent_kernel + (0.0 if bias is None else bias)
+        i = sigmoid(z[:, :units])
+        f = sigmoid(z[:, units:2 * units])
+        c = f * c + i * np.tanh(z[:, 2 * units:3 * units])
+        o = sigmoid(z[:, 3 * units:])
+        h = o * np.tanh(c)
+        outputs.append(h)
+    return np.stack(outputs, axis=1), h, c
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))

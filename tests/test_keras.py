@@ -1,39 +1,17 @@
-"""LSTM.from_keras against a NumPy transcription of Keras' LSTM equations (Keras itself is
-not installed): kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gates i, f, c, o,
-recurrent activation sigmoid, activation tanh; Bidirectional runs a go_backwards copy and
+"""LSTM.from_keras against a NumPy transcription of Keras' LSTM equations (training against
+Keras 3 itself is in test_keras_training.py): kernel (in, 4H), recurrent_kernel (H, 4H),
+bias (4H,), gates i, f, c, o, recurrent activation sigmoid, activation tanh; Bidirectional runs a go_backwards copy and
 re-reverses its outputs before concatenating them."""
 import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close
+from conftest import assert_close, keras_lstm
 
 
 def from_keras(weights, **kwargs):
     convert = getattr(fl.LSTM, "from_keras", None) or fl.interop.from_keras
     return convert(weights, **kwargs)
-
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def keras_lstm(x, kernel, recurrent_kernel, bias=None, go_backwards=False):
-    """Keras LSTM(return_sequences=True, return_state=True) on x (B, T, in), in float64."""
-    batch, steps, _ = x.shape
-    units = recurrent_kernel.shape[0]
-    h = np.zeros((batch, units))
-    c = np.zeros((batch, units))
-    outputs = []
-    for t in (reversed(range(steps)) if go_backwards else range(steps)):
-        z = x[:, t] @ kernel + h @ recurrent_kernel + (0.0 if bias is None else bias)
-        i = sigmoid(z[:, :units])
-        f = sigmoid(z[:, units:2 * units])
-        c = f * c + i * np.tanh(z[:, 2 * units:3 * units])
-        o = sigmoid(z[:, 3 * units:])
-        h = o * np.tanh(c)
-        outputs.append(h)
-    return np.stack(outputs, axis=1), h, c
 
 
 def keras_weights(rng, input_size, units, dtype, bias=True):

@@ -3,28 +3,9 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close
-from test_losses import numerical_grad
+from conftest import assert_close, central_differences, keras_lstm
 
 L = fl.layers
-
-
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
-
-
-def keras_lstm(x, kernel, recurrent_kernel, bias, go_backwards=False):
-    """Keras' LSTM equations on x (B, T, in): (outputs (B, T, H) in processing order, h, c)."""
-    H = recurrent_kernel.shape[0]
-    h = c = np.zeros((x.shape[0], H))
-    outputs = []
-    for t in (reversed(range(x.shape[1])) if go_backwards else range(x.shape[1])):
-        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
-        i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), sigmoid(z[:, 3 * H:])
-        c = f * c + i * np.tanh(z[:, 2 * H:3 * H])
-        h = o * np.tanh(c)
-        outputs.append(h)
-    return np.stack(outputs, axis=1), h, c
 
 
 def keras_weights(rng, n_in, H):
@@ -74,7 +55,7 @@ def test_bidirectional_follows_keras(merge_mode, return_sequences):
     projection = rng.standard_normal(out.shape)
     dx = layer.backward(projection)
     layer.eval()
-    assert_close(f"Bidirectional {merge_mode} dx vs central differences", dx, numerical_grad(
+    assert_close(f"Bidirectional {merge_mode} dx vs central differences", dx, central_differences(
         lambda v: float(np.sum(layer(v) * projection)), x.copy()), 1e-7)
 
 
@@ -137,18 +118,17 @@ def test_lstm_layer_gradients(return_state):
                    zip(result if return_state else [result], projections))
 
     assert_close(f"LSTM layer (return_state={return_state}) dx", dx,
-                 numerical_grad(objective, x.copy()), 1e-7)
-    kernel = layer.lstm.weight_ih_l0
+                 central_differences(objective, x.copy()), 1e-7)
+    for name, array in layer.named_parameters():   # Keras' kernel, recurrent_kernel, bias
+        def objective_param(values, array=array):
+            saved = array.copy()
+            array[...] = values
+            value = objective(x)
+            array[...] = saved
+            return value
 
-    def objective_kernel(values):
-        saved = kernel.copy()
-        kernel[...] = values
-        value = objective(x)
-        kernel[...] = saved
-        return value
-
-    assert_close("LSTM layer dweight_ih", grads["lstm.weight_ih_l0"],
-                 numerical_grad(objective_kernel, kernel.copy()), 1e-7)
+        assert_close(f"LSTM layer d{name}", grads[name],
+                     central_differences(objective_param, array.copy()), 1e-7)
 
 
 def test_input_dropout_shares_one_mask_over_time():

@@ -3,21 +3,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close, report
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f at every element of x (float64)."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        saved = x[index]
-        x[index] = saved + eps
-        plus = f(x)
-        x[index] = saved - eps
-        minus = f(x)
-        x[index] = saved
-        grad[index] = (plus - minus) / (2 * eps)
-    return grad
+from conftest import assert_close, central_differences, report
 
 
 def softmax(z):
@@ -51,7 +37,7 @@ def test_loss_gradients_match_finite_differences(shape):
     for loss, y_true, y_pred in cases(rng, shape):
         value, grad = loss(y_true, y_pred)
         assert isinstance(value, float) and grad.shape == y_pred.shape
-        expected = numerical_grad(lambda p: loss.value(y_true, p), y_pred.copy())
+        expected = central_differences(lambda p: loss.value(y_true, p), y_pred.copy())
         assert_close(f"{loss!r} {shape} gradient vs central differences", grad, expected, 1e-7)
 
 

@@ -1,12 +1,12 @@
 """Sequential: compile/fit/evaluate/predict, fused softmax, callbacks, progress, save/load."""
+import json
 import types
 
 import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close, report, require
-from test_losses import numerical_grad
+from conftest import assert_close, central_differences, report, require
 
 L = fl.layers
 
@@ -92,7 +92,7 @@ def test_sequential_backward_matches_finite_differences():
     loss = fl.losses.BinaryCrossentropy()
     _, grad = loss(target, model(tokens))
     model.backward(grad)
-    for name in ("1.layer.lstm.weight_hh_l0_reverse", "2.lstm.bias_ih_l0", "3.kernel",
+    for name in ("1.layer.recurrent_kernel_reverse", "2.bias", "3.kernel",
                  "0.embeddings"):
         array = dict(model.named_parameters())[name]
 
@@ -105,7 +105,7 @@ def test_sequential_backward_matches_finite_differences():
             return value
 
         assert_close(f"Sequential d{name}", model.grads[name],
-                     numerical_grad(objective, array.copy()), 1e-7)
+                     central_differences(objective, array.copy()), 1e-7)
 
 
 def test_classification_learns_and_reports_accuracy():
@@ -152,8 +152,9 @@ def test_summary_and_names(capsys):
     text = capsys.readouterr().out
     assert "lstm_1 (LSTM)" in text and "(None, 7, 4)" in text and "(None, 2)" in text
     assert f"Total params: {model.num_parameters():,}" in text
-    assert [name for name, _ in model.named_parameters()][:2] == ["0.lstm.weight_ih_l0",
-                                                                 "0.lstm.weight_hh_l0"]
+    assert [name for name, _ in model.named_parameters()][:3] == [
+        "0.kernel", "0.recurrent_kernel", "0.bias"]   # Keras' names, one bias
+    assert model.layers[0].count_params() == 4 * (4 * (3 + 4) + 4)   # Keras' count
     unbuilt = fl.Sequential([L.Dense(2)])
     unbuilt.summary()
     assert "not built" in capsys.readouterr().out
@@ -296,3 +297,36 @@ def test_awkward_sizes(dtype):
     wide = fl.Sequential([L.Bidirectional(L.LSTM(13, return_sequences=True)), L.Dense(3)],
                          seed=1)
     assert wide.predict(np.zeros((2, 7, 9))).shape == (2, 7, 3)
+
+
+def test_files_saved_with_the_two_lstm_biases_still_load(tmp_path):
+    """Older files name the wrapped fl.LSTM's parameters (bias_ih and bias_hh): their sum
+    becomes the layer's single Keras bias."""
+    model = fl.Sequential([L.LSTM(4, return_sequences=True, input_shape=(5, 3)),
+                           L.Bidirectional(L.LSTM(3)), L.Dense(2)], seed=0)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    old_state = {}
+    for prefix, suffixes in (("0.", [""]), ("1.layer.", ["", "_reverse"])):
+        for suffix in suffixes:
+            state = model.state_dict()
+            split = rng.standard_normal(state[f"{prefix}bias{suffix}"].shape).astype(np.float32)
+            old_state[f"{prefix}lstm.weight_ih_l0{suffix}"] = state[f"{prefix}kernel{suffix}"].T
+            old_state[f"{prefix}lstm.weight_hh_l0{suffix}"] = \
+                state[f"{prefix}recurrent_kernel{suffix}"].T
+            old_state[f"{prefix}lstm.bias_ih_l0{suffix}"] = state[f"{prefix}bias{suffix}"] - split
+            old_state[f"{prefix}lstm.bias_hh_l0{suffix}"] = split
+    old_state.update({name: value for name, value in model.state_dict().items()
+                      if name.startswith("2.")})
+    path = tmp_path / "old.safetensors"
+    fl.io.write_safetensors(old_state, path, metadata={
+        "format": "fastlstm", "class": "Sequential", "version": "0.1.0",
+        "config": json.dumps(model.get_config())})
+    loaded = fl.load(path)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    assert_close("old file predictions", loaded.predict(x), model.predict(x), 1e-6)
+    assert sorted(loaded.state_dict()) == sorted(model.state_dict())
+    fl.save(loaded, tmp_path / "new.safetensors")
+    assert_close("re-saved predictions", fl.load(tmp_path / "new.safetensors").predict(x),
+                 loaded.predict(x), 0)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from conftest import assert_close
-from test_losses import numerical_grad
+from conftest import assert_close, central_differences
 
 
 class Tagger(fl.Module):
@@ -51,7 +50,7 @@ def test_composite_module_gradients_match_finite_differences():
             array[...] = saved
             model.train()
             return value
-        expected = numerical_grad(objective, array.copy())
+        expected = central_differences(objective, array.copy())
         assert_close(f"Tagger d{name} vs central differences", model.grads[name], expected, 1e-7)
 
 
@@ -107,9 +106,9 @@ def test_linear_gradients(shape, out_features, dtype):
     rtol = 1e-7 if dtype == "float64" else 2e-4
     assert_close(f"Linear {dtype} forward", out, x @ weight.T + bias, 1e-12 if dtype == "float64"
                  else 2e-5)
-    assert_close(f"Linear {dtype} dx", dx, numerical_grad(
+    assert_close(f"Linear {dtype} dx", dx, central_differences(
         lambda v: float(np.sum((v @ weight.T + bias) * projection)), x.copy()), rtol)
-    assert_close(f"Linear {dtype} dweight", layer.grads["weight"], numerical_grad(
+    assert_close(f"Linear {dtype} dweight", layer.grads["weight"], central_differences(
         lambda w: float(np.sum((x @ w.T + bias) * projection)), weight.copy()), rtol)
     assert_close(f"Linear {dtype} dbias", layer.grads["bias"],
                  projection.reshape(-1, out_features).sum(0), rtol)
@@ -198,3 +197,64 @@ def test_optimizer_accepts_modules_and_parameters():
     assert [id(p.data) for p in by_list.params] == [id(p.data) for p in by_params.params]
     with pytest.raises(TypeError, match="plain array carries no gradient"):
         fl.optim.SGD([model.lstm.weight_ih_l0])
+
+
+def _atomicity_cases():
+    model = fl.Sequential([fl.layers.Embedding(7, 3, input_shape=(4,)), fl.layers.LSTM(5),
+                           fl.layers.Dense(2)], seed=0)
+    return [("LSTM", fl.LSTM(3, 4, num_layers=2, peephole=True, seed=0)),
+            ("Linear", fl.Linear(3, 2, seed=0)),
+            ("Embedding", fl.Embedding(5, 3, seed=0)),
+            ("Sequential", model)]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["LSTM", "Linear", "Embedding", "Sequential"])
+def test_load_state_dict_is_atomic(case):
+    """A bad entry anywhere in the dict leaves every parameter untouched."""
+    _, module = _atomicity_cases()[case]
+    before = module.state_dict()
+    names = list(before)
+    good = {name: value + 1 for name, value in before.items()}
+    last = names[-1]
+    bad_entries = [
+        {**good, last: np.zeros(before[last].shape + (2,))},      # wrong shape, written last
+        {**good, last: np.full(before[last].shape, "x")},         # not numbers
+        {**good, "extra": np.zeros(1)},                           # unexpected name
+        {name: good[name] for name in names[:-1]},                # missing name
+    ]
+    for bad in bad_entries:
+        with pytest.raises((ValueError, TypeError)):
+            module.load_state_dict(bad)
+        for name, value in module.state_dict().items():
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+    live = [array for _, array in module.named_parameters()]
+    module.load_state_dict(good)
+    for (name, array), old in zip(module.named_parameters(), live):
+        assert array is old, name                                  # copied in place
+        np.testing.assert_array_equal(array, good[name])
+
+
+@pytest.mark.parametrize("case", range(4), ids=["LSTM", "Linear", "Embedding", "Sequential"])
+def test_protocol_is_the_same_everywhere(case):
+    """named_parameters, parameters and grads agree; zero_grad and train/eval reach all."""
+    _, module = _atomicity_cases()[case]
+    assert isinstance(module, fl.Module)
+    names = [name for name, _ in module.named_parameters()]
+    params = module.parameters()
+    assert [p.name for p in params] == names == list(module.grads) == list(module.state_dict())
+    for (name, array), p in zip(module.named_parameters(), params):
+        assert p.data is array and p.grad is module.grads[name]
+        p.grad[...] = 1.0
+    module.zero_grad()
+    assert all(not np.any(g) for g in module.grads.values())
+    assert module.eval() is module and not module.training
+    assert module.train() is module and module.training
+
+
+def test_non_strict_load_reports_skipped_keys_like_pytorch():
+    m = fl.Linear(3, 2, seed=0)
+    result = m.load_state_dict({"weight": np.ones((2, 3)), "extra": np.zeros(1)}, strict=False)
+    assert result.missing_keys == ["bias"] and result.unexpected_keys == ["extra"]
+    np.testing.assert_array_equal(m.weight, 1.0)
+    m.weight = np.full((2, 3), 2.0)   # assignment copies into the live array
+    assert m.weight is m.named_parameters()[0][1] and np.all(m.weight == 2.0)

@@ -103,17 +103,134 @@ def test_float32_parameters_updated_in_place(name):
 
 def test_strings_give_keras_defaults_and_configs_round_trip():
     adam = fl.optim.get("adam")
-    assert isinstance(adam, fl.optim.Adam) and adam.lr == 1e-3 and not adam.params
-    assert fl.optim.get("sgd").lr == 0.01
+    assert type(adam) is fl.optim.KerasAdam and not adam.params
+    assert (adam.lr, adam.beta_1, adam.beta_2, adam.epsilon) == (1e-3, 0.9, 0.999, 1e-7)
+    sgd = fl.optim.get("SGD")
+    assert type(sgd) is fl.optim.KerasSGD and (sgd.lr, sgd.momentum) == (0.01, 0.0)
     rmsprop = fl.optim.get("rmsprop")
-    assert rmsprop.lr == 1e-3 and rmsprop.alpha == 0.9
-    assert fl.optim.get("adamw").weight_decay == 0.004
+    assert type(rmsprop) is fl.optim.KerasRMSprop
+    assert (rmsprop.lr, rmsprop.rho, rmsprop.epsilon, rmsprop.momentum) == (1e-3, 0.9, 1e-7, 0.0)
+    adamw = fl.optim.get("adamw")
+    assert type(adamw) is fl.optim.KerasAdamW and (adamw.weight_decay, adamw.epsilon) == (0.004,
+                                                                                          1e-7)
     assert fl.optim.Adam(learning_rate=0.02).lr == 0.02
+    adam.learning_rate = 0.5
+    assert adam.lr == 0.5
     for opt in (fl.optim.SGD(lr=0.3, momentum=0.5, nesterov=True),
                 fl.optim.Adam(lr=0.1, betas=(0.5, 0.6), clipnorm=2.0),
-                fl.optim.AdamW(weight_decay=0.3), fl.optim.RMSprop(momentum=0.1, clipvalue=1.0)):
+                fl.optim.AdamW(weight_decay=0.3), fl.optim.RMSprop(momentum=0.1, clipvalue=1.0),
+                fl.optim.KerasSGD(momentum=0.9, nesterov=True, global_clipnorm=1.0),
+                fl.optim.KerasAdam(amsgrad=True, clipnorm=0.5), fl.optim.KerasAdamW(),
+                fl.optim.KerasRMSprop(centered=True, momentum=0.2, weight_decay=0.01)):
         again = fl.optim.get(fl.optim.serialize(opt))
         assert type(again) is type(opt) and again.get_config() == opt.get_config()
+
+
+# ---------------------------------------------------------------- Keras' update equations
+def keras_reference(name, config, params, grads_per_step):
+    """Keras 3's update_step (keras/src/optimizers/{sgd,adam,rmsprop}.py and
+    BaseOptimizer._apply_weight_decay / _clip_gradients), transcribed in float64."""
+    lr = config.get("learning_rate")
+    wd = config.get("weight_decay") or 0.0
+    params = [p.astype(np.float64) for p in params]
+    slots = [dict() for _ in params]
+    for step, grads in enumerate(grads_per_step, start=1):
+        grads = [g.astype(np.float64) for g in grads]
+        if config.get("clipnorm"):
+            c = config["clipnorm"]
+            grads = [g * c / max(np.sqrt(np.sum(g * g)), c) for g in grads]
+        if config.get("global_clipnorm"):
+            c = config["global_clipnorm"]
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+            grads = [g * c / max(norm, c) for g in grads]
+        if config.get("clipvalue"):
+            grads = [np.clip(g, -config["clipvalue"], config["clipvalue"]) for g in grads]
+        for p, g, s in zip(params, grads, slots):
+            p -= p * wd * lr
+            if name == "sgd":
+                mu = config.get("momentum", 0.0)
+                if mu:
+                    s["m"] = mu * s.get("m", 0.0) - g * lr
+                    p += (mu * s["m"] - g * lr) if config.get("nesterov") else s["m"]
+                else:
+                    p -= g * lr
+            elif name == "adam":
+                b1, b2, eps = config["beta_1"], config["beta_2"], config["epsilon"]
+                alpha = lr * np.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+                s["m"] = s.get("m", 0.0) + (g - s.get("m", 0.0)) * (1 - b1)
+                s["v"] = s.get("v", 0.0) + (g * g - s.get("v", 0.0)) * (1 - b2)
+                v = s["v"]
+                if config.get("amsgrad"):
+                    s["v_hat"] = np.maximum(s.get("v_hat", 0.0), s["v"])
+                    v = s["v_hat"]
+                p -= (s["m"] * alpha) / (np.sqrt(v) + eps)
+            else:   # rmsprop
+                rho, eps, mu = config["rho"], config["epsilon"], config.get("momentum", 0.0)
+                s["velocity"] = rho * s.get("velocity", 0.0) + (1 - rho) * g * g
+                denominator = s["velocity"] + eps
+                if config.get("centered"):
+                    s["average"] = rho * s.get("average", 0.0) + (1 - rho) * g
+                    denominator = s["velocity"] - s["average"] ** 2 + eps
+                increment = lr * g / np.sqrt(denominator)
+                if mu:
+                    s["momentum"] = mu * s.get("momentum", 0.0) + increment
+                    p -= s["momentum"]
+                else:
+                    p -= increment
+    return params
+
+
+KERAS_CASES = [
+    ("sgd", "sgd", {}),
+    ("sgd", "sgd", dict(momentum=0.9)),
+    ("sgd", "sgd", dict(momentum=0.5, nesterov=True, weight_decay=0.01, clipnorm=0.7)),
+    ("adam", "adam", {}),
+    ("adam", "adam", dict(amsgrad=True, global_clipnorm=1.0, learning_rate=0.05)),
+    ("adam", "adamw", {}),
+    ("rmsprop", "rmsprop", {}),
+    ("rmsprop", "rmsprop", dict(momentum=0.8, centered=True, clipvalue=0.5)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule, string, overrides", KERAS_CASES)
+def test_keras_optimizers_follow_keras_update_equations(rule, string, overrides, dtype):
+    """Several steps against the update equations of Keras 3, written out in NumPy; the
+    strings give Keras' defaults and the gradients include tiny ones, where epsilon's
+    placement matters."""
+    rng = np.random.default_rng(5)
+    params = make_params(rng, dtype)
+    opt = fl.optim.get(string)
+    config = {**opt.get_config(), **overrides}
+    opt = type(opt)(params, **config)
+    start = [data.copy() for _, data, _ in params]
+    grads_per_step = []
+    for step in range(7):
+        scale = 1e-4 if step % 3 == 2 else 3.0
+        grads = [(rng.standard_normal(g.shape) * scale).astype(dtype) for _, _, g in params]
+        for (_, _, grad), value in zip(params, grads):
+            grad[...] = value
+        opt.step()
+        grads_per_step.append(grads)
+    expected = keras_reference(rule, config, start, grads_per_step)
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for (name, data, _), want in zip(params, expected):
+        assert_close(f"{string} {overrides} {name}", data, want, tol)
+    moved = max(float(np.max(np.abs(d - s))) for (_, d, _), s in zip(params, start))
+    assert moved > 1e-4
+
+
+def test_keras_and_pytorch_adam_differ_where_epsilon_sits():
+    """Same hyperparameters, tiny gradients: Keras' epsilon (outside the bias correction)
+    and PyTorch's give different steps, so the two families are not interchangeable."""
+    rng = np.random.default_rng(6)
+    a, b = make_params(rng), make_params(rng)
+    for (_, da, ga), (_, db, gb) in zip(a, b):
+        db[...] = da
+        ga[...] = gb[...] = 1e-6
+    fl.optim.KerasAdam(a, epsilon=1e-7).step()
+    fl.optim.Adam(b, eps=1e-7).step()
+    assert not np.allclose(a[0][1], b[0][1], rtol=0, atol=1e-6)
 
 
 def test_bad_optimizer_arguments_raise():

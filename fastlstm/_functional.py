@@ -1,0 +1,66 @@
+"""Maths shared by the PyTorch-style modules, the Keras-style layers and ``fl.LSTM``.
+
+Plain functions on NumPy arrays, one place for each: the affine map and its gradient,
+the embedding lookup's index check and gradient scatter, and the inverted-dropout mask.
+"""
+import numpy as np
+
+
+def as_index_array(x, size, name="x"):
+    """``x`` as int64 indices in [0, size); integral floats are accepted (Keras feeds them)."""
+    array = np.asarray(x)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise TypeError(f"{name}: expected integer indices, got non-integral floats")
+    elif array.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer indices, got dtype {array.dtype}")
+    indices = array.astype(np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        raise ValueError(f"{name}: expected indices in [0, {size}), got values in "
+                         f"[{indices.min()}, {indices.max()}]")
+    return indices
+
+
+def linear(x, weight, bias):
+    """``x @ weight.T + bias`` over the last axis; weight (out, in), bias (out,) or None."""
+    out = x @ weight.T
+    if bias is not None:
+        out += bias
+    return out
+
+
+def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
+    """Add dweight (out, in) and dbias (or skip it if None) of :func:`linear`; return dx."""
+    rows = grad_out.reshape(-1, weight.shape[0])
+    grad_weight += rows.T @ x.reshape(-1, weight.shape[1])
+    if grad_bias is not None:
+        grad_bias += rows.sum(axis=0)
+    return grad_out @ weight
+
+
+def embedding_backward(grad_weight, indices, grad_out, skip_index=None):
+    """Add each row of ``grad_out`` (indices.shape + (dim,)) to ``grad_weight[index]``.
+
+    Rows of ``skip_index`` (a padding index) receive nothing.
+    """
+    rows = grad_out.reshape(-1, grad_weight.shape[1])
+    flat = indices.reshape(-1)
+    if skip_index is not None:
+        keep = flat != skip_index
+        rows, flat = rows[keep], flat[keep]
+    if not flat.size:
+        return
+    # sort by index and sum each run (np.add.at is 5x slower)
+    order = np.argsort(flat, kind="stable")
+    flat = flat[order]
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    grad_weight[flat[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+
+
+def dropout_mask(rng, shape, rate, dtype):
+    """Inverted-dropout mask: 0 with probability ``rate``, else 1/(1-rate)."""
+    dtype = np.dtype(dtype)
+    if rate >= 1.0:
+        return np.zeros(shape, dtype)
+    keep = rng.random(shape) >= rate
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
