@@ -6,7 +6,7 @@ function of the whole sequence (a decayed sum of a projection of the inputs), so
 model must remember earlier steps. The baseline is the variance of the test targets (the
 mean squared error of always predicting their mean).
 
-Run: ``python examples/keras_regression.py`` (about 10 s on 2 cores).
+Run: ``python examples/keras_regression.py`` (about 5 s on 2 cores).
 """
 import time
 

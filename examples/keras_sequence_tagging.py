@@ -6,7 +6,7 @@ cross-entropy (one-hot targets) and reporting accuracy. The tag of step t is the
 the token two steps earlier (the first two steps are tagged 0), so the network must
 carry information through time; chance accuracy is about 1/num_classes.
 
-Run: ``python examples/keras_sequence_tagging.py`` (about 30 s on 2 cores).
+Run: ``python examples/keras_sequence_tagging.py`` (about 7 s on 2 cores).
 """
 import time
 

@@ -6,7 +6,7 @@ gradient of its input). The loop is the PyTorch one: forward, loss, ``zero_grad`
 ``backward``, gradient clipping, ``step``. The task: tell apart noisy sine waves of three
 frequencies from 40 samples each.
 
-Run: ``python examples/pytorch_style_training.py`` (about 10 s on 2 cores).
+Run: ``python examples/pytorch_style_training.py`` (about 5 s on 2 cores).
 """
 import time
 
