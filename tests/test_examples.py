@@ -87,14 +87,20 @@ def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch, capsys):
     snippets = readme_snippets()
     assert len(snippets) == 3
     monkeypatch.chdir(tmp_path)
+    namespaces = []
     for snippet in snippets:
-        namespace = {"__name__": "readme"}
-        exec(compile(snippet, "README.md", "exec"), namespace)
-        assert "fl" in namespace
+        namespaces.append({"__name__": "readme"})
+        exec(compile(snippet, "README.md", "exec"), namespaces[-1])
     print(capsys.readouterr().out)
+    first, pytorch, keras = namespaces
     # the first snippet needs no PyTorch: it saves, loads, runs and streams a model
-    assert "torch" not in snippets[0]
-    assert (tmp_path / "lstm.safetensors").exists()
+    assert "torch" not in snippets[0] and (tmp_path / "lstm.safetensors").exists()
+    assert not first["m"].training and first["h_t"].shape == (128,)
+    assert np.abs(first["h_t"] - first["out"][0, -1]).max() < 2e-5
+    assert pytorch["m"].grads["weight_hh_l0"].shape == (512, 128)
+    history = keras["history"].history
+    assert len(history["loss"]) == 10 and history["loss"][-1] < history["loss"][0]
+    assert keras["model"].predict(keras["x"][:4]).shape == (4, 1)
 
 
 def test_examples_readme_lists_every_example():
