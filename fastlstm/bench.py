@@ -666,8 +666,9 @@ def main(quick: bool = False, threads: int | None = None, out_dir: str | None = 
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
     out_dir = default_out_dir() if out_dir is None else out_dir
-    missing = missing_peers() if frameworks is None else {}
+    missing: dict[str, str] = {}
     if frameworks is None:
+        missing = missing_peers()
         frameworks = [f for f in FRAMEWORKS if f not in missing]
     entries = plan(quick, threads, frameworks, modes, busy)
     load = f", {busy} competing processes in the busy section" if busy else ""
