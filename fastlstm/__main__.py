@@ -35,17 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time fastlstm and its peers side by side, each in its own process with "
                     "the same thread count; print a Markdown table and write results.md, "
                     "results.json and speedup.png into --out. Peers that are not installed "
-                    "are reported absent.")
+                    "are left out, with a note saying how to add them.")
     run.add_argument("--quick", action="store_true",
                      help="S1-S3 forward and train, the S1 streaming step and the char-LM fit "
                           "epoch at N threads, shorter warm-ups and fewer repeats")
     run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="threads per framework (default: fastlstm.get_num_threads())")
-    run.add_argument("--out", default=bench.DEFAULT_OUT, metavar="DIR",
-                     help=f"output directory, created if needed (default: ./{bench.DEFAULT_OUT})")
-    run.add_argument("--frameworks", nargs="+", choices=bench.FRAMEWORKS,
-                     default=list(bench.FRAMEWORKS), metavar="NAME",
-                     help=f"frameworks to run, from {', '.join(bench.FRAMEWORKS)} (default: all)")
+    run.add_argument("--out", default=None, metavar="DIR",
+                     help="output directory, created if needed (default: "
+                          "$XDG_CACHE_HOME/fastlstm/bench, i.e. ~/.cache/fastlstm/bench)")
+    run.add_argument("--frameworks", nargs="+", choices=bench.FRAMEWORKS, default=None,
+                     metavar="NAME",
+                     help=f"frameworks to run, from {', '.join(bench.FRAMEWORKS)} (default: "
+                          "all that are installed)")
     run.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES),
                      metavar="MODE",
                      help=f"modes to run, from {', '.join(bench.MODES)} (default: all)")

@@ -12,9 +12,14 @@ thread scaling, one training epoch of a char-LM (``Sequential.fit`` against PyTo
 on request, the same under competing CPU load. A peer that is not installed is reported
 ``absent``; one that fails is reported ``error`` and the run goes on.
 
+Peers that are not installed are left out of a default run, with a note saying how to add
+them: the benchmark needs only NumPy (and ONNX Runtime for its column); PyTorch's rows
+appear when ``torch`` is importable.
+
 Usage: ``python -m fastlstm bench [--quick] [--busy N]`` (see ``fastlstm bench --help``),
 or :func:`plan`, :func:`run` and :func:`write_report` from Python.
 """
+import importlib.util
 import json
 import os
 import platform
@@ -31,7 +36,6 @@ from ._bench_worker import CHARLM, FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED
 
 Result = dict[str, Any]  # one framework on one case, as the worker reports it
 Report = dict[str, Any]  # a whole run, as results.json stores it
-DEFAULT_OUT = "fastlstm-bench"
 # Quick stays near a minute: a shorter warm-up cap, a looser settling test, fewer repeats.
 QUICK_TIMING = Timing(warmup_min_s=0.05, warmup_max_s=1.0, settle_window=3,
                       settle_tolerance=0.05, budget_s=0.3, min_repeats=3, max_repeats=100)
@@ -45,6 +49,10 @@ WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_w
 WORKER_BOOTSTRAP = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
 PEERS = tuple(f for f in FRAMEWORKS if f != "fastlstm")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# What each peer's worker imports, and how to install it (PyTorch: its CPU-only build).
+PEER_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx")}
+PEER_INSTALL = {"torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+                "onnxruntime": "pip install onnx onnxruntime"}
 # Other processes keeping more cores than this busy during a measurement make it noisy.
 NOISY_CORES = 0.2
 # Competing CPU load: each spinner is a pure spin loop that also exits once its parent
@@ -65,6 +73,27 @@ DEEPBENCH_SHAPES = {"DB1": (1, 150, 128, 128), "DB2": (4, 150, 256, 256),
                     "DB3": (1, 100, 512, 512), "DB4": (64, 50, 512, 512),
                     "DB5": (4, 50, 1024, 1024), "DB6": (32, 50, 1024, 1024)}
 FIT_FRAMEWORKS = tuple(f for f in FRAMEWORKS if (f, "fit") not in UNSUPPORTED)
+
+
+def default_out_dir() -> str:
+    """Where ``fastlstm bench`` writes without ``--out``: ``$XDG_CACHE_HOME/fastlstm/bench``,
+    by default ``~/.cache/fastlstm/bench`` (never the working directory)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fastlstm", "bench")
+
+
+def missing_peers() -> dict[str, str]:
+    """Peers whose modules are not importable here, each with the command that adds it.
+
+    Looks the modules up without importing them (``importlib.util.find_spec``).
+    """
+    def importable(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):   # ValueError: sys.modules[module] is None
+            return False
+    return {peer: PEER_INSTALL[peer] for peer, modules in PEER_MODULES.items()
+            if not all(importable(m) for m in modules)}
 
 
 @dataclass(frozen=True)
@@ -523,6 +552,8 @@ def _note_lines(report: Report) -> list[str]:
         notes.append(f"- {len(unsettled)} of {len(measured)} warm-ups stopped at the "
                      f"{report['timing']['warmup_max_s']:g} s cap before the timings settled; "
                      "`settled` in results.json says which")
+    for peer, command in report.get("missing_peers", {}).items():
+        notes.append(f"- {peer}: not installed, left out of this run; to add it: `{command}`")
     for framework, seen in report["frameworks"].items():
         if seen["status"] == "absent":
             notes.append(f"- {framework}: absent ({seen['message']})")
@@ -538,11 +569,19 @@ def _note_lines(report: Report) -> list[str]:
     return ["", "## Notes", "", *notes] if notes else []
 
 
-def write_chart(report: Report, path: str) -> str | None:
-    """A bar chart of fastlstm's speedup over each peer per case (without competing load),
-    saved as PNG.
+def _noisy_speedup(row: dict[str, Any], peer: str) -> bool:
+    """Whether fastlstm's or ``peer``'s measurement in ``row`` is noisy (marked * in the
+    table)."""
+    return any(_noisy(row["results"].get(f, {})) for f in ("fastlstm", peer))
 
-    Returns None, or a note saying why there is no chart (matplotlib absent, nothing to plot).
+
+def speedup_figure(report: Report) -> Any:
+    """A bar chart of fastlstm's speedup over each peer per case (without competing load),
+    as a matplotlib Figure; ratios from a noisy measurement carry the table's ``*`` and a
+    footnote says what it means.
+
+    Returns the Figure, or a note (str) saying why there is none (matplotlib absent,
+    nothing to plot).
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -555,19 +594,22 @@ def write_chart(report: Report, path: str) -> str | None:
         return "no speedup chart: no peer was measured next to fastlstm"
     labels = [f"{r['case']['name']} {r['case']['mode']} ({_threads_label(r['threads'])} thr)"
               for r in rows]
-    fig = Figure(figsize=(9, 0.2 * len(rows) * len(peers) + 1.5))
+    fig = Figure(figsize=(9, 0.2 * len(rows) * len(peers) + 1.7))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     height = 0.8 / len(peers)
     ratios = [v for row in rows for v in row["speedup"].values() if v == v and v > 0]
+    noisy_bars = 0
     for j, peer in enumerate(peers):
         positions = [i + (j - (len(peers) - 1) / 2) * height for i in range(len(rows))]
         values = [row["speedup"].get(peer, float("nan")) for row in rows]
+        marks = [peer in row["speedup"] and _noisy_speedup(row, peer) for row in rows]
+        noisy_bars += sum(marks)
         # bars grow from 1: right when fastlstm is faster, left when it is slower
         bars = ax.barh(positions, [abs(v - 1) for v in values], left=[min(v, 1) for v in values],
                        height=height, label=f"vs {peer}")
-        ax.bar_label(bars, labels=[_ratio(v) if v == v else "" for v in values], fontsize=6,
-                     padding=2)
+        ax.bar_label(bars, labels=[_ratio(v) + (" *" if mark else "") if v == v else ""
+                                   for v, mark in zip(values, marks)], fontsize=6, padding=2)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlim(min(ratios + [1.0]) / 1.5, max(ratios + [1.0]) * 1.5)   # every bar whole
@@ -578,7 +620,22 @@ def write_chart(report: Report, path: str) -> str | None:
     ax.set_title(f"fastlstm speedup, {machine['threads']} threads, {machine['cpu_model']}",
                  fontsize=9)
     ax.legend(loc="best")
-    fig.tight_layout()
+    if noisy_bars:
+        fig.text(0.01, 0.005, f"* noisy: other processes kept more than {NOISY_CORES:g} cores "
+                 "busy during fastlstm's or the peer's measurement (as in the table)",
+                 fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if noisy_bars else 0, 1, 1))
+    return fig
+
+
+def write_chart(report: Report, path: str) -> str | None:
+    """Save :func:`speedup_figure` as a PNG at ``path``.
+
+    Returns None, or the note saying why there is no chart.
+    """
+    fig = speedup_figure(report)
+    if isinstance(fig, str):
+        return fig
     fig.savefig(path, dpi=110)
     return None
 
@@ -596,18 +653,31 @@ def write_report(report: Report, out_dir: str) -> str:
     return markdown
 
 
-def main(quick: bool = False, threads: int | None = None, out_dir: str = DEFAULT_OUT,
-         frameworks: Iterable[str] = FRAMEWORKS, modes: Iterable[str] = MODES,
+def main(quick: bool = False, threads: int | None = None, out_dir: str | None = None,
+         frameworks: Iterable[str] | None = None, modes: Iterable[str] = MODES,
          busy: int = 0) -> int:
     """Run the benchmark, print the tables and write the files; return the exit status
-    (1 if fastlstm itself failed on some case, else 0)."""
+    (1 if fastlstm itself failed on some case, else 0).
+
+    ``out_dir`` None: :func:`default_out_dir`. ``frameworks`` None: fastlstm, NumPy and
+    every peer that is installed (:func:`missing_peers` are left out, with a note); named
+    frameworks that are not installed are measured and reported absent.
+    """
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
+    out_dir = default_out_dir() if out_dir is None else out_dir
+    missing: dict[str, str] = {}
+    if frameworks is None:
+        missing = missing_peers()
+        frameworks = [f for f in FRAMEWORKS if f not in missing]
     entries = plan(quick, threads, frameworks, modes, busy)
     load = f", {busy} competing processes in the busy section" if busy else ""
     _log(f"fastlstm bench: {sum(len(e.frameworks) for e in entries)} measurements, "
          f"{threads} threads{load}, one process each; writing to {os.path.abspath(out_dir)}")
+    for peer, command in missing.items():
+        _log(f"fastlstm bench: {peer} is not installed, left out; to add it: {command}")
     report = run(entries, QUICK_TIMING if quick else FULL_TIMING)
+    report["missing_peers"] = missing
     print(write_report(report, out_dir))
     _log(f"wrote {', '.join(os.path.join(out_dir, n) for n in ('results.md', 'results.json'))}"
          + ("" if report["chart_note"] else f", {os.path.join(out_dir, 'speedup.png')}"))

@@ -488,6 +488,9 @@ class LSTM(Module):
         for attribute in ("input_size", "hidden_size", "num_layers", "state_dict"):
             if not hasattr(module, attribute):
                 raise TypeError(f"module: expected a torch.nn.LSTM, got {type(module).__name__}")
+        if getattr(module, "mode", "LSTM") != "LSTM":   # nn.GRU and nn.RNN share LSTM's fields
+            raise TypeError(f"module: not an LSTM: expected a torch.nn.LSTM, got "
+                            f"{type(module).__name__} (mode {module.mode!r})")
         if getattr(module, "proj_size", 0):
             raise ValueError(f"module: proj_size={module.proj_size} is not supported, expected 0")
         state = module.state_dict()

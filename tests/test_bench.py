@@ -293,6 +293,56 @@ def test_a_worker_that_dies_is_an_error(fake_peers):
     assert "exited with code 3" in result["message"]
 
 
+def test_chart_marks_noisy_speedups_as_the_table_does(tmp_path):
+    require("matplotlib")
+    machine = dict(threads=2, cpu_model="test CPU")
+    s1, s2 = (Case(name, "forward", *bench.S_SHAPES[name]) for name in ("S1", "S2"))
+    rows = [bench.summarize(bench.Entry(s1, 2, ("fastlstm", "numpy", "torch")),
+                            dict(fastlstm=_ok(0.001), numpy=_ok(0.004), torch=_ok(0.002))),
+            bench.summarize(bench.Entry(s2, 2, ("fastlstm", "numpy", "torch")),
+                            dict(fastlstm=_ok(0.010), numpy=_ok(0.03, other_cores=0.9),
+                                 torch=_ok(0.015)))]
+    figure = bench.speedup_figure(dict(rows=rows, machine=machine))
+    bar_labels = [text.get_text() for text in figure.axes[0].texts]
+    print(bar_labels, [text.get_text() for text in figure.texts])
+    # bars per peer (numpy, torch), one per case; only S2 vs numpy was measured while busy
+    assert bar_labels == ["4x", "3x *", "2x", "1.5x"]
+    assert ["* noisy" in text.get_text() for text in figure.texts] == [True]
+    assert "*" in bench.to_markdown(dict(
+        rows=rows, machine=dict(machine, simd=[], usable_cores=2, versions={},
+                                load_average=[0.0] * 3, load_average_end=[0.0] * 3),
+        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={})).split("| S2 |")[1]
+
+    rows[1]["results"]["numpy"]["other_cores"] = 0.0
+    quiet = bench.speedup_figure(dict(rows=rows, machine=machine))
+    assert not any("*" in text.get_text() for text in quiet.axes[0].texts + quiet.texts)
+    assert bench.write_chart(dict(rows=rows, machine=machine), str(tmp_path / "c.png")) is None
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_output_goes_to_the_user_cache_not_the_working_directory(monkeypatch,
+                                                                         tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert bench.default_out_dir() == str(tmp_path / "cache" / "fastlstm" / "bench")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert bench.default_out_dir() == str(tmp_path / "home" / ".cache" / "fastlstm" / "bench")
+
+
+def test_missing_peers_names_each_with_its_install_command(monkeypatch):
+    require("torch")
+    require("onnxruntime")
+    require("onnx")
+    assert bench.missing_peers() == {}
+    monkeypatch.setitem(sys.modules, "torch", None)    # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnx", None)     # ONNX Runtime's worker needs onnx too
+    missing = bench.missing_peers()
+    print(missing)
+    assert missing == {
+        "torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+        "onnxruntime": "pip install onnx onnxruntime"}
+
+
 def test_chart_is_skipped_with_a_note_without_peers(tmp_path):
     report = dict(rows=[dict(speedup={})], machine={})
     note = bench.write_chart(report, str(tmp_path / "speedup.png"))

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import require
 
 import fastlstm
 from fastlstm import bench
@@ -86,3 +87,30 @@ def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
         ["| T1", "forward"], ["| T2", "forward"]]
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["results.json", "results.md", "speedup.png"]
+
+
+def test_bench_runs_without_torch_and_says_how_to_add_it(tmp_path, monkeypatch, capsys):
+    """The default run with torch hidden: fastlstm, NumPy and ONNX Runtime side by side, no
+    torch column, a note with the CPU-only install command; output goes to the user cache."""
+    require("onnxruntime")
+    require("onnx")
+    monkeypatch.setitem(sys.modules, "torch", None)      # import torch now raises ImportError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "S_SHAPES", {"T1": (1, 3, 4, 5)})
+    monkeypatch.setattr(bench, "QUICK_TIMING", bench.Timing(
+        warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2, max_repeats=3,
+        min_repeat_s=0.0))
+    status = main(["bench", "--quick", "--threads", "1", "--modes", "forward"])
+    captured = capsys.readouterr()
+    print(captured.out, captured.err)
+    assert status == 0
+    assert "| fastlstm | numpy | onnxruntime | vs numpy | vs onnxruntime |" in captured.out
+    assert "torch |" not in captured.out
+    command = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert f"- torch: not installed, left out of this run; to add it: `{command}`" in captured.out
+    assert command in captured.err
+    out_dir = tmp_path / "cache" / "fastlstm" / "bench"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["results.json", "results.md",
+                                                          "speedup.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]   # nothing in the cwd

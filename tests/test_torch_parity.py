@@ -146,3 +146,12 @@ def test_init_matches_pytorch_distribution():
         assert param.std() == pytest.approx(bound / np.sqrt(3), rel=0.1), name
     assert [name for name, _ in module.named_parameters()] == [
         name for name, _ in torch.nn.LSTM(10, 64).named_parameters()]
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.GRU(3, 5), lambda: torch.nn.RNN(3, 5)],
+                         ids=["GRU", "RNN"])
+def test_from_torch_refuses_a_recurrent_module_that_is_not_an_lstm(make):
+    reference = make()
+    with pytest.raises(TypeError, match=f"module: not an LSTM: expected a torch.nn.LSTM, got "
+                                        f"{type(reference).__name__}"):
+        fl.LSTM.from_torch(reference)

@@ -1,4 +1,4 @@
-"""Seed example (c): a PyTorch-style model and a hand-written training loop.
+"""A PyTorch-style model and a hand-written training loop.
 
 A ``fl.Module`` subclass holds ``fl.LSTM(..., batch_first=True)`` and ``fl.Linear`` on the
 last step; its ``backward`` mirrors its ``forward`` (no autograd: each module returns the
@@ -6,7 +6,7 @@ gradient of its input). The loop is the PyTorch one: forward, loss, ``zero_grad`
 ``backward``, gradient clipping, ``step``. The task: tell apart noisy sine waves of three
 frequencies from 40 samples each.
 
-Run: ``python examples/seed_c_pytorch_style.py`` (about 10 s on 2 cores).
+Run: ``python examples/pytorch_style_training.py`` (about 5 s on 2 cores).
 """
 import time
 

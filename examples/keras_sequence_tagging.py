@@ -1,4 +1,4 @@
-"""Seed example (b): stacked LSTMs tagging every step of a token sequence.
+"""Keras-style stacked LSTMs tagging every step of a token sequence.
 
 ``Embedding`` + three stacked ``LSTM(128, return_sequences=True)`` +
 ``Dense(num_classes, activation="softmax")`` on every step, trained with categorical
@@ -6,7 +6,7 @@ cross-entropy (one-hot targets) and reporting accuracy. The tag of step t is the
 the token two steps earlier (the first two steps are tagged 0), so the network must
 carry information through time; chance accuracy is about 1/num_classes.
 
-Run: ``python examples/seed_b_classification.py`` (about 30 s on 2 cores).
+Run: ``python examples/keras_sequence_tagging.py`` (about 7 s on 2 cores).
 """
 import time
 

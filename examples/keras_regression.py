@@ -1,4 +1,4 @@
-"""Seed example (a): a Keras-style LSTM regressor.
+"""A Keras-style LSTM regressor: Sequential, compile, fit, evaluate.
 
 ``Sequential`` + ``LSTM(128, input_shape=(10, 32))`` + ``Dense(1)``, compiled with the mean
 squared error and Adam, fitted, then evaluated on held-out data. The target is a noisy
@@ -6,7 +6,7 @@ function of the whole sequence (a decayed sum of a projection of the inputs), so
 model must remember earlier steps. The baseline is the variance of the test targets (the
 mean squared error of always predicting their mean).
 
-Run: ``python examples/seed_a_regression.py`` (about 10 s on 2 cores).
+Run: ``python examples/keras_regression.py`` (about 5 s on 2 cores).
 """
 import time
 
