@@ -424,21 +424,28 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
 
 
 cdef enum:
-    GRAD_BLOCK = 128    # rows per weight-gradient product, whatever the thread count
+    GRAD_BLOCKS = 4     # weight-gradient products per matrix, whatever the thread count
+
+
+cdef inline Py_ssize_t _grad_block(Py_ssize_t rows) noexcept nogil:
+    # Rows per block: a quarter, in multiples of 16 (a function of the shape only)
+    return max(16, (rows + 16 * GRAD_BLOCKS - 1) // (16 * GRAD_BLOCKS) * 16)
 
 
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
-    # Whole-sequence products after the loop in blocks of GRAD_BLOCK rows, dealt round-robin
-    # to the `parts` threads. Every block is one BLAS call of the same shape for any thread
-    # count, so the sums (and the results, bit for bit) do not depend on the threads.
+    # Whole-sequence products after the loop in GRAD_BLOCKS blocks of rows, dealt
+    # round-robin to the `parts` threads. Every block is one BLAS call of the same shape for
+    # any thread count, so the sums (and the results, bit for bit) do not depend on the
+    # threads; few blocks keep BLAS from re-packing its shared operand many times.
     cdef Py_ssize_t G = 4 * w.H, H = w.H, B = w.B, n_in = w.n_in, TB = w.T * w.B
     cdef Py_ssize_t g0, g1, r0, r1, r, g, block
+    cdef Py_ssize_t g_rows = _grad_block(G), x_rows = _grad_block(TB)
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
     block = part
-    while block * GRAD_BLOCK < G:
-        g0 = block * GRAD_BLOCK
-        g1 = min(G, g0 + GRAD_BLOCK)
+    while block * g_rows < G:
+        g0 = block * g_rows
+        g1 = min(G, g0 + g_rows)
         # dW_ih[g0:g1] += dgates[:, g0:g1].T @ x
         gemm(True, False, <int>(g1 - g0), <int>n_in, <int>TB, 1, dgates + g0, <int>G,
              <const floating*>w.x, <int>n_in, 1, <floating*>w.dW_ih + g0 * n_in, <int>n_in)
@@ -458,9 +465,9 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
                     db[g] += dgates[r * G + g]
         block += parts
     block = part
-    while block * GRAD_BLOCK < TB:
-        r0 = block * GRAD_BLOCK
-        r1 = min(TB, r0 + GRAD_BLOCK)
+    while block * x_rows < TB:
+        r0 = block * x_rows
+        r1 = min(TB, r0 + x_rows)
         # dx[r0:r1] (+)= dgates[r0:r1] @ W_ih
         gemm(False, False, <int>(r1 - r0), <int>n_in, <int>G, 1, dgates + r0 * G, <int>G,
              <const floating*>w.W_ih, <int>n_in, 1 if w.accumulate_dx else 0,
