@@ -20,6 +20,7 @@ A model is a ``Module`` subclass whose attributes are modules or lists of module
 recurse into them with dotted names (``"fc.weight"``, ``"lstm.weight_ih_l0"``). Its
 ``forward`` and ``backward`` are written by hand, backward mirroring forward.
 """
+import types
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -121,8 +122,10 @@ class Module:
 
     @property
     def grads(self):
-        """Dict dotted name -> persistent gradient array, keyed like ``named_parameters()``."""
-        return {name: grad for name, _, grad in self._members()}
+        """Read-only mapping dotted name -> persistent gradient array, keyed like
+        ``named_parameters()``. Write into the arrays (``m.grads[k][...] = g``); the arrays
+        themselves cannot be replaced, so the kernels always get the shapes they expect."""
+        return types.MappingProxyType({name: grad for name, _, grad in self._members()})
 
     def zero_grad(self):
         """Zero every gradient array in place."""

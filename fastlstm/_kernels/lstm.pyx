@@ -927,6 +927,8 @@ cdef class StreamKernel:
             raise TypeError(f"dtype: expected float32 or float64, got {self._dtype}")
         if not layers:
             raise ValueError("layers: expected at least one layer, got none")
+        if not 1 <= batch_size <= 1 << 24:
+            raise ValueError(f"batch_size: expected 1 to {1 << 24}, got {batch_size}")
         self.L = len(layers)
         self.B = batch_size
         self.H = layers[0][1].shape[1]
