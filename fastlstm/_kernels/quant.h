@@ -14,8 +14,9 @@
  *
  * Each product is compiled twice: for AVX512-BF16 / AVX512-VNNI (8 rows x 2 panels of zmm
  * accumulators) and portably in plain C, which widens to float32 / int32 and runs on any
- * CPU. The int8 paths give identical results; the bf16 paths differ only in denormals
- * (flushed by vdpbf16ps).
+ * CPU. The int8 paths sum identically (exact int32) and differ only in the rounding of the
+ * float32 epilogue (the compiler may fuse it); the bf16 paths only in denormals (flushed
+ * by vdpbf16ps) and in that rounding.
  */
 #ifndef FASTLSTM_QUANT_H
 #define FASTLSTM_QUANT_H
