@@ -50,7 +50,7 @@ cdef enum:
     CHUNK_ROWS = 256    # rows (steps x batch) of x projected at once
 
 DTYPES = ("bfloat16", "int8")
-PATHS = ("portable", "avx512")      # avx512: AVX512-BF16 (bfloat16) / AVX512-VNNI (int8)
+
 cdef int _forced_path = -1          # set_quantized_path: -1 the CPU's best, 0 portable
 
 
