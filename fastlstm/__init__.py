@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access to keep `import fastlstm` light.
 _LAZY = {
-    "save": "io", "load": "io",
+    "save": "io", "load": "io", "quantize": "quantized",
     "Sequential": "models",
     "Linear": "modules", "Embedding": "modules", "Dropout": "modules", "Module": "modules",
 }
 _SUBMODULES = {"reference", "layers", "optim", "losses", "metrics", "callbacks", "sklearn",
-               "io", "onnx", "models", "modules"}
+               "io", "onnx", "models", "modules", "quantized"}
 
 __all__ = ["LSTM", "get_num_threads", "set_num_threads", "__version__", *_LAZY]
 

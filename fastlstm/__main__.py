@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def info_lines() -> list[str]:
     """What ``fastlstm info`` prints, one string per line."""
-    from ._kernels import lstm as _lstm_kernels, openmp as _openmp
+    from ._kernels import lstm as _lstm_kernels, openmp as _openmp, quant as _quant
     from ._threads import usable_cores
 
     if _openmp.openmp_enabled():
@@ -75,6 +75,8 @@ def info_lines() -> list[str]:
         f"OpenMP: {openmp}",
         f"CPU: {bench.cpu_model()}; SIMD: {' '.join(simd) if simd else 'unknown'}",
         f"Recurrent products: packed panels, {_lstm_kernels.packed_isa()} micro-kernels",
+        "Quantised products (fl.quantize): " + ", ".join(
+            f"{dtype} {_quant.quantized_path(dtype)}" for dtype in _quant.DTYPES),
         f"Threads: fastlstm.get_num_threads() = {fastlstm.get_num_threads()}, "
         f"usable cores {usable_cores()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from importlib import import_module
 from io import BufferedIOBase
 from typing import Any
@@ -31,7 +31,8 @@ MAX_HEADER_BYTES = 100 * 2**20
 MAX_DIMS = 32  # the most NumPy 1.x arrays have
 # model class name -> (module, attribute); load never builds anything else.
 REGISTRY: dict[str, tuple[str, str]] = {"LSTM": ("fastlstm.lstm", "LSTM"),
-                                        "Sequential": ("fastlstm.models", "Sequential")}
+                                        "Sequential": ("fastlstm.models", "Sequential"),
+                                        "QuantizedLSTM": ("fastlstm.quantized", "QuantizedLSTM")}
 
 # safetensors dtype code -> little-endian NumPy dtype. BF16 has no NumPy dtype: it is read
 # as its raw 16 bits and widened exactly to float32.
@@ -63,7 +64,8 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
     class_name = _registered_name(obj)
     config = json.dumps(obj.get_config(), sort_keys=True)
     metadata = {"format": FORMAT, "class": class_name, "config": config, "version": __version__}
-    write_safetensors(obj.state_dict(), path, metadata=metadata)
+    write_safetensors(obj.state_dict(), path, metadata=metadata,
+                      bfloat16=getattr(obj, "bfloat16_tensors", ()))
 
 
 def load(path: str | os.PathLike[str]) -> Any:
@@ -134,7 +136,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathLike[str],
-                      metadata: Mapping[str, str] | None = None) -> None:
+                      metadata: Mapping[str, str] | None = None,
+                      bfloat16: Collection[str] = ()) -> None:
     """Write a mapping name -> array to ``path`` as a safetensors file.
 
     Parameters
@@ -143,6 +146,8 @@ def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathL
         Arrays of a bool, integer or float16/32/64 dtype.
     path : str or os.PathLike
     metadata : mapping of str -> str, optional
+    bfloat16 : collection of str, optional
+        Names of float32 tensors to store as BF16 (rounded to nearest even).
     """
     path = os.fspath(path)  # a str or path-like, never a file descriptor
     arrays = {}
@@ -155,10 +160,16 @@ def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathL
         if little not in _CODES:
             raise TypeError(f"tensors[{name!r}]: dtype must be one of "
                             f"{sorted(str(d) for d in _CODES)}, got {array.dtype}")
+        if name in bfloat16:
+            if little != _DTYPES["F32"]:
+                raise TypeError(f"tensors[{name!r}]: BF16 needs a float32 array, got {array.dtype}")
+            bits = np.ascontiguousarray(array, dtype=little).view("<u4").astype(np.uint64)
+            array = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+            little = array.dtype
         arrays[name] = np.ascontiguousarray(array, dtype=little)
     header, offset = {}, 0
     for name, array in arrays.items():
-        header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
+        header[name] = {"dtype": "BF16" if name in bfloat16 else _CODES[array.dtype], "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     if metadata:
