@@ -20,6 +20,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ _DTYPE_CODES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _DEEP = "\x00deep\x00"  # placeholder for a deeply nested value, spliced in after json.dumps
+CASE_SECONDS = 20.0  # a load that takes longer is a finding
 _NUMBERS = [0, 1, -1, 2, 3, 7, 243810, 2**20, 2**24 + 1, 2**31 - 1, 2**31, 2**32 + 1,
             4294967297, 2**53 + 1, 2**63 - 1, 2**63, 2**64 + 1, 10**30, -(2**31), -(2**63),
             0.0, -0.0, 0.5, 1.5, 1e300, -1e300, 1e-320, math.nan, math.inf, -math.inf]
@@ -244,7 +246,7 @@ def _mutate_tensor(header: dict[str, Any], data: bytes, rng: random.Random
             shape = shape[::-1]
         entry = {**entry, "shape": shape}
         if all(isinstance(n, int) and n >= 0 for n in shape) and math.prod(shape) < 2**20:
-            size = math.prod(shape) * _ITEMSIZE.get(entry.get("dtype"), 4)
+            size = math.prod(shape) * _ITEMSIZE.get(str(entry.get("dtype")), 4)
             payload = (payload * (size // max(len(payload), 1) + 1))[:size]
     elif action == 2:  # rename
         other = rng.choice(tensors)[0]
@@ -285,45 +287,155 @@ def _mutate_once(data: bytes, rng: random.Random) -> bytes:
         result = _mutate_tensor(header, payload, rng)
         if result is not None:
             return _join(*result)
-    data = bytearray(data)
-    header_end = min(len(data), 8 + int.from_bytes(bytes(data[:8]).ljust(8, b"\0"), "little"))
+    header_end = min(len(data), 8 + int.from_bytes(data[:8].ljust(8, b"\0"), "little"))
     if kind in (4, 5) and data:  # flip bytes, mostly inside the header
+        flipped = bytearray(data)
         for _ in range(rng.choice([1, 1, 2, 4, 16])):
             end = header_end if rng.random() < 0.8 else len(data)
             position = rng.randrange(max(end, 1))
-            data[position] = rng.randrange(256) if rng.random() < 0.5 else \
-                data[position] ^ (1 << rng.randrange(8))
-        return bytes(data)
+            flipped[position] = rng.randrange(256) if rng.random() < 0.5 else \
+                flipped[position] ^ (1 << rng.randrange(8))
+        return bytes(flipped)
     if kind == 6:  # truncate, mostly inside the header
         end = header_end if rng.random() < 0.6 else len(data)
-        return bytes(data[:rng.randrange(end + 1)])
+        return data[:rng.randrange(end + 1)]
     if kind == 7:  # a lying header length
-        size = int.from_bytes(bytes(data[:8]).ljust(8, b"\0"), "little")
+        size = int.from_bytes(data[:8].ljust(8, b"\0"), "little")
         size = rng.choice([0, 1, size - 1, size + 1, size + 8, 896, 2**31, 2**63 + 5,
                            rng.randrange(2**64)])
-        return (size % 2**64).to_bytes(8, "little") + bytes(data[8:])
+        return (size % 2**64).to_bytes(8, "little") + data[8:]
     if kind == 8:  # append or insert bytes
         extra = bytes(rng.randrange(256) for _ in range(rng.choice([1, 7, 100])))
         position = rng.choice([len(data), rng.randrange(len(data) + 1)])
-        return bytes(data[:position]) + extra + bytes(data[position:])
-    return bytes(data[::-1]) if rng.random() < 0.1 else bytes(data[:8]) + bytes(
+        return data[:position] + extra + data[position:]
+    return data[::-1] if rng.random() < 0.1 else data[:8] + bytes(
         rng.randrange(256) for _ in range(rng.randrange(64)))
+
+
+def onnx_seed_files(directory: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Valid ONNX models written by ``fastlstm.onnx.to_onnx``: name -> bytes."""
+    import fastlstm as fl
+
+    modules = {"onnx_lstm_all_inputs": fl.LSTM(3, 4, seed=0),
+               "onnx_bidirectional": fl.LSTM(2, 3, num_layers=2, bidirectional=True,
+                                             batch_first=True, seed=0),
+               "onnx_peephole_clip_float64": fl.LSTM(2, 2, peephole=True, clip=1.5,
+                                                     dtype="float64", seed=0)}
+    files = {}
+    for name, module in modules.items():
+        path = Path(directory, f"{name}.onnx")
+        module.to_onnx(path, all_inputs=name == "onnx_lstm_all_inputs")
+        files[name] = path.read_bytes()
+    return files
+
+
+def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
+    """A random mutation of an ONNX model: of its bytes, or of its graph through ``onnx``
+    (attributes, initializers, node wiring and types, constants folded at load time)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if rng.random() < 0.2:
+        return _mutate_once(data, rng) if rng.random() < 0.5 else \
+            data[:rng.randrange(len(data) + 1)]
+    model = onnx.ModelProto.FromString(data)
+    graph = model.graph
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        nodes = list(graph.node)
+        node = rng.choice(nodes) if nodes else None
+        action = rng.randrange(10)
+        if action == 0 and node is not None and node.attribute:  # an attribute's value
+            attribute = rng.choice(node.attribute)
+            value = rng.choice([_garbage(rng), -3, 0, 2, 2**40, 1.5, math.nan, "reverse",
+                                "bidirectional", ["Relu", "Tanh", "Tanh"], [1, 2]])
+            try:
+                replacement = helper.make_attribute(attribute.name, value)
+            except (ValueError, TypeError, OverflowError):  # no ONNX attribute holds it
+                replacement = helper.make_attribute(attribute.name, 7)
+            node.attribute.remove(attribute)
+            node.attribute.append(replacement)
+        elif action == 1 and node is not None:  # an extra attribute
+            node.attribute.append(helper.make_attribute(
+                rng.choice(["hidden_size", "layout", "input_forget", "clip", "perm",
+                            "activation_alpha", "direction", "axis", "to"]),
+                rng.choice([1, 2, 0, -1, 0.5, [0, 1], [2, 0, 1], "forward"])))
+        elif action == 2 and graph.initializer:  # an initializer's dims, type or data
+            tensor = rng.choice(graph.initializer)
+            edit = rng.randrange(5)
+            if edit == 0 and tensor.dims:
+                tensor.dims[rng.randrange(len(tensor.dims))] = rng.choice([0, 1, 7, 2**31,
+                                                                          2**40])
+            elif edit == 1:
+                tensor.data_type = rng.choice([TensorProto.FLOAT16, TensorProto.INT64,
+                                               TensorProto.STRING, TensorProto.BOOL, 0, 99])
+            elif edit == 2:
+                tensor.raw_data = tensor.raw_data[:rng.randrange(len(tensor.raw_data) + 1)]
+            elif edit == 3:
+                tensor.data_location = TensorProto.EXTERNAL
+                entry = tensor.external_data.add()
+                entry.key, entry.value = "location", rng.choice(["/etc/passwd", "../x", "w.bin"])
+            else:
+                tensor.dims.append(rng.choice([1, 2]))
+        elif action == 3 and node is not None and node.input:  # rewire an input
+            index = rng.randrange(len(node.input))
+            names = [n for other in nodes for n in other.output] + \
+                [t.name for t in graph.initializer] + [i.name for i in graph.input] + ["", "?"]
+            node.input[index] = rng.choice(names)
+        elif action == 4 and node is not None:  # another operator or domain
+            if rng.random() < 0.8:
+                node.op_type = rng.choice(["LSTM", "Transpose", "Identity", "Cast", "Relu",
+                                           "ConstantOfShape", "Expand", "Loop", "GRU"])
+            else:
+                node.domain = rng.choice(["ai.onnx", "com.microsoft", "x"])
+        elif action == 5 and node is not None:  # drop or duplicate a node
+            if rng.random() < 0.5:
+                graph.node.remove(node)
+            else:
+                graph.node.append(node)
+        elif action == 6 and graph.initializer:  # a weight computed at load time
+            tensor = rng.choice(graph.initializer)
+            shape = helper.make_tensor(f"{tensor.name}_shape", TensorProto.INT64, [2],
+                                       rng.choice([[2**20, 2**20], [4, 3], [2**62, 4]]))
+            graph.node.append(helper.make_node("ConstantOfShape", [shape.name], [tensor.name]))
+            graph.initializer.append(shape)
+            graph.initializer.remove(tensor)
+        elif action == 7 and graph.input:  # a graph input's element type or shape
+            tensor_type = rng.choice(graph.input).type.tensor_type
+            if rng.random() < 0.5:
+                tensor_type.elem_type = rng.choice([0, 2, 7, 10, 11, 16, 99])
+            elif tensor_type.shape.dim:
+                tensor_type.shape.dim[rng.randrange(len(tensor_type.shape.dim))].dim_value = \
+                    rng.choice([0, 1, 5, 2**40])
+        elif action == 8:  # opset and IR version
+            if model.opset_import and rng.random() < 0.5:
+                model.opset_import[0].version = rng.choice([1, 7, 13, 14, 22, 23, 10_000])
+            else:
+                model.ir_version = rng.choice([0, 1, 3, 10, 11, 99])
+        elif node is not None and node.output:  # a loop through the graph
+            node.input.insert(0, node.output[0])
+            if len(node.input) > 1:
+                del node.input[1]
+    return model.SerializeToString()
 
 
 # ------------------------------------------------------------------ loading
 def check_load(path: str | os.PathLike[str]) -> str:
-    """Load ``path`` and use the model; return the outcome.
+    """Load ``path`` (``fastlstm.load``, or ``from_onnx`` for ``.onnx``) and use the model.
 
-    ``"loaded"``, ``"ValueError"`` or ``"TypeError"`` are allowed; anything else raises
-    (the exception the loader raised, or an ``AssertionError`` if the model is unusable).
+    Returns ``"loaded"``, ``"ValueError"`` or ``"TypeError"``, the allowed outcomes;
+    anything else raises (the loader's exception, or an ``AssertionError`` if the model is
+    unusable or an error from ``fastlstm.load`` does not name the file).
     """
     from fastlstm.io import load
+    from fastlstm.onnx import from_onnx
 
+    onnx_file = os.fspath(path).endswith(".onnx")
     try:
-        model = load(path)
+        model = from_onnx(path) if onnx_file else load(path)
     except (ValueError, TypeError) as exc:
         message = str(exc)
-        assert repr(os.fspath(path)) in message, f"the error does not name the file: {message}"
+        assert onnx_file or repr(os.fspath(path)) in message, \
+            f"the error does not name the file: {message}"
         return type(exc).__name__
     _run(model)
     return "loaded"
@@ -348,26 +460,40 @@ def _run(model: Any) -> None:
         pass
 
 
-def run(minutes: float, seed: int, out: Path, max_cases: int | None = None,
+class CaseTimeout(Exception):
+    """A case took longer than ``CASE_SECONDS`` (e.g. a loop in a hostile graph)."""
+
+
+def _time_out(signum: int, frame: Any) -> None:
+    raise CaseTimeout(f"no outcome after {CASE_SECONDS} s")
+
+
+def run(minutes: float, seed: int, out: Path, max_cases: int | None = None, onnx: bool = True,
         log: Callable[[str], None] = print) -> collections.Counter[str]:
-    """Fuzz for ``minutes`` (or ``max_cases``); return the outcome counts per seed kind."""
+    """Fuzz for ``minutes`` (or ``max_cases``), ONNX models too if ``onnx``; return the
+    counts of the outcomes and of the seed kinds."""
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGALRM, _time_out)
     counts: collections.Counter[str] = collections.Counter()
     rng = random.Random(seed)
     warnings.simplefilter("ignore", RuntimeWarning)  # NaN weights are a correct load
     with tempfile.TemporaryDirectory() as tmp:
         seeds = seed_files(tmp)
-        for name, data in seeds.items():  # the unmutated files load (and warm the imports)
-            path = Path(tmp, f"{name}.safetensors")
-            assert check_load(path) == "loaded", name
-        current = out / "current.safetensors"
+        if onnx:
+            seeds.update(onnx_seed_files(tmp))
+        for name in seeds:  # the unmutated files load (and warm the imports)
+            suffix = ".onnx" if name.startswith("onnx") else ".safetensors"
+            assert check_load(Path(tmp, name + suffix)) == "loaded", name
         deadline = time.monotonic() + 60 * minutes
         case = 0
         while time.monotonic() < deadline and (max_cases is None or case < max_cases):
             kind = rng.choice(sorted(seeds))
-            data = mutate(seeds[kind], rng)
+            is_onnx = kind.startswith("onnx")
+            data = (mutate_onnx if is_onnx else mutate)(seeds[kind], rng)
+            current = out / ("current.onnx" if is_onnx else "current.safetensors")
             current.write_bytes(data)
             tracemalloc.start()
+            signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
             try:
                 outcome = check_load(current)
                 _, peak = tracemalloc.get_traced_memory()
@@ -378,16 +504,17 @@ def run(minutes: float, seed: int, out: Path, max_cases: int | None = None,
                 outcome = f"bad:{type(exc).__name__}"
                 detail = traceback.format_exc()
             finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
                 tracemalloc.stop()
             counts[outcome] += 1
             counts[f"kind:{kind}"] += 1
             if outcome.startswith("bad:"):
-                stem = out / f"case{case}-{kind}-{outcome[4:]}"
-                stem.with_suffix(".safetensors").write_bytes(data)
-                stem.with_suffix(".txt").write_text(detail)
-                log(f"case {case} ({kind}): {outcome}, saved to {stem}.safetensors")
+                saved = out / f"case{case}-{kind}-{outcome[4:]}{current.suffix}"
+                saved.write_bytes(data)
+                saved.with_suffix(".txt").write_text(detail)
+                log(f"case {case} ({kind}): {outcome}, saved to {saved}")
+            current.unlink()
             case += 1
-        current.unlink()
     return counts
 
 
@@ -397,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-cases", type=int, default=None)
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="model files only (no ONNX graphs; for when onnx is missing)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir(), "fastlstm-fuzz"),
                         help="directory for failing cases (default: %(default)s)")
     parser.add_argument("--max-memory-gib", type=float, default=4.0,
@@ -410,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = in_use + int(args.max_memory_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     started = time.monotonic()
-    counts = run(args.minutes, args.seed, args.out, args.max_cases)
+    counts = run(args.minutes, args.seed, args.out, args.max_cases, not args.no_onnx)
     total = sum(n for key, n in counts.items() if key.startswith("kind:"))
     bad = sum(n for key, n in counts.items() if key.startswith("bad:"))
     print(f"{total} cases in {time.monotonic() - started:.0f} s (seed {args.seed}), "
