@@ -39,6 +39,10 @@ _DTYPE_CODES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _DEEP = "\x00deep\x00"  # placeholder for a deeply nested value, spliced in after json.dumps
+# config keys that size the model or hold its structure: edited more often than the others
+_STRUCTURE_KEYS = {"units", "input_dim", "output_dim", "input_size", "hidden_size", "num_layers",
+                   "input_shape", "layers", "layer", "config", "class_name", "compile", "loss",
+                   "optimizer", "metrics", "shape", "dtype", "data_offsets"}
 CASE_SECONDS = 20.0  # a load that takes longer is a finding
 _NUMBERS = [0, 1, -1, 2, 3, 7, 243810, 2**20, 2**24 + 1, 2**31 - 1, 2**31, 2**32 + 1,
             4294967297, 2**53 + 1, 2**63 - 1, 2**63, 2**64 + 1, 10**30, -(2**31), -(2**63),
@@ -125,9 +129,10 @@ def _tensors(header: dict[str, Any], data: bytes) -> list[tuple[str, dict[str, A
     for name, entry in header.items():
         if name == "__metadata__" or not isinstance(entry, dict):
             continue
-        offsets = entry.get("data_offsets")
-        if isinstance(entry.get("shape"), list) and isinstance(offsets, list) \
-                and len(offsets) == 2 and all(isinstance(o, int) for o in offsets):
+        offsets, shape = entry.get("data_offsets"), entry.get("shape")
+        if isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) \
+                and isinstance(offsets, list) and len(offsets) == 2 \
+                and all(type(o) is int for o in offsets):
             out.append((name, entry, data[offsets[0]:offsets[1]]))
     return sorted(out, key=lambda item: item[1]["data_offsets"][0])
 
@@ -183,7 +188,8 @@ def _edit_json(tree: Any, rng: random.Random) -> bool:
     positions = _nodes(tree)
     if not positions:
         return False
-    container, key = rng.choice(positions)
+    sizes = [(c, k) for c, k in positions if k in _STRUCTURE_KEYS]
+    container, key = rng.choice(sizes if sizes and rng.random() < 0.5 else positions)
     value = container[key]
     action = rng.randrange(6)
     if action == 0:  # delete the key or item
@@ -231,8 +237,7 @@ def _mutate_tensor(header: dict[str, Any], data: bytes, rng: random.Random
     if action == 0:  # dtype, with the bytes resized to match
         code = rng.choice(_DTYPE_CODES)
         entry = {**entry, "dtype": code}
-        count = math.prod(shape) if all(isinstance(n, int) and n >= 0 for n in shape) else 0
-        size = count * _ITEMSIZE.get(code, 4)
+        size = min(math.prod(shape), 2**20) * _ITEMSIZE.get(code, 4)
         payload = (payload * (size // max(len(payload), 1) + 1))[:size]
     elif action == 1:  # shape: a dimension changed, added, dropped or the axes permuted
         edit = rng.randrange(4)

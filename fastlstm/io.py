@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickletools
 import reprlib
 import zipfile
 from collections.abc import Mapping
@@ -50,8 +51,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 _CODES: dict[np.dtype[Any], str] = {dtype: code for code, dtype in _DTYPES.items()
                                     if code != "BF16"}
 # signatures of the formats ``load`` names when it is given something other than safetensors
-_PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80) and a version
-_PICKLE_STOP = b"."           # ... and ends with STOP
+_PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80), a version
+_PICKLE_OPCODES = {ord(op.code) for op in pickletools.opcodes}  # ... and an opcode
 _ZIP_MAGIC = b"PK\x03\x04"    # torch.save, Keras .keras, NumPy .npz
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY"
@@ -338,7 +339,7 @@ def _config_field(config: dict[str, Any], key: str, types: type | tuple[type, ..
     value = config[key]
     if not isinstance(value, types):
         names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise ValueError(f"{label} field {path}.{key}: expected a {names}, got "
+        raise ValueError(f"{label} field {path}.{key}: expected {names}, got "
                          f"{reprlib.repr(value)}")
     return value
 
@@ -379,7 +380,7 @@ def _read(path: str | os.PathLike[str], with_data: bool = True
         # that does not start so is sniffed for other formats (a valid or truncated header
         # length such as 896 = b"\x80\x03\0..." starts with the bytes a pickle starts with).
         if not (len(prefix) == 8 and header_size <= MAX_HEADER_BYTES and f.read(1) == b"{"):
-            found = _foreign_format(f, prefix, file_size)
+            found = _foreign_format(f, prefix)
             if found is not None:
                 raise ValueError(f"{where}: not a safetensors file (it is {found})")
         if len(prefix) < 8:
@@ -405,7 +406,7 @@ def _read(path: str | os.PathLike[str], with_data: bool = True
     return entries, metadata, tensors
 
 
-def _foreign_format(f: BinaryIO, prefix: bytes, file_size: int) -> str | None:
+def _foreign_format(f: BinaryIO, prefix: bytes) -> str | None:
     """Name the format of a file that is not safetensors and what reads it; None if unknown.
 
     Recognises ONNX models, pickles, zip archives (``torch.save``, Keras ``.keras``,
@@ -420,12 +421,11 @@ def _foreign_format(f: BinaryIO, prefix: bytes, file_size: int) -> str | None:
     if prefix.startswith(_NPY_MAGIC):
         return ("a NumPy .npy array; read it with numpy.load(path) and pass the arrays to "
                 "model.load_state_dict")
-    if len(prefix) >= 2 and prefix[0] == _PICKLE_PROTOCOL_BYTE and 2 <= prefix[1] <= 5:
-        f.seek(file_size - 1)
-        if f.read(1) == _PICKLE_STOP:
-            return (f"a pickle, protocol {prefix[1]}, as pickle.dump or torch.save(..., "
-                    f"_use_new_zipfile_serialization=False) write; fastlstm never unpickles: "
-                    f"save the state_dict with safetensors.torch.save_file")
+    if len(prefix) >= 3 and prefix[0] == _PICKLE_PROTOCOL_BYTE and 2 <= prefix[1] <= 5 \
+            and prefix[2] in _PICKLE_OPCODES:
+        return (f"a pickle, protocol {prefix[1]}, as pickle.dump or torch.save(..., "
+                f"_use_new_zipfile_serialization=False) write; fastlstm never unpickles: "
+                f"save the state_dict with safetensors.torch.save_file")
     if len(prefix) >= 3 and prefix[0] == _ONNX_IR_VERSION_TAG and 0 < prefix[1] < 0x80 \
             and prefix[2] in _ONNX_MODEL_TAGS:
         return ("an ONNX model; read it with fastlstm.onnx.from_onnx(path) "

@@ -11,11 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastlstm as fl
-from fastlstm._fuzz import (check_load, memory_bound, mutate, mutate_onnx, onnx_seed_files,
-                            seed_files)
+from fastlstm._fuzz import (_join, _mutate_config, _split, check_load, memory_bound, mutate,
+                            mutate_onnx, onnx_seed_files, seed_files)
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+SEED_KINDS = ["lstm", "lstm_bidirectional", "lstm_peephole_clip", "lstm_reverse_float64",
+              "lstm_no_bias", "sequential_classifier", "sequential_regressor_float64",
+              "sequential_unbuilt"]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +29,7 @@ def seeds(tmp_path_factory):
 
 
 def test_seed_files_cover_the_model_kinds_and_load(seeds, tmp_path):
-    assert {"lstm_bidirectional", "lstm_peephole_clip", "lstm_reverse_float64",
-            "sequential_classifier", "sequential_regressor_float64"} <= set(seeds)
+    assert sorted(seeds) == sorted(SEED_KINDS)
     for name, data in seeds.items():
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(data)
@@ -42,19 +46,27 @@ def test_check_load_flags_what_it_must(tmp_path):
 
 
 @SETTINGS
-@given(kind=st.sampled_from(["lstm", "lstm_bidirectional", "lstm_peephole_clip",
-                             "lstm_reverse_float64", "lstm_no_bias"]),
+@given(kind=st.sampled_from([kind for kind in SEED_KINDS if kind.startswith("lstm")]),
        rng=st.randoms(use_true_random=False))
 def test_mutated_lstm_files_load_or_raise_value_or_type_error(seeds, tmp_path, kind, rng):
     assert_loads_or_refuses(mutate(seeds[kind], rng), tmp_path / "mutated.safetensors")
 
 
 @SETTINGS
-@given(kind=st.sampled_from(["sequential_classifier", "sequential_regressor_float64",
-                             "sequential_unbuilt"]),
+@given(kind=st.sampled_from([kind for kind in SEED_KINDS if kind.startswith("sequential")]),
        rng=st.randoms(use_true_random=False))
 def test_mutated_sequential_files_load_or_raise_value_or_type_error(seeds, tmp_path, kind, rng):
     assert_loads_or_refuses(mutate(seeds[kind], rng), tmp_path / "mutated.safetensors")
+
+
+@SETTINGS
+@given(kind=st.sampled_from(sorted(SEED_KINDS)), rng=st.randoms(use_true_random=False))
+def test_files_with_edited_configs_load_or_raise_value_or_type_error(seeds, tmp_path, kind, rng):
+    data = _split(seeds[kind])
+    assert data is not None
+    header, payload = data
+    _mutate_config(header, rng)
+    assert_loads_or_refuses(_join(header, payload), tmp_path / "edited.safetensors")
 
 
 def assert_loads_or_refuses(mutated, path):
