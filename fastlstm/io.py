@@ -8,8 +8,9 @@ and the fastlstm version in the metadata; ``load`` rebuilds the model from a fix
 of classes and never unpickles anything.
 
 The reader is strict: every header field, offset and size is validated against the file
-size before any tensor is read, so a truncated, corrupted or lying file raises
-``ValueError`` (naming the path and the problem) without large allocations.
+size before any tensor is read, and the model config against the tensors before anything
+is built, so a truncated, corrupted or lying file raises ``ValueError`` (naming the path
+and the problem) without large allocations. ``python -m fastlstm._fuzz`` fuzzes this.
 """
 from __future__ import annotations
 
@@ -83,8 +84,11 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
 def load(path: str | os.PathLike[str]) -> Any:
     """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
 
-    Raises ``ValueError`` naming the path if the file is not a valid fastlstm safetensors
-    file, names an unknown class, or holds a config or tensors the class rejects.
+    Raises ``ValueError`` naming the path (and the field) if the file is not a valid
+    fastlstm safetensors file (a file of another format is named, with what reads it),
+    names an unknown class, or holds a config or tensors the class rejects. The config is
+    checked before anything is built: its structure, its size fields, and the parameter
+    counts they imply against the tensors the file holds.
     """
     entries, metadata, _ = _read(path, with_data=False)
     where = repr(os.fspath(path))
