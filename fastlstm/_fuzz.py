@@ -518,7 +518,7 @@ def run(minutes: float, seed: int, out: Path, max_cases: int | None = None, onnx
                 saved.write_bytes(data)
                 saved.with_suffix(".txt").write_text(detail)
                 log(f"case {case} ({kind}): {outcome}, saved to {saved}")
-            current.unlink()
+            current.unlink(missing_ok=True)
             case += 1
     return counts
 

@@ -235,15 +235,15 @@ def _check_sequential_config(config: dict[str, Any], stored: int, label: str) ->
     compiled = config.get("compile")
     if compiled:
         _check_compile(compiled, label)
-    first = layers[0] if layers else None
-    built = config.get("input_shape") is not None or (
-        isinstance(first, dict) and isinstance(first.get("config"), dict)
-        and first["config"].get("input_shape") is not None)
-    limit = stored if built else max(stored, UNBUILT_PARAMETER_LIMIT)
+    input_shape = config.get("input_shape")
     total, features = 0, None
     for index, spec in enumerate(layers):
         path = f"config.layers[{index}]"
         class_name, layer_config = _layer_spec(spec, path, label)
+        if index == 0:  # Sequential builds for the first layer's input shape, else its own
+            input_shape = layer_config.get("input_shape") or input_shape
+            limit = stored if input_shape else max(stored, UNBUILT_PARAMETER_LIMIT)
+            features = input_shape[-1] if input_shape else None
         if class_name == "Bidirectional":
             inner = _config_field(layer_config, "layer", dict, f"{path}.config", label)
             inner_name, inner_config = _layer_spec(inner, f"{path}.config.layer", label)

@@ -376,6 +376,9 @@ SEQUENTIAL_ERRORS = {
                         "output_dim=4294967297\\)"),
     "huge wrapped units": (set_in("layers", 1, "config", "layer", "config", "units", 10**6),
                            "config.layers\\[1\\] \\(Bidirectional with units=1000000\\)"),
+    "huge input features": (lambda config: (config["layers"].pop(0), set_in(
+        "layers", 0, "config", "input_shape", [3, 2**20])(config)),
+        "config.layers\\[0\\] \\(Bidirectional with units=3\\) implies at least 25166208"),
     "huge Dense": (set_in("layers", 4, "config", "units", 2**40), "config.layers\\[4\\] \\(Dense"),
     # structure and types
     "no layers": (delete("layers"), "config.layers is missing"),
