@@ -378,7 +378,7 @@ SEQUENTIAL_ERRORS = {
                            "config.layers\\[1\\] \\(Bidirectional with units=1000000\\)"),
     "huge input features": (lambda config: (config["layers"].pop(0), set_in(
         "layers", 0, "config", "input_shape", [3, 2**20])(config)),
-        "config.layers\\[0\\] \\(Bidirectional with units=3\\) implies at least 25166208"),
+        "config.layers\\[0\\] \\(Bidirectional with units=3\\) implies at least 25165920 "),
     "huge Dense": (set_in("layers", 4, "config", "units", 2**40), "config.layers\\[4\\] \\(Dense"),
     # structure and types
     "no layers": (delete("layers"), "config.layers is missing"),
