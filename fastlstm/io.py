@@ -8,18 +8,22 @@ and the fastlstm version in the metadata; ``load`` rebuilds the model from a fix
 of classes and never unpickles anything.
 
 The reader is strict: every header field, offset and size is validated against the file
-size before any tensor is read, so a truncated, corrupted or lying file raises
-``ValueError`` (naming the path and the problem) without large allocations.
+size before any tensor is read, and the model config against the tensors before anything
+is built, so a truncated, corrupted or lying file raises ``ValueError`` (naming the path
+and the problem) without large allocations. ``python -m fastlstm._fuzz`` fuzzes this.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickletools
+import reprlib
+import zipfile
 from collections.abc import Collection, Mapping
 from importlib import import_module
 from io import BufferedIOBase
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +33,9 @@ from . import __version__
 FORMAT = "fastlstm"
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_DIMS = 32  # the most NumPy 1.x arrays have
+MAX_CONFIG_DEPTH = 32  # a saved Sequential config nests 9 levels deep
+# parameters a config of an unbuilt model (whose file holds no tensors) may imply
+UNBUILT_PARAMETER_LIMIT = 2**24
 # model class name -> (module, attribute); load never builds anything else.
 REGISTRY: dict[str, tuple[str, str]] = {"LSTM": ("fastlstm.lstm", "LSTM"),
                                         "Sequential": ("fastlstm.models", "Sequential"),
@@ -45,8 +52,16 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 _CODES: dict[np.dtype[Any], str] = {dtype: code for code, dtype in _DTYPES.items()
                                     if code != "BF16"}
-_PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80) and a version
-_ZIP_MAGIC = b"PK\x03\x04"    # torch.save writes a zip archive holding a pickle
+# signatures of the formats ``load`` names when it is given something other than safetensors
+_PICKLE_PROTOCOL_BYTE = 0x80  # a pickle of protocol >= 2 starts with PROTO (0x80), a version
+_PICKLE_OPCODES = {ord(op.code) for op in pickletools.opcodes}  # ... and an opcode
+_ZIP_MAGIC = b"PK\x03\x04"    # torch.save, Keras .keras, NumPy .npz
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_NPY_MAGIC = b"\x93NUMPY"
+# an ONNX ModelProto starts with ir_version (field 1, varint) and then another field:
+# producer_name, producer_version, domain, model_version, doc_string, graph or opset_import
+_ONNX_IR_VERSION_TAG = 0x08
+_ONNX_MODEL_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 # a validated header entry: (dtype code, shape, begin, end) with offsets relative to the data
 _Entry = tuple[str, tuple[int, ...], int, int]
 
@@ -71,8 +86,11 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
 def load(path: str | os.PathLike[str]) -> Any:
     """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
 
-    Raises ``ValueError`` naming the path if the file is not a valid fastlstm safetensors
-    file, names an unknown class, or holds a config or tensors the class rejects.
+    Raises ``ValueError`` naming the path (and the field) if the file is not a valid
+    fastlstm safetensors file (a file of another format is named, with what reads it),
+    names an unknown class, or holds a config or tensors the class rejects. The config is
+    checked before anything is built: its structure, its size fields, and the parameter
+    counts they imply against the tensors the file holds.
     """
     entries, metadata, _ = _read(path, with_data=False)
     where = repr(os.fspath(path))
@@ -91,12 +109,16 @@ def load(path: str | os.PathLike[str]) -> Any:
     if not isinstance(config, dict):
         raise ValueError(f"{where}: metadata 'config' must be a JSON object, got "
                          f"{type(config).__name__}")
-    if class_name == "LSTM":  # check sizes before from_config allocates the parameters
+    _check_depth(config, f"{where}: metadata 'config'")
+    # check structure and sizes before from_config allocates the parameters
+    stored = sum(math.prod(shape) for _, shape, _, _ in entries.values())
+    if class_name == "LSTM":
         count = _lstm_parameter_count(config)
-        stored = sum(math.prod(shape) for _, shape, _, _ in entries.values())
         if count is not None and count != stored:
             raise ValueError(f"{where}: the LSTM config implies {count} parameters, "
                              f"the file holds {stored}")
+    else:
+        _check_sequential_config(config, stored, f"{where}: metadata 'config'")
     module_name, attribute = REGISTRY[class_name]
     cls = getattr(import_module(module_name), attribute)
     try:
@@ -199,6 +221,153 @@ def _lstm_parameter_count(config: dict[str, Any]) -> int | None:
     return directions * (4 * hidden * (inputs + layers * hidden) + layers * per_layer)
 
 
+def _check_depth(value: Any, label: str) -> None:
+    """Refuse JSON nested deeper than any config is (so no check recurses without bound)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"{label}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        level = [item for node in level if isinstance(node, (dict, list))
+                 for item in (node.values() if isinstance(node, dict) else node)]
+
+
+def _check_sequential_config(config: dict[str, Any], stored: int, label: str) -> None:
+    """Validate a Sequential config before ``from_config`` builds anything.
+
+    Checks the structure ``from_config`` relies on (the layers list, each layer's
+    ``class_name`` and ``config``, a Bidirectional layer's wrapped LSTM, the compile
+    settings), the layers' size fields, and that the parameters those sizes imply (a lower
+    bound, whatever the layers' parameter layout) fit in the ``stored`` tensor elements.
+    ``label`` (the file and the metadata key) starts every message.
+    """
+    layers = _config_field(config, "layers", list, "config", label)
+    _check_name_and_shape(config, "config", label)
+    compiled = config.get("compile")
+    if compiled:
+        _check_compile(compiled, label)
+    input_shape = config.get("input_shape")
+    total, features = 0, None
+    for index, spec in enumerate(layers):
+        path = f"config.layers[{index}]"
+        class_name, layer_config = _layer_spec(spec, path, label)
+        if index == 0:  # Sequential builds for the first layer's input shape, else its own
+            input_shape = layer_config.get("input_shape") or input_shape
+            limit = stored if input_shape else max(stored, UNBUILT_PARAMETER_LIMIT)
+            features = input_shape[-1] if input_shape else None
+        if class_name == "Bidirectional":
+            inner = _config_field(layer_config, "layer", dict, f"{path}.config", label)
+            inner_name, inner_config = _layer_spec(inner, f"{path}.config.layer", label)
+            if inner_name != "LSTM":
+                raise ValueError(f"{label} field {path}.config.layer.class_name: expected "
+                                 f"'LSTM', got {reprlib.repr(inner_name)}")
+            merged = layer_config.get("merge_mode", "concat") == "concat"
+            bound, features = _lstm_layer_bound(inner_config, features, 2, merged,
+                                                f"{path}.config.layer.config", label)
+            sizes = f"units={inner_config['units']}"
+        elif class_name == "LSTM":
+            bound, features = _lstm_layer_bound(layer_config, features, 1, True,
+                                                f"{path}.config", label)
+            sizes = f"units={layer_config['units']}"
+        elif class_name == "Dense":
+            units = _config_size(layer_config, "units", f"{path}.config", label)
+            use_bias = layer_config.get("use_bias", True) is True
+            bound, sizes = units * ((features or 1) + use_bias), f"units={units}"
+            features = units
+        elif class_name == "Embedding":
+            input_dim, output_dim = (_config_size(layer_config, key, f"{path}.config", label)
+                                     for key in ("input_dim", "output_dim"))
+            bound, features = input_dim * output_dim, output_dim
+            sizes = f"input_dim={input_dim}, output_dim={output_dim}"
+        else:  # Dropout keeps the features; a class unknown here may change them
+            bound, sizes = 0, ""
+            features = features if class_name == "Dropout" else None
+        total += bound
+        if total > limit:  # name the first layer whose sizes (or input) exceed the file
+            raise ValueError(f"{label} field {path} ({class_name} with {sizes}) implies at "
+                             f"least {bound} parameters, {total} up to this layer, but the file "
+                             f"holds {stored} tensor elements")
+
+
+def _lstm_layer_bound(config: dict[str, Any], features: int | None, directions: int,
+                      concat: bool, path: str, label: str) -> tuple[int, int]:
+    """(fewest parameters, output features) of a Keras-style LSTM layer's config."""
+    units = _config_size(config, "units", path, label)
+    use_bias = config.get("use_bias", True) is True
+    bound = directions * 4 * units * ((features or 1) + units + use_bias)
+    return bound, units * (directions if concat else 1)
+
+
+def _layer_spec(spec: Any, path: str, label: str) -> tuple[str, dict[str, Any]]:
+    """Check ``{"class_name": str, "config": {...}}``; return both."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{label} field {path}: expected a layer {{'class_name': ..., "
+                         f"'config': {{...}}}}, got {reprlib.repr(spec)}")
+    class_name = _config_field(spec, "class_name", str, path, label)
+    config = _config_field(spec, "config", dict, path, label)
+    _check_name_and_shape(config, f"{path}.config", label)
+    return class_name, config
+
+
+def _check_name_and_shape(config: dict[str, Any], path: str, label: str) -> None:
+    """A model's or layer's optional ``name`` (str) and ``input_shape`` (list of sizes)."""
+    name = config.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"{label} field {path}.name: expected a str or null, got "
+                         f"{reprlib.repr(name)}")
+    shape = config.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(
+            size is None or (_is_count(size) and size > 0) for size in shape)):
+        raise ValueError(f"{label} field {path}.input_shape: expected null or a list of at most "
+                         f"{MAX_DIMS} positive ints or nulls, got {reprlib.repr(shape)}")
+
+
+def _check_compile(compiled: Any, label: str) -> None:
+    """``compile``: {"loss", "optimizer", "metrics"}, each a name or a serialized object."""
+    if not isinstance(compiled, dict):
+        raise ValueError(f"{label} field config.compile: expected an object with keys loss, "
+                         f"optimizer, metrics, got {reprlib.repr(compiled)}")
+    for key in ("loss", "optimizer"):
+        _check_identifier(_config_field(compiled, key, (str, dict), "config.compile", label),
+                          f"config.compile.{key}", label)
+    metrics = _config_field(compiled, "metrics", list, "config.compile", label)
+    for index, metric in enumerate(metrics):
+        _check_identifier(metric, f"config.compile.metrics[{index}]", label)
+
+
+def _check_identifier(value: Any, path: str, label: str) -> None:
+    """A name, or ``{"class_name": str, "config": {...}}`` as the serialize functions write."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{label} field {path}: expected a name or an object with keys "
+                         f"class_name, config, got {reprlib.repr(value)}")
+    _config_field(value, "class_name", str, path, label)
+    _config_field(value, "config", dict, path, label)
+
+
+def _config_field(config: dict[str, Any], key: str, types: type | tuple[type, ...], path: str,
+                  label: str) -> Any:
+    """``config[key]``, required to exist and to be of ``types``."""
+    if key not in config:
+        raise ValueError(f"{label} field {path}.{key} is missing")
+    value = config[key]
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ValueError(f"{label} field {path}.{key}: expected {names}, got "
+                         f"{reprlib.repr(value)}")
+    return value
+
+
+def _config_size(config: dict[str, Any], key: str, path: str, label: str) -> int:
+    """``config[key]``, required to be a positive int."""
+    value = _config_field(config, key, int, path, label)
+    if isinstance(value, bool) or value < 1:
+        raise ValueError(f"{label} field {path}.{key}: expected a positive int, got "
+                         f"{reprlib.repr(value)}")
+    return value
+
+
 def _registered_name(obj: Any) -> str:
     """Name under which ``load`` rebuilds ``obj``'s class; TypeError for any other class."""
     name = type(obj).__name__
@@ -222,11 +391,13 @@ def _read(path: str | os.PathLike[str], with_data: bool = True
         file_size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         header_size = int.from_bytes(prefix, "little")
-        plausible = (len(prefix) == 8 and 8 + header_size <= file_size
-                     and header_size <= MAX_HEADER_BYTES and f.read(1) == b"{")
-        if not plausible:   # a valid header may start with the bytes a pickle starts with
-            _check_not_other_format(prefix, where)
-        f.seek(8)
+        # A safetensors header is a JSON object: its length is followed by "{". Only a file
+        # that does not start so is sniffed for other formats (a valid or truncated header
+        # length such as 896 = b"\x80\x03\0..." starts with the bytes a pickle starts with).
+        if not (len(prefix) == 8 and header_size <= MAX_HEADER_BYTES and f.read(1) == b"{"):
+            found = _foreign_format(f, prefix)
+            if found is not None:
+                raise ValueError(f"{where}: not a safetensors file (it is {found})")
         if len(prefix) < 8:
             raise ValueError(f"{where}: not a safetensors file (only {file_size} bytes, the "
                              f"8-byte header length is missing)")
@@ -236,6 +407,7 @@ def _read(path: str | os.PathLike[str], with_data: bool = True
         if 8 + header_size > file_size:
             raise ValueError(f"{where}: truncated or not a safetensors file (header length "
                              f"{header_size} bytes, but the file has {file_size} bytes)")
+        f.seek(8)
         raw_header = f.read(header_size)
         if len(raw_header) != header_size:
             raise ValueError(f"{where}: file shrank while being read")
@@ -249,15 +421,50 @@ def _read(path: str | os.PathLike[str], with_data: bool = True
     return entries, metadata, tensors
 
 
-def _check_not_other_format(prefix: bytes, where: str) -> None:
-    """Name the format of a pickle or a torch.save zip renamed as safetensors."""
+def _foreign_format(f: BinaryIO, prefix: bytes) -> str | None:
+    """Name the format of a file that is not safetensors and what reads it; None if unknown.
+
+    Recognises ONNX models, pickles, zip archives (``torch.save``, Keras ``.keras``,
+    NumPy ``.npz``), HDF5 (Keras ``.h5``) and NumPy ``.npy`` files.
+    """
     if prefix[:4] == _ZIP_MAGIC:
-        raise ValueError(f"{where}: not a safetensors file (it is a zip archive, as written by "
-                         f"torch.save; fastlstm never unpickles, convert it with "
-                         f"safetensors.torch.save_file)")
-    if len(prefix) >= 2 and prefix[0] == _PICKLE_PROTOCOL_BYTE and 2 <= prefix[1] <= 5:
-        raise ValueError(f"{where}: not a safetensors file (it looks like a pickle, protocol "
-                         f"{prefix[1]}; fastlstm never unpickles)")
+        return _zip_format(f)
+    if prefix == _HDF5_MAGIC:
+        return ("an HDF5 file, as Keras' model.save('model.h5') writes; load it with Keras and "
+                "copy the weights with set_weights(keras_model.get_weights()), or "
+                "fastlstm.LSTM.from_keras(layer.get_weights()) for one LSTM layer")
+    if prefix.startswith(_NPY_MAGIC):
+        return ("a NumPy .npy array; read it with numpy.load(path) and pass the arrays to "
+                "model.load_state_dict")
+    if len(prefix) >= 3 and prefix[0] == _PICKLE_PROTOCOL_BYTE and 2 <= prefix[1] <= 5 \
+            and prefix[2] in _PICKLE_OPCODES:
+        return (f"a pickle, protocol {prefix[1]}, as pickle.dump or torch.save(..., "
+                f"_use_new_zipfile_serialization=False) write; fastlstm never unpickles: "
+                f"save the state_dict with safetensors.torch.save_file")
+    if len(prefix) >= 3 and prefix[0] == _ONNX_IR_VERSION_TAG and 0 < prefix[1] < 0x80 \
+            and prefix[2] in _ONNX_MODEL_TAGS:
+        return ("an ONNX model; read it with fastlstm.onnx.from_onnx(path) "
+                "(or fastlstm.LSTM.from_onnx(path))")
+    return None
+
+
+def _zip_format(f: BinaryIO) -> str:
+    """Name the zip archive ``f`` by its entries: torch.save, Keras .keras or NumPy .npz."""
+    f.seek(0)
+    try:
+        names = zipfile.ZipFile(f).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        names = []
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return ("a zip archive, as written by torch.save; fastlstm never unpickles, convert it "
+                "with safetensors.torch.save_file(torch.load(path), 'model.safetensors')")
+    if "config.json" in names and "model.weights.h5" in names:
+        return ("a Keras .keras archive; load it with keras.saving.load_model and copy the "
+                "weights with set_weights(keras_model.get_weights())")
+    if names and all(name.endswith(".npy") for name in names):
+        return ("a NumPy .npz archive; read it with numpy.load(path) and pass the arrays to "
+                "model.load_state_dict")
+    return "a zip archive, not a safetensors file"
 
 
 def _parse_header(raw_header: bytes, data_size: int, where: str

@@ -8,6 +8,7 @@ the pattern the usual exporters and :func:`to_onnx` write.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from types import ModuleType
@@ -35,6 +36,12 @@ _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 _GLUE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "Identity", "Shape",
              "Gather", "Slice", "Concat", "Expand", "Min", "Max", "ConstantOfShape", "Split"}
 _INPUT_PATH_OPS = {"Transpose", "Cast", "Identity"}
+# ops folded when a weight is computed by nodes rather than stored; none creates more
+# elements than its inputs hold (Concat and Gather are counted), and folding may create at
+# most FOLD_LIMIT times the elements of the model's initializers
+_FOLD_OPS = {"Constant", "Cast", "Concat", "Identity", "Reshape", "Transpose", "Squeeze",
+             "Unsqueeze", "Split", "Slice", "Gather", "Flatten"}
+FOLD_LIMIT = 4
 _LAYER_PATH_OPS = {"Transpose", "Reshape", "Squeeze", "Cast", "Identity"}
 
 
@@ -230,10 +237,20 @@ def _load_model(model_or_path: Any) -> onnx.ModelProto:
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise TypeError(f"model_or_path: expected an onnx.ModelProto or a path, got "
                         f"{type(model_or_path).__name__}")
+    from onnx.checker import ValidationError
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = os.fspath(model_or_path)
     try:
-        return onnx.load(os.fspath(model_or_path))
+        model = onnx.load(path, load_external_data=False)
     except DecodeError as exc:
-        raise ValueError(f"{os.fspath(model_or_path)!r}: not an ONNX model ({exc})") from None
+        raise ValueError(f"{path!r}: not an ONNX model ({exc})") from None
+    try:  # onnx refuses locations outside the model's directory
+        load_external_data_for_model(model, os.path.dirname(path))
+    except (ValidationError, OSError, ValueError) as exc:
+        raise ValueError(f"{path!r}: cannot read the external data of an initializer "
+                         f"({type(exc).__name__}: {exc!s:.200})") from None
+    return model
 
 
 def _onnx_weights(params: dict[str, np.ndarray], layer: int, module: LSTM
@@ -397,10 +414,21 @@ class _GraphView:
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.inputs = {i.name: i for i in model.graph.input if i.name not in self.initializers}
         self.to_array = numpy_helper.to_array
-        self.dependent = set(self.inputs)  # names whose value depends on a graph input
+        consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
-            if any(name in self.dependent for name in node.input):
-                self.dependent.update(node.output)
+            for name in set(node.input):
+                consumers.setdefault(name, []).append(node)
+        self.dependent = set(self.inputs)  # names whose value depends on a graph input
+        pending = list(self.inputs)
+        while pending:
+            for node in consumers.get(pending.pop(), []):
+                new = [out for out in node.output if out not in self.dependent]
+                self.dependent.update(new)
+                pending.extend(new)
+        # elements that folding constants may create (see _evaluate)
+        self.fold_limit = FOLD_LIMIT * sum(math.prod(t.dims) for t in model.graph.initializer) \
+            + 2**16
+        self.folded = 0
 
     def check_data_path_ops(self) -> None:
         """Raise for a node outside LSTM and glue that computes on input-dependent data."""
@@ -425,36 +453,102 @@ class _GraphView:
             raise ValueError(f"model: {label} ({name!r}) depends on a graph input; fastlstm "
                              f"needs constant weights")
         if name in self.initializers:
-            return self.to_array(self.initializers[name])
-        return self._evaluate(name)
+            return self.initializer(name)
+        return self._evaluate(name, label)
 
-    def _evaluate(self, name: str) -> np.ndarray:
-        """Fold a constant computed by nodes (Constant, Cast, Concat, ...) with onnx.reference."""
+    def initializer(self, name: str) -> np.ndarray:
+        """Value of an initializer; ValueError if its data does not match its type and dims."""
+        from onnx.external_data_helper import uses_external_data
+
+        tensor = self.initializers[name]
+        if uses_external_data(tensor):
+            raise ValueError(f"model: initializer {name!r} keeps its data in an external file; "
+                             f"pass the model's path (from_onnx reads the data next to it) or "
+                             f"a model loaded by onnx.load")
+        try:
+            return self.to_array(tensor)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"model: initializer {name!r} (type {tensor.data_type}, dims "
+                             f"{list(tensor.dims)}) is invalid: {exc!s:.200}") from None
+
+    def _evaluate(self, name: str, label: str) -> np.ndarray:
+        """Fold a constant computed by nodes (Constant, Cast, Concat, ...) with onnx.reference.
+
+        Only layout ops are folded, node by node, and the elements they would create are
+        counted before each runs: a hostile graph cannot make folding allocate more than
+        ``FOLD_LIMIT`` times the size of the model's initializers (or an hour-long loop).
+        """
         from onnx import ValueInfoProto, helper
         from onnx.reference import ReferenceEvaluator
 
-        needed, pending = set(), [name]
+        values: dict[str, np.ndarray] = {}
+        pending = [name]
+        order: list[onnx.NodeProto] = []  # producers, each after the nodes it reads
         while pending:
-            node = self.producers.get(pending.pop())
-            if node is not None and id(node) not in needed:
-                needed.add(id(node))
-                pending.extend(node.input)
-        nodes = [node for node in self.model.graph.node if id(node) in needed]
-        used = {i for node in nodes for i in node.input}
-        initializers = [t for n, t in self.initializers.items() if n in used]
-        graph = helper.make_graph(nodes, "constant", [], [ValueInfoProto(name=name)],
-                                  initializer=initializers)
+            wanted = pending[-1]
+            if wanted in values or not wanted:
+                pending.pop()
+                continue
+            if wanted in self.initializers:
+                values[wanted] = self.initializer(wanted)
+                pending.pop()
+                continue
+            if wanted in self.dependent:
+                raise ValueError(f"model: {label} ({name!r}) depends on a graph input through "
+                                 f"{wanted!r}; fastlstm needs constant weights")
+            node = self.producers.get(wanted)
+            if node is None:
+                raise ValueError(f"model: {label} ({name!r}) needs {wanted!r}, which no node, "
+                                 f"initializer or graph input provides")
+            if node.op_type not in _FOLD_OPS or node.domain not in ("", "ai.onnx") or any(
+                    a.name == "sparse_value" for a in node.attribute):
+                raise ValueError(f"model: {label} ({name!r}) is computed by a {node.op_type} "
+                                 f"node ({node.domain or 'ai.onnx'}); from_onnx folds only "
+                                 f"{', '.join(sorted(_FOLD_OPS))}")
+            missing = [i for i in node.input if i and i not in values]
+            if not missing:
+                order.append(node)
+                values.update(self._run_node(node, values, helper, ValueInfoProto,
+                                             ReferenceEvaluator, label))
+                continue
+            if len(pending) > len(self.model.graph.node) + 1 or any(m in pending for m in missing):
+                raise ValueError(f"model: {label} ({name!r}) is computed by a cycle of nodes")
+            pending.extend(missing)
+        return values[name]
+
+    def _run_node(self, node: onnx.NodeProto, values: dict[str, np.ndarray], helper: Any,
+                  value_info: Any, evaluator: Any, label: str) -> dict[str, np.ndarray]:
+        """Outputs of one folded node, after checking the elements it would create."""
+        inputs = [values[i] for i in node.input if i]
+        if node.op_type == "Concat":
+            created = sum(a.size for a in inputs)
+        elif node.op_type == "Gather" and len(inputs) == 2:
+            created = inputs[1].size * inputs[0].size // max(min(inputs[0].shape or (1,)), 1)
+        else:  # the other folded ops rearrange or cut their input
+            created = max((a.size for a in inputs), default=0)
+        self.folded += created
+        if self.folded > self.fold_limit:
+            raise ValueError(f"model: folding {label} would create {self.folded} elements, more "
+                             f"than {FOLD_LIMIT} times the model's initializers")
+        graph = helper.make_graph([node], "fold", [value_info(name=i) for i in node.input if i],
+                                  [value_info(name=o) for o in node.output if o])
         model = helper.make_model(graph, opset_imports=self.model.opset_import,
                                   ir_version=self.model.ir_version)
-        outputs = ReferenceEvaluator(model).run(None, {})  # a list, as output_names is None
-        assert isinstance(outputs, list)
-        return outputs[0]
+        try:
+            outputs = evaluator(model).run(None, {i: values[i] for i in node.input if i})
+        except (ValueError, TypeError, IndexError, KeyError, RuntimeError, AttributeError,
+                NotImplementedError) as exc:  # onnx.reference's errors for invalid nodes
+            raise ValueError(f"model: {label}: cannot fold node {node.name or node.output[0]!r} "
+                             f"({node.op_type}): {type(exc).__name__}: {exc!s:.200}") from None
+        return dict(zip([o for o in node.output if o], outputs))
 
     def check_reaches(self, name: str, target: str, ops: set[str], label: str) -> None:
         """Raise unless ``name`` is computed from ``target`` through ``ops`` only."""
+        seen = set()
         while name != target:
             node = self.producers.get(name)
-            if node is None or node.op_type not in ops or not node.input:
+            seen.add(name)
+            if node is None or node.op_type not in ops or not node.input or node.input[0] in seen:
                 raise ValueError(f"model: {label} does not come from the previous LSTM node's "
                                  f"output Y through {', '.join(sorted(ops))} only")
             name = node.input[0]
@@ -466,10 +560,12 @@ class _GraphView:
         """
         from onnx import helper
 
-        perm = [0, 1, 2]
+        perm, seen = [0, 1, 2], set()
         while name not in self.inputs:
             node = self.producers.get(name)
-            if node is None or node.op_type not in _INPUT_PATH_OPS:
+            seen.add(name)
+            if node is None or node.op_type not in _INPUT_PATH_OPS or not node.input \
+                    or node.input[0] in seen:
                 raise ValueError(f"model: the first LSTM node's input X ({name!r}) must be a graph "
                                  f"input, possibly through {', '.join(sorted(_INPUT_PATH_OPS))}")
             if node.op_type == "Transpose":

@@ -323,3 +323,193 @@ def test_headers_that_start_like_a_pickle_still_load(tmp_path, hidden_size):
     loaded = fl.load(path)
     for name, value in module.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[name], value)
+
+
+# ---------------------------------------------------------------- Sequential configs are input
+def saved_sequential(tmp_path, edit):
+    """A compiled Embedding/Bidirectional/LSTM/Dropout/Dense model saved, then its config
+    edited by ``edit(config)`` (in place)."""
+    model = fl.Sequential([fl.layers.Embedding(10, 4, input_shape=(5,)),
+                           fl.layers.Bidirectional(fl.layers.LSTM(3, return_sequences=True)),
+                           fl.layers.LSTM(2), fl.layers.Dropout(0.1),
+                           fl.layers.Dense(2, activation="softmax")], seed=0)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    path = tmp_path / "model.safetensors"
+    fl.save(model, path)
+    metadata, tensors = read_metadata(path), read_safetensors(path)
+    config = json.loads(metadata["config"])
+    edit(config)
+    write_safetensors(tensors, path, metadata={**metadata, "config": json.dumps(config)})
+    return path
+
+
+def set_in(*keys_and_value):
+    *keys, last, value = keys_and_value
+
+    def edit(config):
+        for key in keys:
+            config = config[key]
+        config[last] = value
+    return edit
+
+
+def delete(*keys):
+    def edit(config):
+        for key in keys[:-1]:
+            config = config[key]
+        del config[keys[-1]]
+    return edit
+
+
+SEQUENTIAL_ERRORS = {
+    # the fuzzing run of issue 10: KeyError, MemoryError before any check
+    "no compile.metrics": (delete("compile", "metrics"), "config.compile.metrics is missing"),
+    "no compile.optimizer": (delete("compile", "optimizer"),
+                             "config.compile.optimizer is missing"),
+    "no compile.loss": (delete("compile", "loss"), "config.compile.loss is missing"),
+    "no wrapped layer": (delete("layers", 1, "config", "layer"),
+                         "config.layers\\[1\\].config.layer is missing"),
+    "huge units": (set_in("layers", 2, "config", "units", 243810),
+                   "config.layers\\[2\\] \\(LSTM with units=243810\\) implies at least"),
+    "huge output_dim": (set_in("layers", 0, "config", "output_dim", 4294967297),
+                        "config.layers\\[0\\] \\(Embedding with input_dim=10, "
+                        "output_dim=4294967297\\)"),
+    "huge wrapped units": (set_in("layers", 1, "config", "layer", "config", "units", 10**6),
+                           "config.layers\\[1\\] \\(Bidirectional with units=1000000\\)"),
+    "huge input features": (lambda config: (config["layers"].pop(0), set_in(
+        "layers", 0, "config", "input_shape", [3, 2**20])(config)),
+        "config.layers\\[0\\] \\(Bidirectional with units=3\\) implies at least 25165920 "),
+    "huge Dense": (set_in("layers", 4, "config", "units", 2**40), "config.layers\\[4\\] \\(Dense"),
+    # structure and types
+    "no layers": (delete("layers"), "config.layers is missing"),
+    "layers not a list": (set_in("layers", {"0": 1}), "config.layers: expected list"),
+    "layer not an object": (set_in("layers", 3, "dropout"), "config.layers\\[3\\]: expected a layer"),
+    "no class_name": (delete("layers", 0, "class_name"), "config.layers\\[0\\].class_name is missing"),
+    "no layer config": (delete("layers", 3, "config"), "config.layers\\[3\\].config is missing"),
+    "units a string": (set_in("layers", 2, "config", "units", "2"),
+                       "config.layers\\[2\\].config.units: expected int"),
+    "units zero": (set_in("layers", 2, "config", "units", 0),
+                   "config.layers\\[2\\].config.units: expected a positive int, got 0"),
+    "units a bool": (set_in("layers", 2, "config", "units", True),
+                     "config.layers\\[2\\].config.units: expected a positive int"),
+    "units a float": (set_in("layers", 2, "config", "units", 2.0), "expected int, got 2.0"),
+    "wrapped layer not an LSTM": (set_in("layers", 1, "config", "layer", "class_name", "Bidirectional"),
+                                  "config.layers\\[1\\].config.layer.class_name: expected 'LSTM'"),
+    "unknown layer class": (set_in("layers", 3, "class_name", "GRU"), "invalid Sequential config"),
+    "negative input_shape": (set_in("layers", 0, "config", "input_shape", [-5]),
+                             "config.layers\\[0\\].config.input_shape"),
+    "name not a string": (set_in("layers", 2, "config", "name", {"a": 1}),
+                          "config.layers\\[2\\].config.name"),
+    "NaN dropout rate": (set_in("layers", 3, "config", "rate", float("nan")), "rate"),
+    "compile not an object": (set_in("compile", ["adam"]), "config.compile: expected an object"),
+    "metrics not a list": (set_in("compile", "metrics", 3), "config.compile.metrics: expected list"),
+    "optimizer without config": (set_in("compile", "optimizer", {"class_name": "Adam"}),
+                                 "config.compile.optimizer.config is missing"),
+    "metric a number": (set_in("compile", "metrics", [1]), "config.compile.metrics\\[0\\]"),
+    "deep nesting": (set_in("layers", 2, "config", "units", json.loads("[" * 500 + "]" * 500)),
+                     "nested deeper than"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEQUENTIAL_ERRORS))
+def test_load_validates_sequential_configs_before_building(tmp_path, case):
+    edit, message = SEQUENTIAL_ERRORS[case]
+    path = saved_sequential(tmp_path, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=message) as info:
+            fl.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"{case}: {info.value}; peak traced allocation {peak} bytes")
+    assert str(path) in str(info.value), "the error names the file"
+    assert peak < 4 * 2**20
+
+
+def test_unedited_sequential_file_loads_and_unbuilt_models_round_trip(tmp_path):
+    path = saved_sequential(tmp_path, lambda config: None)
+    restored = fl.load(path)
+    x = np.arange(10).reshape(2, 5) % 10
+    assert restored.predict(x).shape == (2, 2)
+    unbuilt = fl.Sequential([fl.layers.Embedding(1000, 64), fl.layers.LSTM(8)])
+    fl.save(unbuilt, tmp_path / "unbuilt.safetensors")
+    assert not fl.load(tmp_path / "unbuilt.safetensors").built
+
+
+# ---------------------------------------------------------------- other formats are named
+def torch_pickle(path):
+    torch = require("torch")
+    torch.save(torch.nn.LSTM(2, 3).state_dict(), path, _use_new_zipfile_serialization=False)
+    return path
+
+
+def torch_zip(path):
+    torch = require("torch")
+    torch.save(torch.nn.LSTM(2, 3).state_dict(), path)
+    return path
+
+
+def onnx_model(path):
+    require("onnx")
+    fl.LSTM(2, 3, seed=0).to_onnx(path)
+    return path
+
+
+def keras_archive(path):
+    with zipfile.ZipFile(path, "w") as archive:  # the entries Keras 3 writes
+        for name in ("metadata.json", "config.json", "model.weights.h5"):
+            archive.writestr(name, b"{}")
+    return path
+
+
+def hdf5_file(path):
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
+    return path
+
+
+def npz_file(path):
+    with open(path, "wb") as f:
+        np.savez(f, w=np.zeros(3))
+    return path
+
+
+def npy_file(path):
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(3))
+    return path
+
+
+FORMATS = {
+    "ONNX": ("m.onnx", onnx_model, "an ONNX model; read it with fastlstm.onnx.from_onnx"),
+    "torch.save zip": ("m.pt", torch_zip, "zip archive, as written by torch.save"),
+    "torch.save legacy pickle": ("m.pt", torch_pickle, "a pickle, protocol 2"),
+    "Keras .keras": ("m.keras", keras_archive, "a Keras .keras archive"),
+    "Keras .h5": ("m.h5", hdf5_file, "an HDF5 file"),
+    "NumPy .npz": ("m.npz", npz_file, "a NumPy .npz archive"),
+    "NumPy .npy": ("m.npy", npy_file, "a NumPy .npy array"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORMATS))
+def test_load_names_the_format_it_found(tmp_path, case):
+    name, make, message = FORMATS[case]
+    path = make(tmp_path / name)
+    for reader in (fl.load, read_safetensors):
+        with pytest.raises(ValueError, match=message) as info:
+            reader(path)
+        assert str(path) in str(info.value)
+    print(info.value)
+
+
+def test_file_cut_inside_a_header_that_starts_like_a_pickle_is_truncated(tmp_path):
+    """Issue 10: a header length of 896 bytes starts with 0x80 0x03, as a pickle does."""
+    path = tmp_path / "m.safetensors"
+    fl.save(fl.LSTM(5, 19, num_layers=2, seed=0), path)
+    data = path.read_bytes()
+    assert data[:2] == b"\x80\x03"
+    for cut in (9, 100, 8 + 895):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="truncated") as info:
+            fl.load(path)
+        assert "pickle" not in str(info.value)

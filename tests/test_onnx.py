@@ -322,11 +322,76 @@ def with_second_layer_clip(tmp_path):
     return model
 
 
+def truncated_initializer(model):
+    r = next(t for t in model.graph.initializer if t.name == "R")
+    r.raw_data = r.raw_data[:-4]
+    return model
+
+
 def node_model(**kwargs):
     return lstm_node_model(np.random.default_rng(0), 3, 5, **kwargs)
 
 
+def with_computed_weight(op_type, shape):
+    """W replaced by a node of ``op_type`` on a constant ``shape`` (ConstantOfShape: a
+    weight of that shape made at load time)."""
+    model = node_model()
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.initializer.remove(w)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), "shape"))
+    model.graph.node.insert(0, helper.make_node(op_type, ["shape"], ["W"], name="make_w"))
+    return model
+
+
+def with_concat_bomb(copies):
+    """W computed as Concat of ``copies`` references to one initializer (tiny file, huge
+    result)."""
+    model = node_model()
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    w.name = "W_part"
+    model.graph.node.insert(0, helper.make_node("Concat", ["W_part"] * copies, ["W"], axis=0))
+    return model
+
+
+def with_cycle(model):
+    """The LSTM node's input X comes from an Identity that reads its own output."""
+    model.graph.node.insert(0, helper.make_node("Identity", ["loop"], ["loop"], name="loop"))
+    lstm_nodes(model)[0].input[0] = "loop"
+    return model
+
+
+def with_weight_cycle(model):
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "R"))
+    model.graph.node.insert(0, helper.make_node("Identity", ["R2"], ["R"], name="a"))
+    model.graph.node.insert(0, helper.make_node("Identity", ["R"], ["R2"], name="b"))
+    return model
+
+
+def with_external_weight(path, location):
+    model = node_model()
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", location
+    onnx.save(model, path / "external.onnx")
+    return path / "external.onnx"
+
+
 REFUSED = {
+    "weight made by ConstantOfShape": (
+        lambda p: with_computed_weight("ConstantOfShape", [1, 2**20, 2**20]),
+        "computed by a ConstantOfShape node"),
+    "Concat of one weight 100000 times": (lambda p: with_concat_bomb(100_000),
+                                          "would create 6000000 elements"),
+    "cycle before the first node": (lambda p: with_cycle(node_model()), "must be a graph input"),
+    "cycle computing a weight": (lambda p: with_weight_cycle(node_model()), "cycle of nodes"),
+    "weight outside the model's directory": (lambda p: with_external_weight(p, "/etc/passwd"),
+                                             "cannot read the external data"),
+    "weight in a missing file": (lambda p: with_external_weight(p, "missing.bin"),
+                                 "cannot read the external data"),
+    "weight data shorter than its dims": (
+        lambda p: truncated_initializer(node_model()), "initializer 'R' .* is invalid"),
     "relu activation": (lambda p: node_model(attributes={"activations": ["Relu", "Tanh", "Tanh"]}),
                         "activations \\['relu', 'tanh', 'tanh'\\]"),
     "activation_alpha": (lambda p: with_attribute(node_model(), activation_alpha=[0.5]),
@@ -367,3 +432,17 @@ def test_importing_fastlstm_onnx_does_not_import_onnx():
     code = "import sys, fastlstm.onnx; assert 'onnx' not in sys.modules, 'onnx imported'"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_from_onnx_reads_external_data_next_to_the_model(tmp_path):
+    module = fl.LSTM(3, 4, num_layers=2, seed=0)
+    module.to_onnx(tmp_path / "inline.onnx")
+    model = onnx.load(tmp_path / "inline.onnx")
+    onnx.save(model, tmp_path / "split.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size > 0
+    restored = from_onnx(tmp_path / "split.onnx")
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[name], value)
+    with pytest.raises(ValueError, match="external file"):  # a proto without its data
+        from_onnx(onnx.load(tmp_path / "split.onnx", load_external_data=False))
