@@ -63,11 +63,17 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
     class_name = _registered_name(obj)
     config = json.dumps(obj.get_config(), sort_keys=True)
     metadata = {"format": FORMAT, "class": class_name, "config": config, "version": __version__}
-    write_safetensors(obj.state_dict(), path, metadata=metadata)
+    write_safetensors(getattr(obj, "checkpoint_state_dict", obj.state_dict)(), path,
+                      metadata=metadata)
 
 
 def load(path: str | os.PathLike[str]) -> Any:
     """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
+
+    A module's train/eval mode is not part of its state (as in PyTorch): the model comes
+    back in train mode, as a newly built one; call ``.eval()`` for inference
+    (``Sequential.predict`` and ``evaluate`` switch to eval mode themselves). A
+    ``Sequential`` saved compiled comes back compiled, its optimizer state restored.
 
     Raises ``ValueError`` naming the path if the file is not a valid fastlstm safetensors
     file, names an unknown class, or holds a config or tensors the class rejects.
@@ -109,7 +115,7 @@ def load(path: str | os.PathLike[str]) -> Any:
             raise ValueError(f"{where}: tensor {name!r} has dtype {array.dtype}, but "
                              f"the config says {expected[name].dtype}")
     try:
-        obj.load_state_dict(tensors)
+        getattr(obj, "load_checkpoint_state_dict", obj.load_state_dict)(tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: tensors do not match the {class_name} config: "
                          f"{exc}") from None
@@ -155,7 +161,7 @@ def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathL
         if little not in _CODES:
             raise TypeError(f"tensors[{name!r}]: dtype must be one of "
                             f"{sorted(str(d) for d in _CODES)}, got {array.dtype}")
-        arrays[name] = np.ascontiguousarray(array, dtype=little)
+        arrays[name] = np.ascontiguousarray(array, dtype=little).reshape(array.shape)
     header, offset = {}, 0
     for name, array in arrays.items():
         header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),

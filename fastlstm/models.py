@@ -511,10 +511,51 @@ class Sequential(Module):
                           metrics=compiled["metrics"])
         return model
 
+    def checkpoint_state_dict(self):
+        """What ``save`` writes: ``state_dict()`` plus, once the optimizer has trained,
+        its state (iterations, moments) under ``"optimizer.<name>"``."""
+        state = self.state_dict()
+        if self.optimizer is not None and self.optimizer.params:
+            state.update((f"{_OPTIMIZER_PREFIX}{name}", array)
+                         for name, array in self.optimizer.state_dict().items())
+        return state
+
+    def load_checkpoint_state_dict(self, state):
+        """Load what :meth:`checkpoint_state_dict` returned: the weights, and the optimizer
+        state (the model must be compiled, with the saved optimizer); nothing is written
+        unless all of it fits."""
+        weights = {k: v for k, v in state.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+        optimizer_state = {k[len(_OPTIMIZER_PREFIX):]: v for k, v in state.items()
+                           if k.startswith(_OPTIMIZER_PREFIX)}
+        if optimizer_state:
+            if self.optimizer is None:
+                raise ValueError("state: holds optimizer state, but the model is not "
+                                 "compiled")
+            self._bind_optimizer()
+            self.optimizer.load_state_dict(optimizer_state)
+        self.load_state_dict(weights)
+
     def save(self, path):
-        """``fl.save(self, path)``: a safetensors file that ``fl.load`` rebuilds."""
+        """Write the model to a safetensors file: weights, config (with the compile
+        settings) and optimizer state, so that :func:`load_model` resumes training
+        exactly where it stopped (``fl.save(self, path)`` does the same)."""
         from .io import save
         save(self, path)
+
+
+_OPTIMIZER_PREFIX = "optimizer."
+
+
+def load_model(path):
+    """The :class:`Sequential` saved by ``model.save(path)`` (Keras' name for
+    ``fl.load``): compiled with the saved optimizer and its state when it was saved
+    compiled, in train mode as a new model is. Never unpickles."""
+    from .io import load
+    model = load(path)
+    if not isinstance(model, Sequential):
+        raise ValueError(f"{str(path)!r}: holds a {type(model).__name__}, load_model expects a "
+                         f"Sequential (use fastlstm.load for other models)")
+    return model
 
 
 def _check_pair(x, y, x_name, y_name):
