@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first access to keep `import fastlstm` light.
 _LAZY = {
     "save": "io", "load": "io", "quantize": "quantized",
-    "Sequential": "models",
+    "Sequential": "models", "load_model": "models",
     "Linear": "modules", "Embedding": "modules", "Dropout": "modules", "Module": "modules",
 }
 _SUBMODULES = {"reference", "layers", "optim", "losses", "metrics", "callbacks", "sklearn",

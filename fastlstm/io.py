@@ -79,12 +79,17 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
     class_name = _registered_name(obj)
     config = json.dumps(obj.get_config(), sort_keys=True)
     metadata = {"format": FORMAT, "class": class_name, "config": config, "version": __version__}
-    write_safetensors(obj.state_dict(), path, metadata=metadata,
-                      bfloat16=getattr(obj, "bfloat16_tensors", ()))
+    write_safetensors(getattr(obj, "checkpoint_state_dict", obj.state_dict)(), path,
+                      metadata=metadata, bfloat16=getattr(obj, "bfloat16_tensors", ()))
 
 
 def load(path: str | os.PathLike[str]) -> Any:
     """Rebuild the model saved by :func:`save` in ``path`` (new module, train mode).
+
+    A module's train/eval mode is not part of its state (as in PyTorch): the model comes
+    back in train mode, as a newly built one; call ``.eval()`` for inference
+    (``Sequential.predict`` and ``evaluate`` switch to eval mode themselves). A
+    ``Sequential`` saved compiled comes back compiled, its optimizer state restored.
 
     Raises ``ValueError`` naming the path (and the field) if the file is not a valid
     fastlstm safetensors file (a file of another format is named, with what reads it),
@@ -133,7 +138,7 @@ def load(path: str | os.PathLike[str]) -> Any:
             raise ValueError(f"{where}: tensor {name!r} has dtype {array.dtype}, but "
                              f"the config says {expected[name].dtype}")
     try:
-        obj.load_state_dict(tensors)
+        getattr(obj, "load_checkpoint_state_dict", obj.load_state_dict)(tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: tensors do not match the {class_name} config: "
                          f"{exc}") from None
@@ -186,9 +191,9 @@ def write_safetensors(tensors: Mapping[str, npt.ArrayLike], path: str | os.PathL
             if little != _DTYPES["F32"]:
                 raise TypeError(f"tensors[{name!r}]: BF16 needs a float32 array, got {array.dtype}")
             bits = np.ascontiguousarray(array, dtype=little).view("<u4").astype(np.uint64)
-            array = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+            array = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").reshape(array.shape)
             little = array.dtype
-        arrays[name] = np.ascontiguousarray(array, dtype=little)
+        arrays[name] = np.ascontiguousarray(array, dtype=little).reshape(array.shape)
     header, offset = {}, 0
     for name, array in arrays.items():
         header[name] = {"dtype": "BF16" if name in bfloat16 else _CODES[array.dtype], "shape": list(array.shape),

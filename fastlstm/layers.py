@@ -1,5 +1,5 @@
 """Keras-style layers for :class:`fastlstm.Sequential`: ``LSTM``, ``Dense``, ``Embedding``,
-``Dropout``, ``Bidirectional``.
+``Masking``, ``Dropout``, ``Bidirectional``.
 
 Each layer is a :class:`fastlstm.modules.Module` (train mode at creation, explicit
 ``backward``) and a thin adapter over the PyTorch-style module doing the work
@@ -20,6 +20,13 @@ at 1, embeddings ~ U(-0.05, 0.05). Every layer takes ``name``, ``dtype`` ("float
 i, f, c, o), so weights move between Keras and fastlstm models by position. The LSTM
 layer has one bias, as Keras' has, so it trains as Keras' does (the wrapped
 ``fastlstm.LSTM`` keeps ``bias_hh`` at zero).
+
+Masks: ``Embedding(mask_zero=True)`` and ``Masking`` mark time steps to skip, as Keras'
+masks do. A mask travels as ``lengths`` (valid steps per sample, see
+:meth:`Layer.output_lengths`), so only padding after a sequence's end is supported: a
+mask with a masked step followed by an unmasked one raises ``ValueError``. ``Dense`` and
+``Dropout`` pass it on, an ``LSTM`` consumes it (the kernels' packed-sequence
+``lengths``) and passes it on only with ``return_sequences``.
 """
 import re
 
@@ -52,6 +59,20 @@ def _compatible(shape, built_shape):
     """Same rank and equal sizes wherever both are known."""
     return len(shape) == len(built_shape) and all(
         a is None or b is None or a == b for a, b in zip(shape, built_shape))
+
+
+def lengths_from_mask(mask, name):
+    """(B,) valid steps of a (B, T) boolean mask that holds up to each sequence's end;
+    ValueError, naming ``name``, for a mask with holes."""
+    mask = np.asarray(mask, dtype=bool)
+    lengths = mask.sum(axis=1)
+    holes = mask != (np.arange(mask.shape[1]) < lengths[:, None])
+    if holes.any():
+        sample = int(np.argwhere(holes)[0][0])
+        raise ValueError(f"{name}: sample {sample} has a masked step followed by an unmasked "
+                         f"one (mask {mask[sample].astype(int).tolist()}); only padding after "
+                         f"the end of a sequence is supported")
+    return lengths
 
 
 def glorot_uniform(rng, fan_in, fan_out, shape, dtype):
@@ -134,6 +155,14 @@ class Layer(Module):
         if not self.built:
             self.build(self.input_shape or np.shape(x)[1:])
         return self.forward(x, *args, **kwargs)
+
+    #: whether ``forward`` takes ``lengths`` (the mask of its input)
+    takes_lengths = False
+
+    def output_lengths(self, x, lengths):
+        """The mask of this layer's output, as valid steps per sample (B,) or None, given
+        its input ``x`` and the input's mask ``lengths``: passed on unchanged by default."""
+        return lengths
 
     def count_params(self):
         """Number of scalar parameters (0 before the layer is built)."""
@@ -278,12 +307,25 @@ class Embedding(Layer):
     input_dim : int
         Vocabulary size; indices must lie in [0, input_dim).
     output_dim : int
+    mask_zero : bool
+        Index 0 is padding: on (batch, time) input, the steps holding 0 are masked for
+        the layers after (padding after each sequence's end only).
     """
 
-    def __init__(self, input_dim, output_dim, **kwargs):
+    def __init__(self, input_dim, output_dim, mask_zero=False, **kwargs):
         super().__init__(**kwargs)
         self.input_dim = check_int(input_dim, "input_dim", minimum=1)
         self.output_dim = check_int(output_dim, "output_dim", minimum=1)
+        self.mask_zero = check_bool(mask_zero, "mask_zero")
+
+    def output_lengths(self, x, lengths):
+        if not self.mask_zero:
+            return lengths
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"x: Embedding(mask_zero=True) expects indices of shape (batch, "
+                             f"time), got {x.shape}")
+        return lengths_from_mask(x != 0, "x (Embedding mask_zero)")
 
     def _build(self, input_shape, rng):
         self._module = modules.Embedding(self.input_dim, self.output_dim, dtype=self.dtype.name)
@@ -305,7 +347,7 @@ class Embedding(Layer):
 
     def get_config(self):
         return {**super().get_config(), "input_dim": self.input_dim,
-                "output_dim": self.output_dim}
+                "output_dim": self.output_dim, "mask_zero": self.mask_zero}
 
 
 class Dropout(Layer):
@@ -329,6 +371,44 @@ class Dropout(Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
+
+
+class Masking(Layer):
+    """Mask the time steps whose features all equal ``mask_value`` (Keras' ``Masking``):
+    they are set to 0 and skipped by the layers after (padding after each sequence's end
+    only). Input (batch, time, features)."""
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = check_float(mask_value, "mask_value", -np.inf, np.inf)
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 2:
+            raise ValueError(f"input_shape: Masking expects (timesteps, features), got "
+                             f"{input_shape}")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _keep_steps(self, x):
+        return np.any(x != self.mask_value, axis=-1)
+
+    def output_lengths(self, x, lengths):
+        return lengths_from_mask(self._keep_steps(self._check_input(x, 3, "inputs")),
+                                 "x (Masking)")
+
+    def forward(self, x):
+        x = self._check_input(x, 3, "inputs")
+        keep = self._keep_steps(x)[..., None].astype(self.dtype)
+        self._keep((keep,))
+        return x * keep
+
+    def backward(self, grad_out):
+        (keep,) = self._take()
+        return as_real_array(grad_out, "grad_out", self.dtype) * keep
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
 
 
 _MERGE_MODES = ("concat", "sum", "ave")
@@ -356,16 +436,28 @@ class LSTM(Layer):
         per sequence shared by all its steps (Keras' ``dropout``).
     use_bias, unit_forget_bias : bool
         Keras' bias options (the forget-gate bias starts at 1).
+    go_backwards : bool
+        Read the sequence from its last step to its first; with ``return_sequences`` the
+        outputs come in that (reversed) order, as Keras returns them.
     activation, recurrent_activation :
         Only Keras' defaults "tanh" and "sigmoid" exist (fixed in the kernels).
+
+    ``forward(x, lengths=None)``: ``lengths`` (B,) valid steps per sample, in [0, T] (the
+    mask ``Masking`` or ``Embedding(mask_zero=True)`` gives inside ``Sequential``). Steps
+    past a sequence's end are skipped, as Keras skips masked steps: the final state is
+    taken at the last valid step, and with ``return_sequences`` the outputs at skipped
+    steps repeat the previous output (zeros before the first valid one, as with
+    ``go_backwards``; zeros throughout inside ``Bidirectional``, as Keras'
+    ``zero_output_for_mask``).
     """
 
     _num_directions = 1
     _merge_mode = "concat"
+    takes_lengths = True
 
     def __init__(self, units, return_sequences=False, return_state=False, stateful=False,
-                 dropout=0.0, use_bias=True, unit_forget_bias=True, activation="tanh",
-                 recurrent_activation="sigmoid", **kwargs):
+                 dropout=0.0, use_bias=True, unit_forget_bias=True, go_backwards=False,
+                 activation="tanh", recurrent_activation="sigmoid", **kwargs):
         super().__init__(**kwargs)
         if activation != "tanh":
             raise ValueError(f"activation: only 'tanh' is supported, got {activation!r}")
@@ -379,6 +471,7 @@ class LSTM(Layer):
         self.stateful = check_bool(stateful, "stateful")
         self.use_bias = check_bool(use_bias, "use_bias")
         self.unit_forget_bias = check_bool(unit_forget_bias, "unit_forget_bias")
+        self.go_backwards = check_bool(go_backwards, "go_backwards")
         self._state = None
 
     @property
@@ -396,8 +489,8 @@ class LSTM(Layer):
                              f"features, got {input_shape}")
         n_in, H = input_shape[-1], self.units
         self._module = CoreLSTM(n_in, H, bias=self.use_bias, batch_first=True,
-                             bidirectional=self._num_directions == 2, dtype=self.dtype.name,
-                             seed=int(rng.integers(2**31)))
+                                bidirectional=self._num_directions == 2, dtype=self.dtype.name,
+                                seed=int(rng.integers(2**31)), reverse=self.go_backwards)
         init = {}
         for suffix in self._suffixes:
             init[f"weight_ih_l0{suffix}"] = glorot_uniform(rng, n_in, 4 * H, (4 * H, n_in),
@@ -455,26 +548,53 @@ class LSTM(Layer):
         """Forget the carried state of a stateful layer."""
         self._state = None
 
-    def forward(self, x):
+    def output_lengths(self, x, lengths):
+        return lengths if self.return_sequences else None
+
+    def _check_lengths(self, lengths, B, T):
+        """Valid steps per sample as an int array in [0, T], or None for all T."""
+        if lengths is None:
+            return None
+        array = np.asarray(lengths)
+        if array.shape != (B,) or array.dtype.kind not in "iu":
+            raise ValueError(f"lengths: expected {B} integers (one per sample), got an array "
+                             f"of shape {array.shape} and dtype {array.dtype}")
+        if np.any(array < 0) or np.any(array > T):
+            raise ValueError(f"lengths: expected values in [0, {T}] (the time steps), got "
+                             f"{array.tolist()}")
+        return None if np.all(array == T) else array.astype(np.int64)
+
+    def forward(self, x, lengths=None):
         # x is (B, T, in); out is (B, T, width) or (B, width)
         x = self._check_input(x, 3, "inputs")
         B, T, _ = x.shape
+        lengths = self._check_lengths(lengths, B, T)
         mask = None
         if self.training and self.dropout > 0:
             mask = dropout_mask(self._rng, (B, 1, x.shape[2]), self.dropout, self.dtype)
             x = x * mask
-        hx = None
+        D, H = self._num_directions, self.units
+        h0 = c0 = np.zeros((D, B, H), self.dtype)
         if self.stateful and self._state is not None:
             if self._state[0].shape[1] != B:
                 raise ValueError(f"x: a stateful LSTM keeps batch size "
                                  f"{self._state[0].shape[1]}, got {B} (call reset_states() "
                                  f"to change it)")
-            hx = self._state
-        out, (h_n, c_n) = self._module(x, hx)
+            h0, c0 = self._state
+        # samples with no valid step keep their initial state and are not run
+        rows = None if lengths is None or lengths.all() else np.flatnonzero(lengths)
+        out = np.zeros((B, T, D * H), self.dtype)
+        h_n, c_n = h0.copy(), c0.copy()
+        if rows is None:
+            out[...], (h_n[...], c_n[...]) = self._module(x, (h0, c0), lengths)
+        elif len(rows):
+            out[rows], (h_n[:, rows], c_n[:, rows]) = self._module(
+                x[rows], (h0[:, rows], c0[:, rows]), lengths[rows])
         if self.stateful:
             self._state = (h_n.copy(), c_n.copy())
-        self._keep((mask, T))
-        y = out if self.return_sequences else _directions_last(h_n)
+        self._keep((mask, T, lengths, rows))
+        y = self._keras_sequence(out, lengths) if self.return_sequences else \
+            _directions_last(h_n)
         y = self._merge(y)
         if not self.return_state:
             return y
@@ -489,7 +609,7 @@ class LSTM(Layer):
         With ``return_state``, ``grad_state`` holds the gradients of the returned states in
         their order (h, c per direction); any may be None.
         """
-        mask, T = self._take()
+        mask, T, lengths, rows = self._take()
         grad = self._unmerge(as_real_array(grad_out, "grad_out", self.dtype))
         D, H = self._num_directions, self.units
         B = grad.shape[0]
@@ -497,16 +617,50 @@ class LSTM(Layer):
         if grad.shape != expected:
             raise ValueError(f"grad_out: expected shape {expected[:-1] + (self._width,)}, got "
                              f"{np.shape(grad_out)}")
-        grad_h = grad_c = None
+        grad_h = np.zeros((D, B, H), self.dtype)
+        grad_c = None
         if self.return_sequences:
-            grad_seq = grad
+            grad_seq = self._keras_sequence_backward(grad, lengths)
         else:
             grad_seq = np.zeros((B, T, D * H), self.dtype)
             grad_h = np.ascontiguousarray(grad.reshape(B, D, H).transpose(1, 0, 2))
         if grad_state is not None:
             grad_h, grad_c = self._state_grads(grad_state, grad_h, B)
-        dx, _ = self._module.backward(grad_seq, (grad_h, grad_c))
+        if grad_c is None:
+            grad_c = np.zeros_like(grad_h)
+        if rows is None:
+            dx, _ = self._module.backward(grad_seq, (grad_h, grad_c))
+        else:
+            dx = np.zeros(grad_seq.shape[:2] + (self._module.input_size,), self.dtype)
+            if len(rows):
+                dx[rows], _ = self._module.backward(grad_seq[rows],
+                                                    (grad_h[:, rows], grad_c[:, rows]))
         return dx if mask is None else dx * mask
+
+    def _keras_sequence(self, out, lengths):
+        """The kernels' outputs (B, T, D*H), aligned with the input steps and zero past each
+        end, in Keras' order and with Keras' outputs at masked steps."""
+        if self.go_backwards:
+            return np.ascontiguousarray(out[:, ::-1])
+        if lengths is None or self._num_directions == 2:
+            return out
+        last = np.maximum(lengths - 1, 0)
+        carried = np.arange(out.shape[1]) >= lengths[:, None]       # (B, T)
+        return np.where(carried[..., None], out[np.arange(len(out)), last][:, None], out)
+
+    def _keras_sequence_backward(self, grad, lengths):
+        """The adjoint of :meth:`_keras_sequence`."""
+        if self.go_backwards:
+            return np.ascontiguousarray(grad[:, ::-1])
+        if lengths is None or self._num_directions == 2:
+            return grad
+        carried = np.arange(grad.shape[1]) >= lengths[:, None]
+        grad_seq = np.where(carried[..., None], 0, grad).astype(self.dtype)
+        has_step = lengths > 0
+        samples = np.flatnonzero(has_step)
+        grad_seq[samples, lengths[samples] - 1] += np.sum(
+            grad[samples] * carried[samples, :, None], axis=1)
+        return grad_seq
 
     def _state_grads(self, grad_state, grad_h, B):
         """Stack per-direction (h, c) gradients into (D, B, H) arrays, adding to grad_h."""
@@ -547,7 +701,7 @@ class LSTM(Layer):
         return {**super().get_config(), "units": self.units,
                 "return_sequences": self.return_sequences, "return_state": self.return_state,
                 "stateful": self.stateful, "dropout": self.dropout, "use_bias": self.use_bias,
-                "unit_forget_bias": self.unit_forget_bias}
+                "unit_forget_bias": self.unit_forget_bias, "go_backwards": self.go_backwards}
 
 
 def _directions_last(h_n):
@@ -572,6 +726,9 @@ class Bidirectional(Layer):
     def __init__(self, layer, merge_mode="concat", **kwargs):
         if not isinstance(layer, LSTM) or isinstance(layer, Bidirectional):
             raise TypeError(f"layer: expected a fastlstm.layers.LSTM, got {type(layer).__name__}")
+        if layer.go_backwards:
+            raise ValueError("layer: Bidirectional reads both directions itself; expected an "
+                             "LSTM with go_backwards=False, got go_backwards=True")
         if merge_mode not in _MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {_MERGE_MODES}, got {merge_mode!r}")
         config = layer.get_config()
@@ -590,8 +747,13 @@ class Bidirectional(Layer):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def forward(self, x):
-        return self.layer(x)
+    takes_lengths = True
+
+    def output_lengths(self, x, lengths):
+        return self.layer.output_lengths(x, lengths)
+
+    def forward(self, x, lengths=None):
+        return self.layer(x, lengths)
 
     def backward(self, grad_out, grad_state=None):
         return self.layer.backward(grad_out, grad_state)
@@ -612,7 +774,8 @@ class Bidirectional(Layer):
         return cls(layer, **config)
 
 
-_REGISTRY = Registry("layer", Layer, [LSTM, Dense, Embedding, Dropout, Bidirectional])
+_REGISTRY = Registry("layer", Layer, [LSTM, Dense, Embedding, Masking, Dropout,
+                                      Bidirectional])
 
 
 def serialize(layer):

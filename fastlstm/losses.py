@@ -83,14 +83,43 @@ def sparse_targets(y_true, y_pred):
     return as_index_array(y_true, y_pred.shape[-1], "y_true")
 
 
+def row_weights(sample_weight, rows_shape, dtype):
+    """``sample_weight`` broadcast to the rows' shape: given per row, or per sample (its
+    shape a prefix of the rows' shape, or that with a trailing axis of 1)."""
+    weight = as_real_array(sample_weight, "sample_weight", dtype)
+    if weight.shape[-1:] == (1,) and weight.shape[:-1] == rows_shape[:weight.ndim - 1]:
+        weight = weight.reshape(weight.shape[:-1])
+    if weight.shape != rows_shape[:weight.ndim] or weight.ndim == 0 and rows_shape:
+        raise ValueError(f"sample_weight: expected shape {rows_shape[:1]} (one weight per "
+                         f"sample) or {rows_shape}, got {weight.shape}")
+    return np.broadcast_to(weight.reshape(weight.shape + (1,) * (len(rows_shape)
+                                                                 - weight.ndim)), rows_shape)
+
+
 class Loss:
-    """Base class: subclasses define ``__call__(y_true, y_pred) -> (value, grad)``."""
+    """Base class: subclasses define ``_rows(y_true, y_pred) -> (losses, grad)``, the loss
+    of each row (``y_pred`` without its last axis) and d losses / d y_pred."""
 
     name = "loss"
 
-    def value(self, y_true, y_pred):
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """(value, grad): the mean of the row losses, each weighted by ``sample_weight``.
+
+        ``sample_weight`` (None: all 1) is shaped like the rows or like their leading axes
+        (one weight per sample); as in Keras, the weighted sum is divided by the number of
+        rows, not by the sum of the weights.
+        """
+        y_pred = as_prediction(y_pred)
+        rows, grad = self._rows(y_true, y_pred)
+        n = max(rows.size, 1)
+        if sample_weight is None:
+            return float(np.sum(rows) / n), grad / n
+        weight = row_weights(sample_weight, rows.shape, y_pred.dtype)
+        return float(np.sum(rows * weight) / n), grad * (weight / n)[..., None]
+
+    def value(self, y_true, y_pred, sample_weight=None):
         """The loss value alone (a float)."""
-        return self(y_true, y_pred)[0]
+        return self(y_true, y_pred, sample_weight)[0]
 
     def get_config(self):
         """Constructor arguments, JSON-serialisable."""
@@ -106,10 +135,9 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
-    def __call__(self, y_true, y_pred):
-        y_pred = as_prediction(y_pred)
+    def _rows(self, y_true, y_pred):
         diff = y_pred - dense_targets(y_true, y_pred)
-        return float(np.mean(diff * diff)), diff * (2.0 / max(diff.size, 1))
+        return np.mean(diff * diff, axis=-1), diff * (2.0 / max(diff.shape[-1], 1))
 
 
 class MeanAbsoluteError(Loss):
@@ -117,10 +145,9 @@ class MeanAbsoluteError(Loss):
 
     name = "mean_absolute_error"
 
-    def __call__(self, y_true, y_pred):
-        y_pred = as_prediction(y_pred)
+    def _rows(self, y_true, y_pred):
         diff = y_pred - dense_targets(y_true, y_pred)
-        return float(np.mean(np.abs(diff))), np.sign(diff) / max(diff.size, 1)
+        return np.mean(np.abs(diff), axis=-1), np.sign(diff) / max(diff.shape[-1], 1)
 
 
 class _CrossEntropy(Loss):
@@ -142,17 +169,16 @@ class BinaryCrossentropy(_CrossEntropy):
 
     name = "binary_crossentropy"
 
-    def __call__(self, y_true, y_pred):
-        y_pred = as_prediction(y_pred)
+    def _rows(self, y_true, y_pred):
         y = dense_targets(y_true, y_pred)
-        n = max(y.size, 1)
+        n = max(y.shape[-1], 1)
         if self.from_logits:
             z = y_pred
             losses = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-            return float(np.mean(losses)), (sigmoid(z) - y) / n
+            return np.mean(losses, axis=-1), (sigmoid(z) - y) / n
         p, inside = clip_probabilities(y_pred)
         losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-        return float(np.mean(losses)), inside * (p - y) / (p * (1 - p)) / n
+        return np.mean(losses, axis=-1), inside * (p - y) / (p * (1 - p)) / n
 
 
 class CategoricalCrossentropy(_CrossEntropy):
@@ -160,16 +186,14 @@ class CategoricalCrossentropy(_CrossEntropy):
 
     name = "categorical_crossentropy"
 
-    def __call__(self, y_true, y_pred):
-        y_pred = as_prediction(y_pred)
+    def _rows(self, y_true, y_pred):
         y = dense_targets(y_true, y_pred)
-        n = max(y.size // max(y.shape[-1], 1), 1)
         if self.from_logits:
             log_p = log_softmax(y_pred)
             grad = np.exp(log_p) * y.sum(axis=-1, keepdims=True) - y
-            return float(-np.sum(y * log_p) / n), grad / n
+            return -np.sum(y * log_p, axis=-1), grad
         p, inside = clip_probabilities(y_pred)
-        return float(-np.sum(y * np.log(p)) / n), -inside * y / p / n
+        return -np.sum(y * np.log(p), axis=-1), -inside * y / p
 
 
 class SparseCategoricalCrossentropy(_CrossEntropy):
@@ -177,21 +201,19 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
 
     name = "sparse_categorical_crossentropy"
 
-    def __call__(self, y_true, y_pred):
-        y_pred = as_prediction(y_pred)
+    def _rows(self, y_true, y_pred):
         target = sparse_targets(y_true, y_pred)
-        n = max(target.size, 1)
         rows = y_pred.reshape(-1, y_pred.shape[-1])
         index = np.arange(rows.shape[0]), target.reshape(-1)
         if self.from_logits:
             log_p = log_softmax(rows)
             grad = np.exp(log_p)
             grad[index] -= 1
-            return float(-np.sum(log_p[index]) / n), (grad / n).reshape(y_pred.shape)
+            return -log_p[index].reshape(target.shape), grad.reshape(y_pred.shape)
         p, inside = clip_probabilities(rows[index])
         grad = np.zeros_like(rows)
-        grad[index] = -inside / p / n
-        return float(-np.sum(np.log(p)) / n), grad.reshape(y_pred.shape)
+        grad[index] = -inside / p
+        return -np.log(p).reshape(target.shape), grad.reshape(y_pred.shape)
 
 
 _REGISTRY = Registry("loss", Loss, [MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy,

@@ -20,6 +20,7 @@ the cores, and NumPy's products (the ``Dense`` head, the losses) run on the call
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -145,16 +146,27 @@ class Sequential(Module):
                 layer.reset_states()
 
     # ----------------------------------------------------------------- forward / backward
-    def forward(self, x, logits=False):
-        """Run the layers; with ``logits`` the last Dense layer skips its activation."""
+    def forward(self, x, logits=False, lengths=None):
+        """Run the layers; with ``logits`` the last Dense layer skips its activation.
+
+        ``lengths`` (B,): valid steps of each input sequence, a mask given directly (as
+        ``Masking`` would give it to the layers after it).
+        """
+        return self._run(x, logits, lengths)[0]
+
+    def _run(self, x, logits=False, lengths=None):
+        """(output, the output's mask as lengths or None)."""
         if not self.layers:
             raise ValueError("Sequential: the model has no layers")
         if not self.built:
             self.build(np.shape(x)[1:])
-        for layer in self.layers[:-1]:
-            x = layer(x)
-        last = self.layers[-1]
-        return last(x, logits=True) if logits else last(x)
+        for index, layer in enumerate(self.layers):
+            out_lengths = layer.output_lengths(x, lengths)
+            kwargs = {"lengths": lengths} if layer.takes_lengths else {}
+            if logits and index == len(self.layers) - 1:
+                kwargs["logits"] = True
+            x, lengths = layer(x, **kwargs), out_lengths
+        return x, lengths
 
     def backward(self, grad_out):
         """Backpropagate ``grad_out`` through the layers of the last train-mode call."""
@@ -197,28 +209,32 @@ class Sequential(Module):
             last, layers_module.Dense) else None
         self._logits_loss = losses_module.for_logits(self.loss, activation)
 
-    def _loss_and_predictions(self, x, y):
-        """(loss value, grad w.r.t. the last layer's output, predictions) for one batch."""
+    def _loss_and_predictions(self, x, y, sample_weight=None, lengths=None):
+        """(loss value, grad w.r.t. the last layer's output, predictions) for one batch.
+
+        A masked sequence output weighs its loss as Keras does: masked steps 0, valid ones
+        (steps in the batch) / (valid steps in the batch), times ``sample_weight``.
+        """
+        loss = self._logits_loss or self.loss
+        out, out_lengths = self._run(x, self._logits_loss is not None, lengths)
+        weight = _mask_weights(out_lengths, out, sample_weight)
+        value, grad = loss(y, out) if weight is None else loss(y, out, weight)
         if self._logits_loss is not None:
-            z = self.forward(x, logits=True)
-            value, grad = self._logits_loss(y, z)
-            return value, grad, layers_module.activation(self.layers[-1].activation)(z)
-        y_pred = self.forward(x)
-        value, grad = self.loss(y, y_pred)
-        return value, grad, y_pred
+            out = layers_module.activation(self.layers[-1].activation)(out)
+        return value, grad, out
 
     @single_threaded_blas()
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, sample_weight=None, *, lengths=None):
         """One optimizer step on one batch; returns the batch loss."""
         self._check_compiled("train_on_batch")
         self._prepare(x)
         self._bind_optimizer()
         self.train()
-        return self._train_step(x, y)[0]
+        return self._train_step(x, y, sample_weight, lengths)[0]
 
-    def _train_step(self, x, y):
+    def _train_step(self, x, y, sample_weight=None, lengths=None):
         self.zero_grad()
-        value, grad, y_pred = self._loss_and_predictions(x, y)
+        value, grad, y_pred = self._loss_and_predictions(x, y, sample_weight, lengths)
         self.backward(grad)
         self.optimizer.step()
         return value, y_pred
@@ -234,7 +250,8 @@ class Sequential(Module):
 
     @single_threaded_blas()
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            sample_weight=None, class_weight=None, *, lengths=None):
         """Train for ``epochs`` epochs (from ``initial_epoch``); returns a ``History``.
 
         Parameters
@@ -246,27 +263,63 @@ class Sequential(Module):
             tqdm is installed, else one line per epoch) or 2 (one line per epoch)
         callbacks : list of fastlstm.callbacks.Callback
         validation_split : float in [0, 1)
-            Hold out this fraction of the samples, taken from the end before shuffling.
-        validation_data : (x_val, y_val), overrides ``validation_split``
+            Hold out this fraction of the samples (and of their ``sample_weight`` and
+            ``lengths``), taken from the end before shuffling.
+        validation_data : (x_val, y_val) or (x_val, y_val, sample_weight_val)
+            Overrides ``validation_split``; unweighted unless the weights are given.
         shuffle : bool
             Reshuffle the training samples every epoch.
+        sample_weight : array-like (n,) or (n, timesteps), optional
+            Weight of each sample's loss (of each step's, for sequence outputs), as in
+            Keras: a batch's loss is the weighted sum divided by the number of loss terms.
+        class_weight : dict, optional
+            Class index -> weight (classes not listed weigh 1), applied through the
+            targets' classes: ``y`` (n,) or (n, 1) of class indices, or (n, classes)
+            one-hot (its argmax). Not with ``sample_weight``, and not for validation.
+        lengths : array-like of int (n,), optional
+            Valid steps of each input sequence (padding after the end), a mask given
+            directly instead of through ``Masking`` or ``Embedding(mask_zero=True)``.
+
+        Targets must be finite (``ValueError`` otherwise). When a batch loss is NaN or
+        infinite, training stops after that batch with a ``RuntimeWarning`` naming the
+        epoch and batch (Keras' ``TerminateOnNaN``, always on).
         """
         self._check_compiled("fit")
         batch_size = _batch_size(batch_size)
         epochs = check_int(epochs, "epochs", minimum=1)
         initial_epoch = check_int(initial_epoch, "initial_epoch", minimum=0)
         x, y = _check_pair(x, y, "x", "y")
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise ValueError("sample_weight, class_weight: give one of them, not both")
+            sample_weight = _class_weights(class_weight, y)
+        sample_weight = _per_sample(sample_weight, len(x), "sample_weight", float)
+        lengths = _per_sample(lengths, len(x), "lengths", int)
+        val_weight = val_lengths = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data: expected a pair (x_val, y_val)")
-            x_val, y_val = _check_pair(*validation_data, "validation_data[0]",
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
+                    2, 3):
+                raise ValueError(f"validation_data: expected (x_val, y_val) or (x_val, y_val, "
+                                 f"sample_weight_val), got {type(validation_data).__name__} "
+                                 f"of length {len(validation_data)}"
+                                 if isinstance(validation_data, (tuple, list)) else
+                                 f"validation_data: expected (x_val, y_val) or (x_val, y_val, "
+                                 f"sample_weight_val), got {type(validation_data).__name__}")
+            x_val, y_val = _check_pair(*validation_data[:2], "validation_data[0]",
                                        "validation_data[1]")
+            if len(validation_data) == 3:
+                val_weight = _per_sample(validation_data[2], len(x_val), "validation_data[2]",
+                                         float)
         elif check_float(validation_split, "validation_split", 0.0, 1.0, high_open=True) > 0:
             split = int(len(x) * (1.0 - validation_split))
             if split < 1 or split == len(x):
                 raise ValueError(f"validation_split: {validation_split} of {len(x)} samples "
                                  f"leaves an empty training or validation set")
             x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
+            if sample_weight is not None:
+                sample_weight, val_weight = sample_weight[:split], sample_weight[split:]
+            if lengths is not None:
+                lengths, val_lengths = lengths[:split], lengths[split:]
         else:
             x_val = y_val = None
 
@@ -291,9 +344,11 @@ class Sequential(Module):
             bar = None if bar_class is None else bar_class(
                 total=math.ceil(len(x) / batch_size), desc=f"Epoch {epoch + 1}/{epochs}",
                 unit="batch", file=sys.stdout, leave=True, dynamic_ncols=True)
-            logs = self._train_epoch(x, y, batch_size, shuffle, callback_list, bar)
+            logs = self._train_epoch((x, y, sample_weight, lengths), batch_size, shuffle,
+                                     callback_list, bar, epoch)
             if x_val is not None:
-                val_logs = self._evaluate_logs(x_val, y_val, batch_size)
+                val_logs = self._evaluate_logs((x_val, y_val, val_weight, val_lengths),
+                                               batch_size)
                 logs.update((f"val_{key}", value) for key, value in val_logs.items())
             if verbose and bar is None:
                 print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - started:.1f}s - "
@@ -310,9 +365,12 @@ class Sequential(Module):
         self.train(was_training)
         return history
 
-    def _train_epoch(self, x, y, batch_size, shuffle, callback_list, bar):
-        """One pass over (x, y), updating ``bar`` if any; returns the epoch logs
-        (sample-weighted means of the batch losses, metrics over every sample)."""
+    def _train_epoch(self, data, batch_size, shuffle, callback_list, bar, epoch):
+        """One pass over ``data`` = (x, y, sample_weight, lengths) (the last two may be
+        None), updating ``bar`` if any; returns the epoch logs (means of the batch losses
+        weighted by batch size, metrics over every sample). Stops training after a batch
+        whose loss is not finite."""
+        x, y = data[:2]
         n = len(x)
         order = self._rng.permutation(n) if shuffle else np.arange(n)
         for metric in self.metrics:
@@ -324,7 +382,12 @@ class Sequential(Module):
                 index = order[start:start + batch_size]
                 for callback in callback_list:
                     callback.on_train_batch_begin(batch)
-                value, y_pred = self._train_step(x[index], y[index])
+                value, y_pred = self._train_step(*_rows(data, index))
+                if not math.isfinite(value):
+                    warnings.warn(f"Sequential.fit: epoch {epoch + 1}, batch {batch + 1}: the "
+                                  f"loss is {value}; training stopped (the weights hold that "
+                                  f"batch's update)", RuntimeWarning, stacklevel=4)
+                    self.stop_training = True
                 loss_sum += value * len(index)
                 seen += len(index)
                 for metric in self.metrics:
@@ -342,18 +405,20 @@ class Sequential(Module):
                 bar.close()
         return logs
 
-    def _evaluate_logs(self, x, y, batch_size):
-        """{"loss": ..., metric names: ...} over (x, y), in eval mode."""
+    def _evaluate_logs(self, data, batch_size):
+        """{"loss": ..., metric names: ...} over ``data`` = (x, y, sample_weight, lengths),
+        in eval mode."""
         metrics = self.metrics
         for metric in metrics:
             metric.reset_state()
         was_training = self.training
         self.eval()
         loss_sum = 0.0
+        x = data[0]
         try:
             for start in range(0, len(x), batch_size):
-                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-                value, _, y_pred = self._loss_and_predictions(xb, yb)
+                xb, yb, wb, lb = _rows(data, slice(start, start + batch_size))
+                value, _, y_pred = self._loss_and_predictions(xb, yb, wb, lb)
                 loss_sum += value * len(xb)
                 for metric in metrics:
                     metric.update_state(yb, y_pred)
@@ -362,29 +427,35 @@ class Sequential(Module):
         return {"loss": loss_sum / len(x), **{m.name: m.result() for m in metrics}}
 
     @single_threaded_blas()
-    def evaluate(self, x, y, batch_size=32, verbose=0):
-        """Loss (a float) without metrics, else ``[loss, *metrics]``, in eval mode."""
+    def evaluate(self, x, y, batch_size=32, verbose=0, sample_weight=None, *, lengths=None):
+        """Loss (a float) without metrics, else ``[loss, *metrics]``, in eval mode
+        (``sample_weight`` and ``lengths`` as in :meth:`fit`)."""
         self._check_compiled("evaluate")
         batch_size = _batch_size(batch_size)
         x, y = _check_pair(x, y, "x", "y")
+        data = (x, y, _per_sample(sample_weight, len(x), "sample_weight", float),
+                _per_sample(lengths, len(x), "lengths", int))
         self._prepare(x)
-        logs = self._evaluate_logs(x, y, batch_size)
+        logs = self._evaluate_logs(data, batch_size)
         if verbose:
             print(_format_logs(logs))
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
     @single_threaded_blas()
-    def predict(self, x, batch_size=32, verbose=0):
-        """Outputs for ``x``, computed in eval mode ``batch_size`` samples at a time."""
+    def predict(self, x, batch_size=32, verbose=0, *, lengths=None):
+        """Outputs for ``x``, computed in eval mode ``batch_size`` samples at a time
+        (``lengths`` as in :meth:`fit`)."""
         batch_size = _batch_size(batch_size)
         x = np.asarray(x)
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
+        lengths = _per_sample(lengths, len(x), "lengths", int)
         was_training = self.training
         self.eval()
         try:
-            outputs = [self.forward(x[start:start + batch_size])
+            outputs = [self.forward(x[start:start + batch_size], lengths=None if lengths is None
+                                    else lengths[start:start + batch_size])
                        for start in range(0, len(x), batch_size)]
         finally:
             self.train(was_training)
@@ -440,10 +511,51 @@ class Sequential(Module):
                           metrics=compiled["metrics"])
         return model
 
+    def checkpoint_state_dict(self):
+        """What ``save`` writes: ``state_dict()`` plus, once the optimizer has trained,
+        its state (iterations, moments) under ``"optimizer.<name>"``."""
+        state = self.state_dict()
+        if self.optimizer is not None and self.optimizer.params:
+            state.update((f"{_OPTIMIZER_PREFIX}{name}", array)
+                         for name, array in self.optimizer.state_dict().items())
+        return state
+
+    def load_checkpoint_state_dict(self, state):
+        """Load what :meth:`checkpoint_state_dict` returned: the weights, and the optimizer
+        state (the model must be compiled, with the saved optimizer); nothing is written
+        unless all of it fits."""
+        weights = {k: v for k, v in state.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+        optimizer_state = {k[len(_OPTIMIZER_PREFIX):]: v for k, v in state.items()
+                           if k.startswith(_OPTIMIZER_PREFIX)}
+        if optimizer_state:
+            if self.optimizer is None:
+                raise ValueError("state: holds optimizer state, but the model is not "
+                                 "compiled")
+            self._bind_optimizer()
+            self.optimizer.load_state_dict(optimizer_state)
+        self.load_state_dict(weights)
+
     def save(self, path):
-        """``fl.save(self, path)``: a safetensors file that ``fl.load`` rebuilds."""
+        """Write the model to a safetensors file: weights, config (with the compile
+        settings) and optimizer state, so that :func:`load_model` resumes training
+        exactly where it stopped (``fl.save(self, path)`` does the same)."""
         from .io import save
         save(self, path)
+
+
+_OPTIMIZER_PREFIX = "optimizer."
+
+
+def load_model(path):
+    """The :class:`Sequential` saved by ``model.save(path)`` (Keras' name for
+    ``fl.load``): compiled with the saved optimizer and its state when it was saved
+    compiled, in train mode as a new model is. Never unpickles."""
+    from .io import load
+    model = load(path)
+    if not isinstance(model, Sequential):
+        raise ValueError(f"{str(path)!r}: holds a {type(model).__name__}, load_model expects a "
+                         f"Sequential (use fastlstm.load for other models)")
+    return model
 
 
 def _check_pair(x, y, x_name, y_name):
@@ -451,7 +563,63 @@ def _check_pair(x, y, x_name, y_name):
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"{x_name}, {y_name}: expected the same non-zero number of samples on "
                          f"the first axis, got shapes {x.shape} and {y.shape}")
+    if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+        sample = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise ValueError(f"{y_name}: the targets must be finite, got NaN or inf (first in "
+                         f"sample {sample})")
     return x, y
+
+
+def _per_sample(values, n, name, kind):
+    """None, or ``values`` as an array with ``n`` rows (floats or ints by ``kind``)."""
+    if values is None:
+        return None
+    array = np.asarray(values)
+    if array.ndim == 0 or len(array) != n:
+        raise ValueError(f"{name}: expected one entry per sample ({n}), got shape "
+                         f"{array.shape}")
+    if kind is int:
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected {n} integers, got dtype {array.dtype} and "
+                             f"shape {array.shape}")
+        return array
+    if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: expected finite real numbers, got {array.dtype} values "
+                         f"{array.ravel()[:8].tolist()}")
+    return array.astype(np.float64)
+
+
+def _class_weights(class_weight, y):
+    """Keras' sample weights from ``class_weight`` and the targets' class indices."""
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight: expected a dict class index -> weight, got "
+                        f"{type(class_weight).__name__}")
+    if y.ndim > 2:
+        raise ValueError(f"class_weight: needs one class per sample, y (n,), (n, 1) or (n, "
+                         f"classes), got y of shape {y.shape}")
+    classes = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[1] != 1 else y.reshape(len(y))
+    classes = np.round(classes).astype(np.int64)
+    return np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
+
+
+def _rows(data, index):
+    """The rows ``index`` of each array of ``data`` (None stays None)."""
+    return tuple(None if array is None else array[index] for array in data)
+
+
+def _mask_weights(lengths, out, sample_weight):
+    """Keras' loss weights for an output whose mask is ``lengths``: for a sequence output
+    (B, T, ...), 0 at masked steps and (B*T)/(valid steps) at the others, times
+    ``sample_weight``; otherwise ``sample_weight`` alone."""
+    if lengths is None or out.ndim < 3:
+        return sample_weight
+    B, T = out.shape[:2]
+    valid = np.arange(T) < np.asarray(lengths)[:, None]
+    count = int(valid.sum())
+    weights = np.where(valid, B * T / count if count else 0.0, 0.0)
+    if sample_weight is None:
+        return weights
+    return weights * losses_module.row_weights(sample_weight, (B, T), np.dtype(np.float64))
 
 
 def _batch_size(value):

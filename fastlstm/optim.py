@@ -121,6 +121,48 @@ class Optimizer:
         for p in self.params:
             p.grad[...] = 0
 
+    #: names of the per-parameter state arrays a subclass may create
+    _state_names: tuple = ()
+
+    def state_dict(self):
+        """The training state (not the hyperparameters) as arrays: ``"iterations"`` (an
+        int64 scalar) and ``"<parameter index>.<name>"`` for each state array (copies)."""
+        state = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for index, entries in enumerate(self.state):
+            for name, array in entries.items():
+                state[f"{index}.{name}"] = array.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned, for the same parameters; nothing is
+        written unless every entry fits."""
+        if not self.params:
+            raise RuntimeError(f"{type(self).__name__}.load_state_dict: no parameters (bind "
+                               f"them first)")
+        state = dict(state)
+        if "iterations" not in state:
+            raise ValueError("state: missing 'iterations'")
+        iterations = np.asarray(state.pop("iterations"))
+        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
+            raise ValueError(f"state['iterations']: expected a non-negative integer scalar, "
+                             f"got {iterations!r}")
+        entries = [{} for _ in self.params]
+        for key, value in state.items():
+            index, _, name = key.partition(".")
+            if not index.isdigit() or int(index) >= len(self.params) or \
+                    name not in self._state_names:
+                raise ValueError(f"state: unexpected entry {key!r}; expected '<index>.<name>' "
+                                 f"with index < {len(self.params)} and name in "
+                                 f"{list(self._state_names)}")
+            data = self.params[int(index)].data
+            array = np.asarray(value)
+            if array.shape != data.shape or array.dtype.kind != "f":
+                raise ValueError(f"state[{key!r}]: expected a float array of shape "
+                                 f"{data.shape}, got {array.dtype} {array.shape}")
+            entries[int(index)][name] = np.array(array, dtype=data.dtype)
+        self.iterations = int(iterations)
+        self.state = entries
+
     def step(self):
         """Update every parameter in place from its gradient."""
         if not self.params:
@@ -164,6 +206,8 @@ class SGD(Optimizer):
     ``p -= lr * (g + momentum * buf if nesterov else buf)``.
     """
 
+    _state_names = ("buf",)
+
     def __init__(self, params=None, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, *, clipnorm=None, clipvalue=None, learning_rate=None):
         self.momentum = check_float(momentum, "momentum", 0.0, 1.0, high_open=True)
@@ -197,6 +241,8 @@ class Adam(Optimizer):
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
     """
+
+    _state_names = ("m", "v")
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  *, clipnorm=None, clipvalue=None, learning_rate=None):
@@ -251,6 +297,8 @@ class RMSprop(Optimizer):
     with momentum ``buf = momentum * buf + u``, ``p -= lr * buf``, else ``p -= lr * u``.
     (``alpha`` is Keras' ``rho``.)
     """
+
+    _state_names = ("square_avg", "buf")
 
     def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, *, clipnorm=None, clipvalue=None, learning_rate=None):
@@ -317,6 +365,8 @@ class KerasSGD(KerasOptimizer):
     """Keras' SGD: with momentum, ``m = momentum * m - lr * g`` (m starts at 0) and
     ``p += m``, or with ``nesterov`` ``p += momentum * m - lr * g``; else ``p -= lr * g``."""
 
+    _state_names = ("momentum",)
+
     def __init__(self, params=None, learning_rate=0.01, momentum=0.0, nesterov=False,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         self.momentum = check_float(momentum, "momentum", 0.0, 1.0)
@@ -343,6 +393,8 @@ class KerasAdam(KerasOptimizer):
     """Keras' Adam: ``m += (1 - beta_1) (g - m)``, ``v += (1 - beta_2) (g^2 - v)``,
     ``p -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)`` (epsilon
     outside the bias correction, unlike PyTorch's); ``amsgrad`` uses the running max of v."""
+
+    _state_names = ("m", "v", "v_hat")
 
     def __init__(self, params=None, learning_rate=0.001, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-7, amsgrad=False, weight_decay=None, clipnorm=None,
@@ -390,6 +442,8 @@ class KerasRMSprop(KerasOptimizer):
     (epsilon inside the root, unlike PyTorch's); with ``centered``, ``s - a^2`` replaces
     ``s`` (a the mean gradient); with momentum ``buf = momentum buf + u``, ``p -= buf``,
     else ``p -= u``."""
+
+    _state_names = ("velocity", "average_grad", "momentum")
 
     def __init__(self, params=None, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,

@@ -19,6 +19,13 @@ Input
 features), or (n_samples, timesteps) for univariate sequences. Every sample must have the
 time steps and features seen by ``fit``.
 
+Ragged sequences (``window=None``): X may be a list of arrays (T_i, features) (or (T_i,)
+for univariate sequences) of different lengths. They are padded after their ends and
+their lengths go to the LSTM kernels, so each prediction equals that of the sequence
+alone; the standardisation statistics use the valid steps only. An estimator fitted on
+ragged X has ``input_shape_`` (None, features) and ``n_features_in_`` = features, and
+``predict`` takes ragged lists or arrays of any length.
+
 ``window=w``: X is one time series, (n_steps,) or (n_steps, features), with one sample per
 step: sample t is the window of the w steps ending at step t, and ``y[t]`` is its target
 (for a one-step-ahead forecast, ``y[t] = series[t + 1]``). ``fit`` trains on the complete
@@ -68,7 +75,8 @@ try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import (check_array, check_consistent_length,
+                                          check_is_fitted, column_or_1d, validate_data)
 except ImportError as error:
     raise ImportError(f"fastlstm.sklearn needs scikit-learn >= 1.6 (pip install "
                       f"'fastlstm[sklearn]'): {error}") from error
@@ -127,6 +135,16 @@ def _windows(series, window):
     return np.ascontiguousarray(views.transpose(0, 2, 1))
 
 
+def _is_ragged(X):
+    """Whether X is a list or tuple of sequences of different lengths."""
+    if not isinstance(X, (list, tuple)) or not X:
+        return False
+    try:
+        return len({len(sequence) for sequence in X}) > 1
+    except TypeError:   # elements without a length: not sequences, validate_data reports it
+        return False
+
+
 class _LSTMEstimator(BaseEstimator):
     """Hyperparameters, data handling and the network shared by both estimators.
 
@@ -181,7 +199,10 @@ class _LSTMEstimator(BaseEstimator):
 
     def _validate(self, X, y=None, reset=False, **y_options):
         """Checked X (and y) as scikit-learn's ``validate_data`` does, X shaped
-        (n, timesteps, features) for the network; sets ``n_features_in_`` etc. on reset."""
+        (n, timesteps, features) for the network, and the sequences' lengths (None unless
+        X is ragged); sets ``n_features_in_`` etc. on reset."""
+        if self.window is None and (_is_ragged(X) or not reset and self.input_shape_[0] is None):
+            return self._validate_ragged(X, y, reset, **y_options)
         series = self.window is not None
         options = dict(allow_nd=True, ensure_2d=not series,
                        dtype=[np.float64, np.float32], reset=reset)
@@ -198,7 +219,42 @@ class _LSTMEstimator(BaseEstimator):
         elif X.shape[1:] != self.input_shape_:
             raise ValueError(f"X: expected samples of shape (timesteps, features) = "
                              f"{self.input_shape_} as in fit, got {X.shape[1:]}")
-        return X, y
+        return X, y, None
+
+    def _validate_ragged(self, X, y, reset, y_numeric=False, multi_output=False):
+        """A list of sequences (T_i, features) padded after their ends: (X (n, max T_i,
+        features), y, lengths (n,))."""
+        sequences = []
+        for i, sequence in enumerate(X):
+            sequence = check_array(sequence, ensure_2d=False, dtype=[np.float64, np.float32],
+                                   input_name=f"X[{i}]")
+            if sequence.ndim == 1:
+                sequence = sequence[:, None]
+            if sequence.ndim != 2 or len(sequence) == 0:
+                raise ValueError(f"X[{i}]: expected a sequence of shape (T_i, features) with "
+                                 f"T_i >= 1, got shape {sequence.shape}")
+            sequences.append(sequence)
+        if not sequences:
+            raise ValueError("X: expected at least one sequence, got an empty list")
+        features = sequences[0].shape[1] if reset else self.input_shape_[1]
+        for i, sequence in enumerate(sequences):
+            if sequence.shape[1] != features:
+                raise ValueError(f"X[{i}]: expected {features} features (as X[0]"
+                                 f"{'' if reset else ' in fit'}), got {sequence.shape[1]}")
+        lengths = np.array([len(sequence) for sequence in sequences])
+        padded = np.zeros((len(sequences), lengths.max(), features), sequences[0].dtype)
+        for row, sequence in zip(padded, sequences):
+            row[:len(sequence)] = sequence
+        if y is not None:
+            check_consistent_length(sequences, y)
+            y = (check_array(y, ensure_2d=False, dtype="numeric") if y_numeric else
+                 np.asarray(y))
+            if not multi_output:
+                y = column_or_1d(y)
+        if reset:
+            self.n_features_in_ = features
+            self.input_shape_ = (None, features)
+        return padded, y, lengths
 
     def _series(self, X, reset):
         """A checked series as (n_steps, features); sets or checks ``n_features_in_``
@@ -232,11 +288,13 @@ class _LSTMEstimator(BaseEstimator):
                              f"{self.window} steps, got n_samples = {len(X)}")
         return X[self.window - 1:], y[self.window - 1:]
 
-    def _fit(self, X, y_network, units, activation, loss):
+    def _fit(self, X, y_network, units, activation, loss, lengths=None):
         """Standardise X, build the network and train it on (X, y_network)."""
         if self.standardize:
-            self.x_mean_ = X.mean(axis=(0, 1))
-            std = X.std(axis=(0, 1))
+            steps = X.reshape(-1, X.shape[2]) if lengths is None else X[
+                np.arange(X.shape[1]) < lengths[:, None]]
+            self.x_mean_ = steps.mean(axis=0)
+            std = steps.std(axis=0)
             self.x_scale_ = np.where(std > 0, std, 1.0)
         else:
             self.x_mean_, self.x_scale_ = np.zeros(X.shape[2]), np.ones(X.shape[2])
@@ -246,7 +304,7 @@ class _LSTMEstimator(BaseEstimator):
             lr=self.learning_rate, weight_decay=self.weight_decay, clipnorm=self.clipnorm),
             loss=loss)
         history = self.model_.fit(self._scaled(X), y_network, batch_size=self.batch_size,
-                                  epochs=self.epochs, verbose=self.verbose)
+                                  epochs=self.epochs, verbose=self.verbose, lengths=lengths)
         self.loss_curve_ = list(history.history["loss"])
         return self
 
@@ -261,10 +319,10 @@ class _LSTMEstimator(BaseEstimator):
         stack.append(layers.Dense(units, activation=activation))
         return Sequential(stack, seed=seed)
 
-    def _network_output(self, X):
+    def _network_output(self, X, lengths):
         """Network outputs (float64) for validated, unscaled X."""
-        return self.model_.predict(self._scaled(X), batch_size=max(self.batch_size, 256)
-                                   ).astype(np.float64)
+        return self.model_.predict(self._scaled(X), batch_size=max(self.batch_size, 256),
+                                   lengths=lengths).astype(np.float64)
 
 
 class LSTMRegressor(RegressorMixin, _LSTMEstimator):
@@ -320,7 +378,7 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
     def fit(self, X, y):
         """Train on X (module docstring for the shapes) and y (n,) or (n, n_outputs)."""
         self._check_params()
-        X, y = self._validate(X, y, reset=True, multi_output=True, y_numeric=True)
+        X, y, lengths = self._validate(X, y, reset=True, multi_output=True, y_numeric=True)
         X, y = self._complete_windows(X, np.asarray(y, dtype=np.float64))
         self._y_is_1d = y.ndim == 1
         y = y.reshape(len(y), -1)
@@ -333,14 +391,14 @@ class LSTMRegressor(RegressorMixin, _LSTMEstimator):
             self.y_mean_, self.y_scale_ = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
         targets = ((y - self.y_mean_) / self.y_scale_).astype(_DTYPE)
         with _limited_threads(self.n_threads):
-            return self._fit(X, targets, self.n_outputs_, None, "mse")
+            return self._fit(X, targets, self.n_outputs_, None, "mse", lengths)
 
     def predict(self, X):
         """Predictions (n,) or (n, ``n_outputs_``), as y was in fit, in float64."""
         check_is_fitted(self)
-        X, _ = self._validate(X)
+        X, _, lengths = self._validate(X)
         with _limited_threads(self.n_threads):
-            y = self._network_output(X) * self.y_scale_ + self.y_mean_
+            y = self._network_output(X, lengths) * self.y_scale_ + self.y_mean_
         return y.ravel() if self._y_is_1d else y
 
 
@@ -363,7 +421,7 @@ class LSTMClassifier(ClassifierMixin, _LSTMEstimator):
     def fit(self, X, y):
         """Train on X (module docstring for the shapes) and labels y (n,)."""
         self._check_params()
-        X, y = self._validate(X, y, reset=True)
+        X, y, lengths = self._validate(X, y, reset=True)
         check_classification_targets(y)
         X, y = self._complete_windows(X, y)
         self.classes_, indices = np.unique(y, return_inverse=True)
@@ -372,14 +430,14 @@ class LSTMClassifier(ClassifierMixin, _LSTMEstimator):
                              f"({self.classes_[0]!r})")
         with _limited_threads(self.n_threads):
             return self._fit(X, indices, len(self.classes_), "softmax",
-                             "sparse_categorical_crossentropy")
+                             "sparse_categorical_crossentropy", lengths)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
         check_is_fitted(self)
-        X, _ = self._validate(X)
+        X, _, lengths = self._validate(X)
         with _limited_threads(self.n_threads):
-            proba = self._network_output(X)
+            proba = self._network_output(X, lengths)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X):
