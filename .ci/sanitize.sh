@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernels under AddressSanitizer and UndefinedBehaviorSanitizer: a separate build of the
-# tree (FASTLSTM_SANITIZE=1) in a temporary directory, running the kernel, module, io and
-# ONNX tests on every packed-product instruction set this CPU offers, and on 1 and 2 threads.
+# tree (FASTLSTM_SANITIZE=1) in a temporary directory, running the kernel, quantisation,
+# module, io and ONNX tests on every packed-product instruction set this CPU offers, and on 1 and 2 threads.
 # Any sanitizer report fails the job. Leak detection is off: the interpreter itself keeps
 # memory to the end on purpose. Needs the test extras installed (README, command 2).
 set -euo pipefail
@@ -33,13 +33,12 @@ EOF
 
 # the kernels' own tests on every instruction set and thread count; the rest (modules,
 # files, ONNX, PyTorch parity) on the CPU's best set, where the kernels' paths are the same
-kernel_tests=(tests/test_kernels.py tests/test_kernel_properties.py tests/test_determinism.py
-              tests/test_lstm.py tests/test_threads.py)
-tests=("${kernel_tests[@]}" tests/test_modules.py tests/test_gradcheck.py
-       tests/test_reference.py tests/test_io.py tests/test_onnx.py tests/test_torch_parity.py)
-for extra in tests/test_fuzz_loaders.py tests/test_quantize.py; do
-    [[ -f $extra ]] && tests+=("$extra")
-done
+kernel_tests=(tests/kernels/test_kernels.py tests/kernels/test_kernel_properties.py
+              tests/kernels/test_determinism.py tests/kernels/test_threads.py
+              tests/kernels/test_quantize.py tests/api/test_lstm.py)
+tests=("${kernel_tests[@]}" tests/api/test_modules.py tests/kernels/test_gradcheck.py
+       tests/kernels/test_reference.py tests/interop/test_io.py tests/interop/test_onnx.py
+       tests/interop/test_fuzz_loaders.py tests/interop/test_torch_parity.py)
 
 failed=0
 run() {   # run VAR=value ... -- test files: the tests under that environment

@@ -9,7 +9,7 @@ model or a ``ValueError``/``TypeError``; any other exception, a peak of traced m
 its reproducing bytes to ``--out``. The exit status is 1 if anything failed.
 
 :func:`mutate` and :func:`check_load` are shared with the property-based tests
-(``tests/test_fuzz_loaders.py``).
+(``tests/interop/test_fuzz_loaders.py``).
 """
 from __future__ import annotations
 

@@ -1,16 +1,14 @@
 """fastlstm.sklearn: scikit-learn's estimator checks, 3-D and windowed input, searches
 (in process, with threads, and through joblib's Dask backend), pickling, thread settings."""
-import importlib.util
 import pickle
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_close, report, require
+from conftest import assert_close, load_example, report, require
 
 require("sklearn")
 import joblib  # noqa: E402
@@ -23,8 +21,6 @@ from threadpoolctl import threadpool_info  # noqa: E402
 import fastlstm as fl  # noqa: E402
 from fastlstm import _threads, layers  # noqa: E402
 from fastlstm.sklearn import LSTMClassifier, LSTMRegressor, _limited_threads, _windows  # noqa: E402
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # With ``window`` set, the rows of X are the steps of one series and each prediction reads
 # the rows before it: these checks assume independent rows or 2-D-only input.
@@ -41,6 +37,7 @@ def expected_failed_checks(estimator):
     return WINDOWED_XFAILS if estimator.window is not None else {}
 
 
+@pytest.mark.slow
 @parametrize_with_checks([LSTMRegressor(random_state=0), LSTMClassifier(random_state=0),
                           LSTMRegressor(window=2, random_state=0),
                           LSTMClassifier(window=2, random_state=0)],
@@ -282,13 +279,7 @@ def test_parallel_search_with_threads_matches_sequential(restore_threads):
     assert _threads._requested == 2
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_search_through_dask_on_a_local_cluster(restore_threads):
     require("dask.distributed")
     example = load_example("search_dask")

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import load_example, require
 
+pytestmark = pytest.mark.slow
 
 
 def test_sunspot_forecast_beats_persistence(tmp_path):

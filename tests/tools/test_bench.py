@@ -222,6 +222,7 @@ def _sections(markdown):
     return {part.split("\n", 1)[0] if i else "": part for i, part in enumerate(parts)}
 
 
+@pytest.mark.slow
 def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(
         fake_peers, tmp_path, monkeypatch):
     require("matplotlib")
@@ -285,6 +286,7 @@ def test_run_writes_table_json_chart_and_reports_absent_and_crashing_peers(
     assert "simulated onnxruntime crash" in sections["Notes"]
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_an_error(fake_peers):
     (fake_peers / "torch" / "__init__.py").write_text("import os\nos._exit(3)\n")
     result = bench.run_worker("torch", Case("tiny", "forward", 1, 2, 3, 4), 1, TINY_TIMING)
@@ -351,6 +353,7 @@ def test_chart_is_skipped_with_a_note_without_peers(tmp_path):
     assert not (tmp_path / "speedup.png").exists()
 
 
+@pytest.mark.slow
 def test_fit_epoch_of_fastlstm_and_torch_trains_the_same_char_lm():
     """One epoch of each on the same tokens: a first-epoch loss near ln(vocabulary)."""
     require("torch")
@@ -385,6 +388,7 @@ def _alive(pid):
 needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 
 
+@pytest.mark.slow
 @needs_proc
 def test_competing_load_runs_spinners_and_kills_them_on_interrupt():
     with pytest.raises(KeyboardInterrupt):
@@ -394,6 +398,7 @@ def test_competing_load_runs_spinners_and_kills_them_on_interrupt():
     assert all(p.returncode is not None and not _alive(p.pid) for p in spinners)
 
 
+@pytest.mark.slow
 @needs_proc
 def test_spinners_exit_by_themselves_when_the_runner_is_killed():
     code = ("import os, signal\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from conftest import load_example, require
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

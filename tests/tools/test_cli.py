@@ -11,6 +11,7 @@ from fastlstm._kernels import openmp as _openmp
 from fastlstm.__main__ import main
 
 
+@pytest.mark.slow
 def test_version_from_a_subprocess():
     proc = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
                           capture_output=True, text=True, timeout=60)
@@ -66,6 +67,7 @@ def test_bench_rejects_bad_arguments(args, message, capsys):
     assert message in err
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
     """The CLI wiring, on tiny shapes standing in for S1-S3."""
     monkeypatch.setattr(bench, "S_SHAPES", {"T1": (1, 3, 4, 5), "T2": (2, 2, 3, 8)})
@@ -89,6 +91,7 @@ def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
     assert files == ["results.json", "results.md", "speedup.png"]
 
 
+@pytest.mark.slow
 def test_bench_runs_without_torch_and_says_how_to_add_it(tmp_path, monkeypatch, capsys):
     """The default run with torch hidden: fastlstm, NumPy and ONNX Runtime side by side, no
     torch column, a note with the CPU-only install command; output goes to the user cache."""

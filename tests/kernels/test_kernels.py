@@ -34,6 +34,7 @@ def run_both(config, size, dtype, lengths):
 
     out, (h_n, c_n) = module(x, hx, lengths=lengths)
     dx, (dh0, dc0) = module.backward(grad_out, (grad_h, grad_c))
+    backward_team = lstm_kernels.last_call()[0]
     masks = [record["mask"] for record in module_records(module, x, hx, lengths)][:-1]
 
     ref_out, (ref_h, ref_c), cache = reference.forward(
@@ -50,6 +51,7 @@ def run_both(config, size, dtype, lengths):
     assert_close("dc0", dc0, ref_dc0, grad_tol)
     for name, grad in ref_grads.items():
         assert_close(f"grad {name}", module.grads[name], grad, grad_tol)
+    return backward_team
 
 
 def module_records(module, x, hx, lengths):
@@ -86,18 +88,22 @@ def no_min_work():
         fastlstm.lstm._MIN_WORK_PER_THREAD = saved
 
 
-@pytest.mark.parametrize("size", [(5, 3, 4, 3), (4, 2, 3, 37), (3, 9, 5, 40)], ids=str)
+@pytest.mark.parametrize("size", [(5, 3, 4, 17), (4, 2, 3, 37), (3, 9, 5, 40)], ids=str)
 def test_threads_split_hidden_units_unevenly(size):
-    """Force 2 threads on small H: a thread may own no units, or a ragged block."""
+    """Force 2 threads on small H: a thread owns a ragged block (H = 17: one unit)."""
     previous = fl.get_num_threads()
+    adaptive = lstm_kernels.set_adaptive_threads(False)   # a fixed team, even on a busy machine
     try:
         fl.set_num_threads(2)
         with no_min_work():
             for dtype in ("float32", "float64"):
-                run_both(dict(num_layers=2, bidirectional=True, peephole=True), size, dtype,
-                         [size[0], 2, 1, 3, 1, 2, 3, 1, 2][:size[1]])
+                team = run_both(dict(num_layers=2, bidirectional=True, peephole=True), size,
+                                dtype, [size[0], 2, 1, 3, 1, 2, 3, 1, 2][:size[1]])
+                if _threads.usable_cores() >= 2:
+                    assert team == 2, "the backward ran on one thread"
     finally:
         fl.set_num_threads(previous)
+        lstm_kernels.set_adaptive_threads(adaptive)
 
 
 # ---------------------------------------------------------------- packed products
