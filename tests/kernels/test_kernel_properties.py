@@ -1,10 +1,12 @@
 """Property-based checks of the kernels (through fastlstm.LSTM) against fastlstm.reference.
 
 Random shapes and options, every packed-product instruction set this CPU runs, 1 and 2
-threads. Examples are bounded and derandomised so CI stays fast and repeatable; the longer
-local run is ``python -m fastlstm._fuzz kernels --minutes N``.
+threads. Examples are bounded and derandomised so CI stays fast and repeatable; a longer
+local run draws fresh ones: ``FASTLSTM_PROPERTY_EXAMPLES=20000 pytest
+tests/kernels/test_kernel_properties.py`` (any count; random, not derandomised).
 """
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -24,7 +26,9 @@ HIDDEN = [1, 2, 5, 15, 16, 17, 31, 33, 48]
 TOLERANCE = {"float32": (3e-5, 3e-4), "float64": (1e-10, 1e-9)}
 CLIP_MARGIN = 1e-3      # float32 examples keep every clipped pre-activation this far from the edge
 
-PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+LONG_RUN = os.environ.get("FASTLSTM_PROPERTY_EXAMPLES")
+PROPERTY_SETTINGS = settings(max_examples=int(LONG_RUN or 150), deadline=None,
+                             derandomize=not LONG_RUN, database=None,
                              suppress_health_check=[HealthCheck.too_slow])
 
 
