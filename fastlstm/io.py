@@ -333,7 +333,8 @@ def _check_name_and_shape(config: dict[str, Any], path: str, label: str) -> None
 
 
 def _check_compile(compiled: Any, label: str) -> None:
-    """``compile``: {"loss", "optimizer", "metrics"}, each a name or a serialized object."""
+    """``compile``: {"loss", "optimizer", "metrics"[, "weighted_metrics"]}, each a name or a
+    serialized object."""
     if not isinstance(compiled, dict):
         raise ValueError(f"{label} field config.compile: expected an object with keys loss, "
                          f"optimizer, metrics, got {reprlib.repr(compiled)}")
@@ -343,6 +344,10 @@ def _check_compile(compiled: Any, label: str) -> None:
     metrics = _config_field(compiled, "metrics", list, "config.compile", label)
     for index, metric in enumerate(metrics):
         _check_identifier(metric, f"config.compile.metrics[{index}]", label)
+    if "weighted_metrics" in compiled:   # absent in files of version 0.1
+        weighted = _config_field(compiled, "weighted_metrics", list, "config.compile", label)
+        for index, metric in enumerate(weighted):
+            _check_identifier(metric, f"config.compile.weighted_metrics[{index}]", label)
 
 
 def _check_identifier(value: Any, path: str, label: str) -> None:

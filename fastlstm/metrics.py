@@ -1,8 +1,11 @@
 """Metrics with Keras' stateful interface: ``update_state``, ``result``, ``reset_state``.
 
 A metric accumulates over batches (``Sequential.fit`` reports the epoch's running value);
-``metric(y_true, y_pred)`` updates it and returns the result. Every metric is exact over
-what it has seen: sums and counts are accumulated, not per-batch means.
+``metric(y_true, y_pred, sample_weight=None)`` updates it and returns the result. As in
+Keras, a metric has one value per row (the last axis of y_pred reduced: the mean error of
+a row, whether its argmax is right) and reports their mean, weighted by ``sample_weight``
+when given (sum(w * value) / sum(w)). Every metric is exact over what it has seen: weighted
+sums and weights are accumulated, not per-batch means.
 
 Strings accepted by ``Sequential.compile(metrics=[...])`` (the string becomes the name in
 the History): ``mse``/``mean_squared_error``, ``mae``/``mean_absolute_error``,
@@ -13,11 +16,12 @@ batch as Keras does), ``binary_accuracy``, ``categorical_accuracy``,
 import numpy as np
 
 from ._registry import Registry
-from .losses import clip_probabilities, as_prediction, dense_targets, log_softmax, sparse_targets
+from .losses import (as_prediction, clip_probabilities, dense_targets, log_softmax,
+                     row_weights, sparse_targets)
 
 
 class Metric:
-    """Base class: subclasses return (sum, count) of a batch from ``_batch_sum``."""
+    """Base class: subclasses return the value of each row of a batch from ``_values``."""
 
     def __init__(self, name=None):
         self.name = name or self.default_name
@@ -27,18 +31,24 @@ class Metric:
         """Forget every batch seen."""
         self._total, self._count = 0.0, 0
 
-    def update_state(self, y_true, y_pred):
-        """Add one batch."""
-        total, count = self._batch_sum(y_true, as_prediction(y_pred))
-        self._total += float(total)
-        self._count += int(count)
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add one batch; ``sample_weight`` is shaped like the rows or like their leading
+        axes (one weight per sample)."""
+        values = np.asarray(self._values(y_true, as_prediction(y_pred)), dtype=np.float64)
+        if sample_weight is None:
+            self._total += float(np.sum(values))
+            self._count += values.size
+        else:
+            weight = row_weights(sample_weight, values.shape, np.dtype(np.float64))
+            self._total += float(np.sum(values * weight))
+            self._count += float(np.sum(weight))
 
     def result(self):
-        """The metric over all batches since the last reset (NaN before any)."""
+        """The metric over all batches since the last reset (NaN before any weight)."""
         return self._total / self._count if self._count else float("nan")
 
-    def __call__(self, y_true, y_pred):
-        self.update_state(y_true, y_pred)
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        self.update_state(y_true, y_pred, sample_weight)
         return self.result()
 
     def get_config(self):
@@ -49,27 +59,27 @@ class Metric:
 
 
 class MeanSquaredError(Metric):
-    """Mean of (y_pred - y_true)**2 over every element."""
+    """Mean of (y_pred - y_true)**2: per row over the last axis, then over the rows."""
 
     default_name = "mean_squared_error"
 
-    def _batch_sum(self, y_true, y_pred):
+    def _values(self, y_true, y_pred):
         diff = y_pred - dense_targets(y_true, y_pred)
-        return np.sum(diff * diff), diff.size
+        return np.mean(diff * diff, axis=-1)
 
 
 class MeanAbsoluteError(Metric):
-    """Mean of ``|y_pred - y_true|`` over every element."""
+    """Mean of ``|y_pred - y_true|``: per row over the last axis, then over the rows."""
 
     default_name = "mean_absolute_error"
 
-    def _batch_sum(self, y_true, y_pred):
-        diff = y_pred - dense_targets(y_true, y_pred)
-        return np.sum(np.abs(diff)), diff.size
+    def _values(self, y_true, y_pred):
+        return np.mean(np.abs(y_pred - dense_targets(y_true, y_pred)), axis=-1)
 
 
 class BinaryAccuracy(Metric):
-    """Fraction of elements where (y_pred > threshold) equals the 0/1 target."""
+    """Fraction of elements where (y_pred > threshold) equals the 0/1 target (per row
+    over the last axis, then over the rows)."""
 
     default_name = "binary_accuracy"
 
@@ -77,9 +87,9 @@ class BinaryAccuracy(Metric):
         self.threshold = float(threshold)
         super().__init__(name)
 
-    def _batch_sum(self, y_true, y_pred):
+    def _values(self, y_true, y_pred):
         y = dense_targets(y_true, y_pred)
-        return np.sum((y_pred > self.threshold) == (y > 0.5)), y.size
+        return np.mean((y_pred > self.threshold) == (y > 0.5), axis=-1)
 
     def get_config(self):
         return {"name": self.name, "threshold": self.threshold}
@@ -90,10 +100,8 @@ class CategoricalAccuracy(Metric):
 
     default_name = "categorical_accuracy"
 
-    def _batch_sum(self, y_true, y_pred):
-        y = dense_targets(y_true, y_pred)
-        hits = np.argmax(y_pred, axis=-1) == np.argmax(y, axis=-1)
-        return np.sum(hits), hits.size
+    def _values(self, y_true, y_pred):
+        return np.argmax(y_pred, axis=-1) == np.argmax(dense_targets(y_true, y_pred), axis=-1)
 
 
 class SparseCategoricalAccuracy(Metric):
@@ -101,9 +109,8 @@ class SparseCategoricalAccuracy(Metric):
 
     default_name = "sparse_categorical_accuracy"
 
-    def _batch_sum(self, y_true, y_pred):
-        hits = np.argmax(y_pred, axis=-1) == sparse_targets(y_true, y_pred)
-        return np.sum(hits), hits.size
+    def _values(self, y_true, y_pred):
+        return np.argmax(y_pred, axis=-1) == sparse_targets(y_true, y_pred)
 
 
 class Accuracy(Metric):
@@ -116,7 +123,7 @@ class Accuracy(Metric):
         super().reset_state()
         self._kind = None
 
-    def _batch_sum(self, y_true, y_pred):
+    def _values(self, y_true, y_pred):
         if self._kind is None:
             if y_pred.shape[-1:] == (1,):
                 self._kind = BinaryAccuracy()
@@ -124,7 +131,7 @@ class Accuracy(Metric):
                 self._kind = CategoricalAccuracy()
             else:
                 self._kind = SparseCategoricalAccuracy()
-        return self._kind._batch_sum(y_true, y_pred)
+        return self._kind._values(y_true, y_pred)
 
 
 class Perplexity(Metric):
@@ -140,14 +147,12 @@ class Perplexity(Metric):
         self.from_logits = bool(from_logits)
         super().__init__(name)
 
-    def _batch_sum(self, y_true, y_pred):
+    def _values(self, y_true, y_pred):
         log_p = log_softmax(y_pred) if self.from_logits else np.log(clip_probabilities(y_pred)[0])
         if np.shape(y_true) == y_pred.shape and y_pred.shape[-1] > 1:
-            y = dense_targets(y_true, y_pred)
-            return -np.sum(y * log_p), y.size // y.shape[-1]
-        target = sparse_targets(y_true, y_pred).reshape(-1)
-        rows = log_p.reshape(-1, y_pred.shape[-1])
-        return -np.sum(rows[np.arange(target.size), target]), target.size
+            return -np.sum(dense_targets(y_true, y_pred) * log_p, axis=-1)
+        target = sparse_targets(y_true, y_pred)
+        return -np.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
 
     def result(self):
         return float(np.exp(super().result()))

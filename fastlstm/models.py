@@ -61,6 +61,7 @@ class Sequential(Module):
         self.layers = []
         self.loss = self.optimizer = None
         self.metrics = []
+        self.weighted_metrics = []
         self.stop_training = False
         self.history = None
         self._rng = np.random.default_rng(self.seed)
@@ -176,24 +177,31 @@ class Sequential(Module):
         return grad
 
     # ----------------------------------------------------------------- training
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None):
         """Set the optimizer, the loss and the metrics (names, objects or config dicts).
 
         ``optimizer``: ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adamw"`` (Keras defaults) or a
         ``fastlstm.optim`` optimizer (created without parameters; bound when training starts).
         ``loss``: a Keras name from :mod:`fastlstm.losses` or a ``Loss``. ``metrics``: names
         from :mod:`fastlstm.metrics` or ``Metric`` objects; a name becomes the History key.
+        As in Keras, ``metrics`` see masks but not sample or class weights;
+        ``weighted_metrics`` see both (named ``"weighted_" + name`` where a metric of
+        ``metrics`` has that name).
         """
         if loss is None:
             raise ValueError("loss: compile needs a loss, e.g. 'mse'")
         self.optimizer = optim.get(optimizer)
         self.loss = losses_module.get(loss)
-        if isinstance(metrics, (str, dict, metrics_module.Metric)):
-            metrics = [metrics]
-        self.metrics = [metrics_module.get(m) for m in (metrics or [])]
-        names = [m.name for m in self.metrics]
+        self.metrics = _metric_list(metrics)
+        self.weighted_metrics = _metric_list(weighted_metrics)
+        plain = {m.name for m in self.metrics}
+        for metric in self.weighted_metrics:
+            if metric.name in plain:
+                metric.name = "weighted_" + metric.name
+        names = [m.name for m in self.metrics + self.weighted_metrics]
         if len(set(names)) != len(names) or "loss" in names:
-            raise ValueError(f"metrics: names must be distinct and not 'loss', got {names}")
+            raise ValueError(f"metrics, weighted_metrics: names must be distinct and not "
+                             f"'loss', got {names}")
         self._logits_loss = None
 
     def _check_compiled(self, what):
@@ -210,7 +218,8 @@ class Sequential(Module):
         self._logits_loss = losses_module.for_logits(self.loss, activation)
 
     def _loss_and_predictions(self, x, y, sample_weight=None, lengths=None):
-        """(loss value, grad w.r.t. the last layer's output, predictions) for one batch.
+        """(loss value, grad w.r.t. the last layer's output, predictions, output lengths)
+        for one batch.
 
         A masked sequence output weighs its loss as Keras does: masked steps 0, valid ones
         (steps in the batch) / (valid steps in the batch), times ``sample_weight``.
@@ -221,7 +230,24 @@ class Sequential(Module):
         value, grad = loss(y, out) if weight is None else loss(y, out, weight)
         if self._logits_loss is not None:
             out = layers_module.activation(self.layers[-1].activation)(out)
-        return value, grad, out
+        return value, grad, out, out_lengths
+
+    def _update_metrics(self, y, y_pred, sample_weight, out_lengths):
+        """Metrics see the output's mask (1 at valid steps); weighted metrics see the
+        weights of the loss (the mask scaled by steps / valid steps in the batch, times
+        ``sample_weight``), as Keras weighs them."""
+        mask = None
+        if out_lengths is not None and y_pred.ndim >= 3:   # (B, T)
+            mask = (np.arange(y_pred.shape[1]) < np.asarray(out_lengths)[:, None]).astype(float)
+        for metric in self.metrics:
+            metric.update_state(y, y_pred, mask)
+        weight = mask if sample_weight is None else _mask_weights(out_lengths, y_pred,
+                                                                  sample_weight)
+        for metric in self.weighted_metrics:
+            metric.update_state(y, y_pred, weight)
+
+    def _metric_logs(self):
+        return {m.name: m.result() for m in self.metrics + self.weighted_metrics}
 
     @single_threaded_blas()
     def train_on_batch(self, x, y, sample_weight=None, *, lengths=None):
@@ -234,10 +260,11 @@ class Sequential(Module):
 
     def _train_step(self, x, y, sample_weight=None, lengths=None):
         self.zero_grad()
-        value, grad, y_pred = self._loss_and_predictions(x, y, sample_weight, lengths)
+        value, grad, y_pred, out_lengths = self._loss_and_predictions(x, y, sample_weight,
+                                                                      lengths)
         self.backward(grad)
         self.optimizer.step()
-        return value, y_pred
+        return value, y_pred, out_lengths
 
     def _bind_optimizer(self):
         params = self.parameters()
@@ -373,7 +400,7 @@ class Sequential(Module):
         x, y = data[:2]
         n = len(x)
         order = self._rng.permutation(n) if shuffle else np.arange(n)
-        for metric in self.metrics:
+        for metric in self.metrics + self.weighted_metrics:
             metric.reset_state()
         self.train()
         loss_sum, seen = 0.0, 0
@@ -382,7 +409,8 @@ class Sequential(Module):
                 index = order[start:start + batch_size]
                 for callback in callback_list:
                     callback.on_train_batch_begin(batch)
-                value, y_pred = self._train_step(*_rows(data, index))
+                batch_data = _rows(data, index)
+                value, y_pred, out_lengths = self._train_step(*batch_data)
                 if not math.isfinite(value):
                     warnings.warn(f"Sequential.fit: epoch {epoch + 1}, batch {batch + 1}: the "
                                   f"loss is {value}; training stopped (the weights hold that "
@@ -390,9 +418,8 @@ class Sequential(Module):
                     self.stop_training = True
                 loss_sum += value * len(index)
                 seen += len(index)
-                for metric in self.metrics:
-                    metric.update_state(y[index], y_pred)
-                logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in self.metrics}}
+                self._update_metrics(batch_data[1], y_pred, batch_data[2], out_lengths)
+                logs = {"loss": loss_sum / seen, **self._metric_logs()}
                 for callback in callback_list:
                     callback.on_train_batch_end(batch, logs)
                 if bar is not None:
@@ -408,8 +435,7 @@ class Sequential(Module):
     def _evaluate_logs(self, data, batch_size):
         """{"loss": ..., metric names: ...} over ``data`` = (x, y, sample_weight, lengths),
         in eval mode."""
-        metrics = self.metrics
-        for metric in metrics:
+        for metric in self.metrics + self.weighted_metrics:
             metric.reset_state()
         was_training = self.training
         self.eval()
@@ -418,13 +444,12 @@ class Sequential(Module):
         try:
             for start in range(0, len(x), batch_size):
                 xb, yb, wb, lb = _rows(data, slice(start, start + batch_size))
-                value, _, y_pred = self._loss_and_predictions(xb, yb, wb, lb)
+                value, _, y_pred, out_lengths = self._loss_and_predictions(xb, yb, wb, lb)
                 loss_sum += value * len(xb)
-                for metric in metrics:
-                    metric.update_state(yb, y_pred)
+                self._update_metrics(yb, y_pred, wb, out_lengths)
         finally:
             self.train(was_training)
-        return {"loss": loss_sum / len(x), **{m.name: m.result() for m in metrics}}
+        return {"loss": loss_sum / len(x), **self._metric_logs()}
 
     @single_threaded_blas()
     def evaluate(self, x, y, batch_size=32, verbose=0, sample_weight=None, *, lengths=None):
@@ -491,8 +516,11 @@ class Sequential(Module):
         if self.loss is not None:
             compiled = {"loss": losses_module.serialize(self.loss),
                         "optimizer": optim.serialize(self.optimizer),
-                        "metrics": [metrics_module.serialize(m) for m in self.metrics]}
-            if compiled["loss"] and compiled["optimizer"] and all(compiled["metrics"]):
+                        "metrics": [metrics_module.serialize(m) for m in self.metrics],
+                        "weighted_metrics": [metrics_module.serialize(m)
+                                             for m in self.weighted_metrics]}
+            if (compiled["loss"] and compiled["optimizer"] and all(compiled["metrics"])
+                    and all(compiled["weighted_metrics"])):
                 config["compile"] = compiled
         return config
 
@@ -508,7 +536,8 @@ class Sequential(Module):
         if config.get("compile"):
             compiled = config["compile"]
             model.compile(optimizer=compiled["optimizer"], loss=compiled["loss"],
-                          metrics=compiled["metrics"])
+                          metrics=compiled["metrics"],
+                          weighted_metrics=compiled.get("weighted_metrics"))
         return model
 
     def checkpoint_state_dict(self):
@@ -600,6 +629,13 @@ def _class_weights(class_weight, y):
     classes = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[1] != 1 else y.reshape(len(y))
     classes = np.round(classes).astype(np.int64)
     return np.array([float(class_weight.get(int(c), 1.0)) for c in classes])
+
+
+def _metric_list(metrics):
+    """Fresh metrics from a name, a Metric, a config dict, or a list of them."""
+    if isinstance(metrics, (str, dict, metrics_module.Metric)):
+        metrics = [metrics]
+    return [metrics_module.get(m) for m in (metrics or [])]
 
 
 def _rows(data, index):

@@ -75,6 +75,51 @@ def test_class_weight_matches_keras(targets):
                          validation_data=(x[:9], y[:9]))
 
 
+@pytest.mark.parametrize("metric", ["mae", "mse", "accuracy"])
+def test_metrics_and_weighted_metrics_match_keras_with_masks_and_weights(metric):
+    """Keras: ``metrics`` see the output's mask but not the sample weights;
+    ``weighted_metrics`` see both (renamed ``weighted_*`` where a name repeats)."""
+    keras = keras_module()
+    rng = np.random.default_rng(3)
+    n, T, features, units = 12, 5, 2, 3
+    x = rng.standard_normal((n, T, features)).astype(np.float32)
+    for i, length in enumerate(rng.integers(1, T + 1, n)):
+        x[i, length:] = 0.0                     # padding after the end: masked by Masking
+    if metric == "accuracy":
+        y = np.eye(units, dtype=np.float32)[rng.integers(0, units, (n, T))]
+        activation, loss = "softmax", "categorical_crossentropy"
+    else:
+        y = rng.standard_normal((n, T, units)).astype(np.float32)
+        activation, loss = None, "mse"
+    # per step: Keras' torch backend fails to broadcast per-sample weights against a mask
+    weights = rng.uniform(0, 2, (n, T)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    theirs = keras.Sequential([keras.Input((T, features)), keras.layers.Masking(0.0),
+                               keras.layers.LSTM(4, return_sequences=True),
+                               keras.layers.Dense(units, activation=activation)])
+    ours = fl.Sequential([fl.layers.Masking(0.0, input_shape=(T, features)),
+                          fl.layers.LSTM(4, return_sequences=True),
+                          fl.layers.Dense(units, activation=activation)], seed=0)
+    ours.set_weights(theirs.get_weights())
+    for model in (theirs, ours):
+        model.compile(optimizer="sgd", loss=loss, metrics=[metric],
+                      weighted_metrics=[metric, "mae" if metric != "mae" else "mse"])
+    names = ["loss"] + [m.name for m in ours.metrics + ours.weighted_metrics]
+    for sample_weight in (weights, None):
+        their_logs = theirs.evaluate(x, y, sample_weight=sample_weight, batch_size=5,
+                                     verbose=0, return_dict=True)
+        our_values = ours.evaluate(x, y, sample_weight=sample_weight, batch_size=5)
+        assert sorted(names) == sorted(their_logs), (names, their_logs)
+        for name, value in zip(names, our_values):
+            assert_close(name, value, their_logs[name], 1e-5)
+    their_history = theirs.fit(x, y, sample_weight=weights, epochs=2, batch_size=5,
+                               shuffle=False, verbose=0).history
+    our_history = ours.fit(x, y, sample_weight=weights, epochs=2, batch_size=5,
+                           shuffle=False, verbose=0).history
+    for name, values in their_history.items():
+        assert_close(f"fit {name}", our_history[name], values, 1e-5)
+
+
 def test_weights_scale_the_loss_as_keras_documents():
     """A batch loss is sum(w * l) / n: doubling every weight doubles it, zero weights
     remove samples, and unit weights change nothing."""
