@@ -117,6 +117,11 @@ def load(path: str | os.PathLike[str]) -> Any:
         if count is not None and count != stored:
             raise ValueError(f"{where}: the LSTM config implies {count} parameters, "
                              f"the file holds {stored}")
+    elif class_name == "QuantizedLSTM":   # the parameters, plus int8's scales
+        count = _lstm_parameter_count(config)
+        if count is not None and count > stored:
+            raise ValueError(f"{where}: the QuantizedLSTM config implies at least {count} "
+                             f"parameters, the file holds {stored}")
     else:
         _check_sequential_config(config, stored, f"{where}: metadata 'config'")
     module_name, attribute = REGISTRY[class_name]
