@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also measure S1-S3 forward and the fit epoch while N CPU-bound "
                           "processes spin: fastlstm with default threads and with 1, PyTorch "
                           "with default threads (default: no busy section)")
+    run.add_argument("--dtype", choices=bench.DTYPES, default="float32",
+                     help="bfloat16 or int8: time fl.quantize on S1/S3 forward and the stream "
+                          "step beside PyTorch's bfloat16 or quantize_dynamic int8 LSTM and "
+                          "ONNX Runtime's int8 DynamicQuantizeLSTM, after float32 rows "
+                          "(default: float32, the main benchmark)")
     return parser
 
 
@@ -106,8 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads is not None and args.threads > usable_cores():
             parser.error(f"--threads: expected at most the {usable_cores()} usable cores, "
                          f"got {args.threads}")
+        if args.busy and args.dtype != "float32":
+            parser.error(f"--busy: the busy section is float32; expected no --busy with "
+                         f"--dtype {args.dtype}")
         return bench.main(quick=args.quick, threads=args.threads, out_dir=args.out,
-                          frameworks=args.frameworks, modes=args.modes, busy=args.busy)
+                          frameworks=args.frameworks, modes=args.modes, busy=args.busy,
+                          dtype=args.dtype)
     parser.print_help()
     return 0
 

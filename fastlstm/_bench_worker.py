@@ -11,7 +11,10 @@ same thread count, or, when the spec's ``threads`` is null, each framework's own
 The fastlstm process also times one float32 ``sgemm`` of the case's forward FLOPs, the
 practical ceiling of the kernels (not under competing load: spec ``busy`` > 0). Mode
 ``fit`` is one epoch of a character-level language model (Embedding -> LSTM -> Dense)
-trained with ``Sequential.fit`` or its PyTorch twin.
+trained with ``Sequential.fit`` or its PyTorch twin. A case's ``dtype`` bfloat16 or int8
+times reduced-precision inference: ``fl.quantize``; PyTorch's bfloat16 module
+(``.to(torch.bfloat16)``, bfloat16 input) or its ``quantize_dynamic`` int8 LSTM; ONNX
+Runtime's ``DynamicQuantizeLSTM`` from ``onnxruntime.quantization.quantize_dynamic``.
 """
 import gc
 import json
@@ -28,8 +31,21 @@ import numpy as np
 RESULT_PREFIX = "FASTLSTM-BENCH-RESULT "
 FRAMEWORKS = ("fastlstm", "numpy", "torch", "onnxruntime")
 MODES = ("forward", "train", "stream", "fit")
+DTYPES = ("float32", "bfloat16", "int8")
 # ONNX Runtime (the inference package) has no backward pass; only fastlstm and PyTorch fit.
 UNSUPPORTED = {("onnxruntime", "train"), ("onnxruntime", "fit"), ("numpy", "fit")}
+# Reduced precision (inference only): NumPy's reference is float32, and ONNX Runtime's CPU
+# provider has no bfloat16 LSTM.
+UNSUPPORTED_DTYPES = {("numpy", "bfloat16"), ("numpy", "int8"), ("onnxruntime", "bfloat16")}
+
+
+def unsupported(framework: str, case: "Case") -> str | None:
+    """Why ``framework`` cannot run ``case`` (its mode or dtype), or None if it can."""
+    if (framework, case.mode) in UNSUPPORTED:
+        return f"{framework} has no {case.mode} mode"
+    if (framework, case.dtype) in UNSUPPORTED_DTYPES:
+        return f"{framework} has no {case.dtype} LSTM"
+    return None
 
 Params = dict[str, np.ndarray]  # PyTorch's parameter names -> float32 arrays
 Call = Callable[[], Any]        # one timed call
@@ -45,7 +61,8 @@ class Case:
     LSTM(hidden_size, return_sequences=True) -> Dense(vocabulary_size, softmax)`` over
     ``num_sequences`` token sequences of ``seq_len``, in minibatches of ``batch``; it needs
     one layer and one direction, and only it takes ``vocabulary_size`` and ``num_sequences``
-    (0 in the other modes).
+    (0 in the other modes). ``dtype`` bfloat16 or int8 (inference: modes forward and stream)
+    runs each framework's reduced-precision LSTM on the same float32 parameters.
     """
 
     name: str
@@ -58,10 +75,16 @@ class Case:
     bidirectional: bool = False
     vocabulary_size: int = 0
     num_sequences: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype != "float32" and self.mode not in ("forward", "stream"):
+            raise ValueError(f"dtype: {self.dtype} is inference only (modes forward and "
+                             f"stream), got mode {self.mode!r}")
         fit_fields = ("vocabulary_size", "num_sequences")
         counts = ("batch", "seq_len", "input_size", "hidden_size", "num_layers")
         for field in counts + (fit_fields if self.mode == "fit" else ()):
@@ -183,6 +206,8 @@ def build_fastlstm(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarr
     m = fl.LSTM(case.input_size, case.hidden_size, case.num_layers,
                 bidirectional=case.bidirectional, dtype="float32", seed=0)
     m.load_state_dict(params)
+    if case.dtype != "float32":
+        m = fl.quantize(m.eval(), case.dtype)
     if case.mode == "stream":
         m.eval()
         stepper = m.stream(batch_size=1)
@@ -232,16 +257,27 @@ def build_torch(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
     torch = _import("torch")
     if threads is not None:
         torch.set_num_threads(threads)
+    # bfloat16: the module and its input in bfloat16 (oneDNN's kernels); int8:
+    # quantize_dynamic, which swaps the children of a container only
+    dtype = torch.bfloat16 if case.dtype == "bfloat16" else torch.float32
+
+    def reduced(module: Any) -> Any:
+        if case.dtype == "int8":
+            container = torch.ao.quantization.quantize_dynamic(
+                torch.nn.ModuleList([module]), {type(module)}, dtype=torch.qint8)
+            return container[0]
+        return module.to(dtype)
+
     if case.mode == "stream":
         cells = []
         for k, n_in in enumerate(case.layer_input_sizes()):
             cell = torch.nn.LSTMCell(n_in, case.hidden_size)
             cell.load_state_dict({name: torch.from_numpy(params[f"{name}_l{k}"])
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
-            cells.append(cell)
-        zeros = torch.zeros(1, case.hidden_size)
+            cells.append(reduced(cell.eval()))
+        zeros = torch.zeros(1, case.hidden_size, dtype=dtype)
         state = [(zeros, zeros)] * case.num_layers
-        x_t = torch.from_numpy(x[0])
+        x_t = torch.from_numpy(x[0]).to(dtype)
 
         def step() -> Any:
             with torch.no_grad():
@@ -256,8 +292,8 @@ def build_torch(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
                       bidirectional=case.bidirectional)
     m.load_state_dict({name: torch.from_numpy(value) for name, value in params.items()})
     if case.mode == "forward":
-        m.eval()
-        x_torch = torch.from_numpy(x)
+        m = reduced(m.eval())
+        x_torch = torch.from_numpy(x).to(dtype)
 
         def forward() -> Any:
             with torch.inference_mode():
@@ -331,6 +367,25 @@ def onnx_lstm_model(case: Case, params: Params, stateful: bool) -> Any:
     return model
 
 
+def onnx_quantized_lstm_model(model: Any) -> Any:
+    """``model`` with its LSTM nodes replaced by ONNX Runtime's ``DynamicQuantizeLSTM``
+    (int8 weights, u8 activations quantised per call), by ``quantize_dynamic``."""
+    import os
+    import tempfile
+
+    onnx = _import("onnx")
+    quantization = _import("onnxruntime.quantization")
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = os.path.join(folder, "f32.onnx"), os.path.join(folder, "int8.onnx")
+        onnx.save(model, source)
+        quantization.quantize_dynamic(source, target, op_types_to_quantize=["LSTM"],
+                                      weight_type=quantization.QuantType.QInt8)
+        quantized = onnx.load(target)
+    if not any(node.op_type == "DynamicQuantizeLSTM" for node in quantized.graph.node):
+        raise RuntimeError("onnxruntime.quantization.quantize_dynamic left the LSTM in float32")
+    return quantized
+
+
 def build_onnxruntime(case: Case, params: Params, x: np.ndarray, grad_out: np.ndarray,
                       threads: int | None) -> Call:
     ort = _import("onnxruntime")
@@ -339,6 +394,8 @@ def build_onnxruntime(case: Case, params: Params, x: np.ndarray, grad_out: np.nd
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     model = onnx_lstm_model(case, params, stateful=case.mode == "stream")
+    if case.dtype == "int8":
+        model = onnx_quantized_lstm_model(model)
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     if case.mode == "forward":
@@ -548,13 +605,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         if framework not in BUILDERS:
             raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
-        if (framework, case.mode) in UNSUPPORTED:
-            raise ValueError(f"{framework} does not support mode {case.mode!r}")
+        reason = unsupported(framework, case)
+        if reason:
+            raise ValueError(reason)
         if framework == "fastlstm" and case.mode != "fit" and not spec.get("busy"):
             result["sgemm"] = measure_sgemm(case, threads, timing)
         with _blas_limit(threads) if framework == "numpy" else nullcontext():
             call = build_call(framework, case, threads, spec.get("seed", 0))
             result.update(measure(call, timing))
+        if framework == "fastlstm" and case.dtype != "float32":
+            result["kernel_path"] = _import("fastlstm.quantized").quantized_path(case.dtype)
     except Absent as exc:
         result.update(status="absent", message=str(exc))
     except Exception as exc:  # a crashing peer is reported, the run goes on

@@ -16,7 +16,12 @@ Peers that are not installed are left out of a default run, with a note saying h
 them: the benchmark needs only NumPy (and ONNX Runtime for its column); PyTorch's rows
 appear when ``torch`` is importable.
 
-Usage: ``python -m fastlstm bench [--quick] [--busy N]`` (see ``fastlstm bench --help``),
+``--dtype bfloat16`` or ``int8`` measures reduced-precision inference instead: S1 and S3
+forward and the S1 streaming step (full adds S3's) of ``fl.quantize`` beside PyTorch's
+bfloat16 module or ``quantize_dynamic`` int8 LSTM and ONNX Runtime's ``DynamicQuantizeLSTM``
+(int8), after the float32 rows of fastlstm and PyTorch on the same cases.
+
+Usage: ``python -m fastlstm bench [--quick] [--busy N] [--dtype D]`` (see ``fastlstm bench --help``),
 or :func:`plan`, :func:`run` and :func:`write_report` from Python.
 """
 import importlib.util
@@ -32,7 +37,8 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ._bench_worker import CHARLM, FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED, Case, Timing
+from ._bench_worker import (CHARLM, DTYPES, FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED, Case,
+                             Timing, unsupported)
 
 Result = dict[str, Any]  # one framework on one case, as the worker reports it
 Report = dict[str, Any]  # a whole run, as results.json stores it
@@ -108,14 +114,15 @@ class Entry:
 
 
 def plan(quick: bool = False, threads: int = 2, frameworks: Iterable[str] = FRAMEWORKS,
-         modes: Iterable[str] = MODES, busy: int = 0) -> list[Entry]:
+         modes: Iterable[str] = MODES, busy: int = 0, dtype: str = "float32") -> list[Entry]:
     """The entries of a quick or full run, filtered to ``frameworks`` and ``modes``.
 
     Quick: S1-S3 forward and train, the S1 streaming step, one char-LM fit epoch (fastlstm
     and PyTorch). Full adds the S3 streaming step, 2-layer and bidirectional S2, the
     DeepBench-style grid (forward), fastlstm with its default threads on the fit and, when
     ``threads`` > 1, fastlstm with 1 thread on S3 forward, S3 train and the fit for the
-    scaling figures. ``busy`` > 0 adds :func:`busy_entries`.
+    scaling figures. ``busy`` > 0 adds :func:`busy_entries`. ``dtype`` bfloat16 or int8
+    plans :func:`quantized_entries` instead (``busy`` must then be 0).
     """
     chosen = _check_choices("frameworks", frameworks, FRAMEWORKS)
     modes = _check_choices("modes", modes, MODES)
@@ -123,6 +130,16 @@ def plan(quick: bool = False, threads: int = 2, frameworks: Iterable[str] = FRAM
         raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
     if not isinstance(busy, int) or busy < 0:
         raise ValueError(f"busy: expected an int >= 0, got {busy!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    if dtype != "float32":
+        if busy:
+            raise ValueError(f"busy: expected 0 with dtype {dtype!r} (the busy section is "
+                             f"float32), got {busy}")
+        entries = quantized_entries(quick, threads, dtype)
+        kept = [replace(e, frameworks=tuple(f for f in e.frameworks if f in chosen))
+                for e in entries if e.case.mode in modes]
+        return [e for e in kept if e.frameworks]
     entries = [Entry(c, threads, FRAMEWORKS) for c in _lstm_cases(quick)]
     entries.append(Entry(CHARLM, threads, FIT_FRAMEWORKS))
     if not quick:
@@ -150,6 +167,19 @@ def _lstm_cases(quick: bool) -> list[Case]:
         cases += [Case("S2-2layer", mode, *S_SHAPES["S2"], num_layers=2),
                   Case("S2-bidir", mode, *S_SHAPES["S2"], bidirectional=True)]
     return cases + [Case(name, "forward", *shape) for name, shape in DEEPBENCH_SHAPES.items()]
+
+
+def quantized_entries(quick: bool, threads: int, dtype: str) -> list[Entry]:
+    """S1 and S3 forward and the S1 streaming step (full adds S3's): first fastlstm and
+    PyTorch in float32, then every framework with a ``dtype`` LSTM."""
+    cases = [Case("S1", "forward", *S_SHAPES["S1"]), Case("S3", "forward", *S_SHAPES["S3"]),
+             Case("S1", "stream", 1, 1, S_SHAPES["S1"][2], S_SHAPES["S1"][3])]
+    if not quick:
+        cases.append(Case("S3", "stream", 1, 1, S_SHAPES["S3"][2], S_SHAPES["S3"][3]))
+    reduced = [replace(case, dtype=dtype) for case in cases]
+    return ([Entry(case, threads, ("fastlstm", "torch")) for case in cases]
+            + [Entry(case, threads, tuple(f for f in FRAMEWORKS if not unsupported(f, case)))
+               for case in reduced])
 
 
 def busy_entries(busy: int) -> list[Entry]:
@@ -220,9 +250,9 @@ def run_worker(framework: str, case: Case, threads: int | None, timing: Timing,
     many cores processes other than these kept busy, on average, while the worker ran
     (None where /proc/stat is missing): above ~0.1 the figures are noisy.
     """
-    if (framework, case.mode) in UNSUPPORTED:
-        return dict(framework=framework, threads=threads, status="n/a",
-                    message=f"{framework} has no {case.mode} mode")
+    reason = unsupported(framework, case)
+    if reason:
+        return dict(framework=framework, threads=threads, status="n/a", message=reason)
     spec = dict(framework=framework, case=asdict(case), threads=threads, busy=busy,
                 timing=asdict(timing))
     env = worker_env(threads)
@@ -409,6 +439,13 @@ def _shape(case: dict[str, Any]) -> list[str]:
     return [str(case[k]) for k in ("batch", "seq_len", "input_size", "hidden_size")] + [layers]
 
 
+def _dtype(row: dict[str, Any]) -> str:
+    """A row's dtype, with fastlstm's kernel path when it is reduced precision."""
+    dtype = row["case"].get("dtype", "float32")
+    path = row["results"].get("fastlstm", {}).get("kernel_path")
+    return f"{dtype} ({path})" if path else dtype
+
+
 def to_markdown(report: Report) -> str:
     """The report as Markdown: machine, the LSTM table, thread scaling, the fit epoch, the
     busy-machine section, notes."""
@@ -421,8 +458,9 @@ def to_markdown(report: Report) -> str:
         f"- Threads per framework: {machine['threads']}; load average at start "
         f"{machine['load_average'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}",
         f"- Versions: {versions}",
-        f"- Wall time: {report['wall_time_s']:.0f} s; float32; time-major; each framework "
-        "in its own process", "",
+        f"- Wall time: {report['wall_time_s']:.0f} s; "
+        f"{', '.join(dict.fromkeys(_dtype(row).split()[0] for row in report['rows']))}; "
+        "time-major; each framework in its own process", "",
         "Times are medians per call after a warm-up that runs until the median of the last "
         f"{timing['settle_window']} samples is within {timing['settle_tolerance']:.0%} of the "
         f"{timing['settle_window']} before (at least {timing['warmup_min_s']:g} s, at most "
@@ -444,12 +482,15 @@ def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
         return []
     frameworks = [f for f in FRAMEWORKS if any(f in row["results"] for row in rows)]
     peers = [f for f in frameworks if f != "fastlstm"]
-    header = (["case", "mode", "B", "T", "in", "H", "LxD", "thr"] + frameworks
-              + [f"vs {p}" for p in peers] + ["GFLOP/s", "sgemm GFLOP/s", "% of sgemm"])
+    reduced = any(row["case"].get("dtype", "float32") != "float32" for row in rows)
+    header = (["case", "mode", "B", "T", "in", "H", "LxD", "thr"] + ["dtype"] * reduced
+              + frameworks + [f"vs {p}" for p in peers]
+              + ["GFLOP/s", "sgemm GFLOP/s", "% of sgemm"])
     lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         case = row["case"]
         cells = [case["name"], case["mode"], *_shape(case), _threads_label(row["threads"])]
+        cells += [_dtype(row)] * reduced
         cells += [_cell(row["results"].get(f)) for f in frameworks]
         cells += [_ratio(row["speedup"][p]) if p in row["speedup"] else "—" for p in peers]
         cells += [f"{row['gflops']:.3g}" if row["gflops"] else "—",
@@ -655,13 +696,14 @@ def write_report(report: Report, out_dir: str) -> str:
 
 def main(quick: bool = False, threads: int | None = None, out_dir: str | None = None,
          frameworks: Iterable[str] | None = None, modes: Iterable[str] = MODES,
-         busy: int = 0) -> int:
+         busy: int = 0, dtype: str = "float32") -> int:
     """Run the benchmark, print the tables and write the files; return the exit status
     (1 if fastlstm itself failed on some case, else 0).
 
     ``out_dir`` None: :func:`default_out_dir`. ``frameworks`` None: fastlstm, NumPy and
     every peer that is installed (:func:`missing_peers` are left out, with a note); named
-    frameworks that are not installed are measured and reported absent.
+    frameworks that are not installed are measured and reported absent. ``dtype`` bfloat16
+    or int8: the reduced-precision run (see :func:`plan`).
     """
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
@@ -670,7 +712,7 @@ def main(quick: bool = False, threads: int | None = None, out_dir: str | None = 
     if frameworks is None:
         missing = missing_peers()
         frameworks = [f for f in FRAMEWORKS if f not in missing]
-    entries = plan(quick, threads, frameworks, modes, busy)
+    entries = plan(quick, threads, frameworks, modes, busy, dtype)
     load = f", {busy} competing processes in the busy section" if busy else ""
     _log(f"fastlstm bench: {sum(len(e.frameworks) for e in entries)} measurements, "
          f"{threads} threads{load}, one process each; writing to {os.path.abspath(out_dir)}")

@@ -346,47 +346,19 @@ class QuantizedLSTM:
         return QuantizedStream(self, batch_size)
 
 
-class QuantizedStream:
+class QuantizedStream(_quant.QuantStreamKernel):
     """Stateful single-step quantised inference; made by :meth:`QuantizedLSTM.stream`.
 
     ``y_t = s.step(x_t)`` takes x_t (B, input_size), or (input_size,) when batch_size is 1,
-    and returns the last layer's h_t; ``s.state`` is (h, c), each (num_layers, B, H).
+    and returns the last layer's h_t; ``s.state`` is (h, c), each (num_layers, B, H);
+    ``s.reset()`` zeroes it. A step is one kernel call over every layer, without
+    allocation; it follows ``load_state_dict`` on the module.
     """
 
     def __init__(self, module, batch_size):
-        self._module = module
         self.batch_size = batch_size
-        L, H = module.num_layers, module.hidden_size
-        self.h = np.zeros((L, batch_size, H), np.float32)
-        self.c = np.zeros((L, batch_size, H), np.float32)
-        self._outs = np.empty((2, 1, batch_size, H), np.float32)  # a layer's input and output
-        self._threads = module._kernel_threads(batch_size)
 
     @property
     def state(self):
         """(h, c), each (num_layers, B, H): the live state arrays."""
         return self.h, self.c
-
-    def reset(self):
-        """Zero the state."""
-        self.h.fill(0)
-        self.c.fill(0)
-
-    def step(self, x_t):
-        """Advance one time step; return the last layer's h_t: (B, H), or (H,) for x_t (in,)."""
-        m, B = self._module, self.batch_size
-        arr = as_real_array(x_t, "x_t", np.float32)
-        if not (arr.shape == (B, m.input_size) or (B == 1 and arr.shape == (m.input_size,))):
-            expected = f"({B}, {m.input_size})" + (f" or ({m.input_size},)" if B == 1 else "")
-            raise ValueError(f"x_t: expected shape {expected} (batch_size, input_size), got "
-                             f"{arr.shape}")
-        layer_input = np.ascontiguousarray(arr, np.float32).reshape(1, B, -1)
-        for layer in range(m.num_layers):
-            w_ih, w_hh, s_ih, s_hh, r_ih, r_hh, bias, peep = m._layers[(layer, 0)]
-            h, c, out = self.h[layer], self.c[layer], self._outs[layer % 2]
-            _quant.quantized_forward(m.quantization, out, 0, h, c, layer_input, h, c,
-                                     w_ih, w_hh, s_ih, s_hh, r_ih, r_hh, bias, peep,
-                                     _EMPTY_INDEX, False, m.clip or 0.0, self._threads)
-            layer_input = out
-        y = layer_input[0].copy()
-        return y[0] if arr.ndim == 1 else y

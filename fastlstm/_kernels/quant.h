@@ -15,8 +15,9 @@
  * Each product is compiled twice: for AVX512-BF16 / AVX512-VNNI (8 rows x 2 panels of zmm
  * accumulators) and portably in plain C, which widens to float32 / int32 and runs on any
  * CPU. The int8 paths sum identically (exact int32) and differ only in the rounding of the
- * float32 epilogue (the compiler may fuse it); the bf16 paths only in denormals (flushed
- * by vdpbf16ps) and in that rounding.
+ * float32 epilogue (fused on AVX-512, as the compiler pleases portably); the bf16 paths
+ * only in denormals (flushed by vdpbf16ps) and in that rounding. Within a path every block
+ * shape and slice rounds alike, so a stream step equals the full call bit for bit.
  */
 #ifndef FASTLSTM_QUANT_H
 #define FASTLSTM_QUANT_H
@@ -226,7 +227,7 @@ static void fl_i8_block_portable(float *C, const uint8_t *A, const int8_t *P, pt
     fl_i8_store_portable(C, acc, sa, za, sw, rs, accumulate);
 }
 
-#define FL_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define FL_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 
 FL_VNNI_TARGET static inline __attribute__((always_inline)) void fl_i8_block_avx512(
     float *C, ptrdiff_t ldc, const uint8_t *A, ptrdiff_t lda, const int8_t *P,
@@ -255,10 +256,12 @@ FL_VNNI_TARGET static inline __attribute__((always_inline)) void fl_i8_block_avx
         _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {
             const __m512i exact = _mm512_sub_epi32(
                 acc[i][v], _mm512_mullo_epi32(_mm512_set1_epi32(za[i]), sums));
-            __m512 value = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa[i]), scale),
-                                         _mm512_cvtepi32_ps(exact));
-            if (accumulate)
-                value = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc + v * 16), value);
+            const __m512 factor = _mm512_mul_ps(_mm512_set1_ps(sa[i]), scale);
+            /* one explicit fused multiply-add: every block shape rounds alike */
+            const __m512 value = accumulate
+                ? _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(exact),
+                                  _mm512_loadu_ps(C + i * ldc + v * 16))
+                : _mm512_mul_ps(factor, _mm512_cvtepi32_ps(exact));
             _mm512_storeu_ps(C + i * ldc + v * 16, value);
         }
     }

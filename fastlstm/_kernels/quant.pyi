@@ -1,4 +1,6 @@
 # Type stub of the compiled quantised kernels (quant.pyx).
+from typing import Any
+
 import numpy as np
 
 DTYPES: tuple[str, str]
@@ -12,3 +14,10 @@ def quantized_forward(
     s_ih: np.ndarray, s_hh: np.ndarray, r_ih: np.ndarray, r_hh: np.ndarray, bias: np.ndarray,
     peep: np.ndarray, lengths: np.ndarray, reverse: bool, clip: float, n_threads: int,
 ) -> None: ...
+
+class QuantStreamKernel:
+    h: np.ndarray
+    c: np.ndarray
+    def __init__(self, module: Any, batch_size: int) -> None: ...
+    def reset(self) -> None: ...
+    def step(self, x_t: Any) -> np.ndarray: ...

@@ -10,13 +10,15 @@ the whole h_{t-1} to bf16, or quantises it to u8 per row, into its own buffer.
 """
 from cython.parallel cimport parallel
 from libc.stdint cimport int32_t, int8_t, uint16_t, uint8_t
-from libc.stdlib cimport free
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
 from .openmp cimport (fl_member_t, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
                       fl_team_init, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
+
+from .._threads import get_num_threads
 
 cnp.import_array()
 
@@ -236,9 +238,28 @@ cdef void _thread(QWork* w) noexcept nogil:
                        nj * sizeof(float))
 
 
-def _check(str name, bint ok, expected, actual):
+def _check(str name, bint ok, expected, actual, str where="quantized_forward"):
     if not ok:
-        raise ValueError(f"quantized_forward: {name}: expected {expected}, got {actual}")
+        raise ValueError(f"{where}: {name}: expected {expected}, got {actual}")
+
+
+def _check_packed(str where, int kind, Py_ssize_t n_in, Py_ssize_t H, w_ih, w_hh, s_ih, s_hh,
+                  r_ih, r_hh):
+    """Check the packed arrays of one layer and direction (see :func:`quantized_forward`)."""
+    cdef Py_ssize_t blocks = (H + LANES - 1) // LANES, unit = 2 if kind == 0 else 4
+    wtype = cnp.NPY_UINT16 if kind == 0 else cnp.NPY_INT8
+    for name, array, num, size in (
+            ("w_ih", w_ih, wtype, 4 * blocks * LANES * _rup(n_in, unit)),
+            ("w_hh", w_hh, wtype, 4 * blocks * LANES * _rup(H, unit)),
+            ("s_ih", s_ih, cnp.NPY_FLOAT32, 4 * blocks * LANES * kind),
+            ("s_hh", s_hh, cnp.NPY_FLOAT32, 4 * blocks * LANES * kind),
+            ("r_ih", r_ih, cnp.NPY_INT32, 4 * blocks * LANES * kind),
+            ("r_hh", r_hh, cnp.NPY_INT32, 4 * blocks * LANES * kind)):
+        _check(name, isinstance(array, cnp.ndarray) and cnp.PyArray_TYPE(array) == num
+               and cnp.PyArray_SIZE(array) == size and cnp.PyArray_IS_C_CONTIGUOUS(array),
+               f"a C-contiguous {cnp.PyArray_DescrFromType(num)} array of {size} values",
+               f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}",
+               where)
 
 
 def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
@@ -261,17 +282,7 @@ def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
     cdef int kind = DTYPES.index(dtype)
     cdef Py_ssize_t unit = 2 if kind == 0 else 4
     cdef Py_ssize_t Kx = _rup(n_in, unit), Kh = _rup(H, unit)
-    wtype = cnp.NPY_UINT16 if kind == 0 else cnp.NPY_INT8
-    for name, array, size in (("w_ih", w_ih, 4 * blocks * LANES * Kx),
-                              ("w_hh", w_hh, 4 * blocks * LANES * Kh)):
-        _check(name, cnp.PyArray_TYPE(array) == wtype and cnp.PyArray_SIZE(array) == size
-               and cnp.PyArray_IS_C_CONTIGUOUS(array), f"{size} packed {dtype} values",
-               f"{array.dtype} {array.shape}")
-    for name, array, kind_num in (("s_ih", s_ih, cnp.NPY_FLOAT32), ("s_hh", s_hh, cnp.NPY_FLOAT32),
-                                  ("r_ih", r_ih, cnp.NPY_INT32), ("r_hh", r_hh, cnp.NPY_INT32)):
-        size = 4 * blocks * LANES if kind == 1 else 0
-        _check(name, cnp.PyArray_TYPE(array) == kind_num and cnp.PyArray_SIZE(array) == size
-               and cnp.PyArray_IS_C_CONTIGUOUS(array), f"{size} values", f"{array.dtype} {array.shape}")
+    _check_packed("quantized_forward", kind, n_in, H, w_ih, w_hh, s_ih, s_hh, r_ih, r_hh)
     _check("T, B, H", T > 0 and B > 0 and H > 0, "positive sizes", (T, B, H))
     _check("out", out.shape[0] == T and out.shape[1] == B and out.shape[2] >= out_col + H
            and out_col >= 0, (T, B, f">= {out_col + H}"), (out.shape[0], out.shape[1], out.shape[2]))
@@ -323,6 +334,265 @@ def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
                 _thread(&w)
         fl_team_report(&w.team)
     free(w.scratch)
+
+
+# ---------------------------------------------------------------- streaming
+cdef enum:
+    STREAM_SPLIT_BYTES = 1 << 20    # a stream whose weights pass a core's L2 splits each step
+
+
+cdef struct QLayer:                 # one layer of a stream: its packed weights (see QWork)
+    const void* w_ih
+    const void* w_hh
+    const float* s_ih
+    const float* s_hh
+    const int32_t* r_ih
+    const int32_t* r_hh
+    const float* bias
+    const float* peep
+    Py_ssize_t n_in, Kx
+
+
+cdef struct QStream:
+    QLayer* layers
+    Py_ssize_t L, B, H, Kh, blocks
+    Py_ssize_t rows_bytes, scales_offset    # a thread's row buffer; its scales and zeros
+    int kind, fast
+    float clip
+    const float* x                  # (B, in)
+    float* h                        # (L, B, H)
+    float* c
+    float* y                        # (B, H)
+    float* z                        # (B, 4 * blocks * 16)
+    char* rows                      # per thread: quantised rows, then scales, then zeros
+    fl_team_t team
+
+
+cdef void _stream_products(QStream* w, const QLayer* ly, const float* layer_in,
+                           const float* h_layer, char* rows, Py_ssize_t u0,
+                           Py_ssize_t u1) noexcept nogil:
+    # z[:, g * H_pad + j] = q(x) @ W_ih[g*H + j].T + q(h) @ W_hh[g*H + j].T for the units
+    # of panel blocks [u0, u1) of every gate; all blocks: the four gates are one run
+    cdef Py_ssize_t B = w.B, H_pad = w.blocks * LANES, ldc = 4 * w.blocks * LANES, K, g
+    cdef float* sa = <float*>(rows + w.scales_offset)
+    cdef int32_t* za = <int32_t*>(sa + B)
+    cdef const void* W
+    cdef Py_ssize_t recurrent, first, n_panels, parts = 1 if u0 == 0 and u1 == w.blocks else 4
+    cdef const float* src
+    cdef Py_ssize_t cols
+    for recurrent in range(2):
+        K = w.Kh if recurrent else ly.Kx
+        src = h_layer if recurrent else layer_in
+        cols = w.H if recurrent else ly.n_in
+        if w.kind == 0:
+            fl_rows_to_bf16(<uint16_t*>rows, src, cols, B, cols, K)
+        else:
+            fl_rows_to_u8(<uint8_t*>rows, sa, za, src, cols, B, cols, K)
+        W = ly.w_hh if recurrent else ly.w_ih
+        n_panels = 4 * w.blocks if parts == 1 else u1 - u0
+        for g in range(parts):
+            first = g * w.blocks + u0
+            if w.kind == 0:
+                fl_bf16_product(w.fast, w.z + g * H_pad + u0 * LANES, ldc, <const uint16_t*>rows, K,
+                                <const uint16_t*>W + first * K * LANES, B, n_panels, K,
+                                <int>recurrent)
+            else:
+                fl_i8_product(w.fast, w.z + g * H_pad + u0 * LANES, ldc, <const uint8_t*>rows,
+                              K, sa, za, <const int8_t*>W + first * K * LANES,
+                              (ly.s_hh if recurrent else ly.s_ih) + first * LANES,
+                              (ly.r_hh if recurrent else ly.r_ih) + first * LANES,
+                              B, n_panels, K, <int>recurrent)
+
+
+cdef void _stream_step(QStream* w) noexcept nogil:
+    # One time step through every layer; a member of w.team, each thread takes a share of
+    # the units: every layer reads all of h before any thread writes it (a barrier between
+    # the products and the cell passes) and the next layer reads all of the new h (a
+    # barrier after them). Each thread quantises the rows it multiplies into its own buffer.
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), part
+    cdef fl_member_t me
+    cdef Py_ssize_t B = w.B, H = w.H, H_pad = w.blocks * LANES, layer, b, u0, u1, j0, nj
+    cdef const float* layer_in = w.x
+    cdef const QLayer* ly
+    cdef float* h_layer
+    cdef float* c_layer
+    fl_team_join(&w.team, &me, n)
+    for layer in range(w.L):
+        ly = &w.layers[layer]
+        h_layer = w.h + layer * B * H
+        c_layer = w.c + layer * B * H
+        part = 0 if w.team.solo else tid
+        while part < n:
+            u0 = w.blocks * part // n
+            u1 = w.blocks * (part + 1) // n
+            if u1 > u0:
+                _stream_products(w, ly, layer_in, h_layer, w.rows + tid * w.rows_bytes, u0, u1)
+            part += 1 if w.team.solo else n
+        if n > 1 and not fl_team_barrier(&w.team, &me, tid):
+            return
+        part = 0 if w.team.solo else tid
+        while part < n:
+            j0 = w.blocks * part // n * LANES
+            nj = min(H, w.blocks * (part + 1) // n * LANES) - j0
+            if nj > 0:
+                for b in range(B):
+                    cell_forward_f(NULL, c_layer + b * H + j0, h_layer + b * H + j0, NULL,
+                                   NULL, ly.bias + j0, w.z + b * 4 * H_pad + j0,
+                                   c_layer + b * H + j0,
+                                   ly.peep + j0 if ly.peep != NULL else NULL, w.clip,
+                                   <int>nj, <int>H, <int>H_pad)
+            part += 1 if w.team.solo else n
+        if n > 1 and not fl_team_barrier(&w.team, &me, tid):
+            return
+        layer_in = h_layer
+    if tid == 0:
+        memcpy(w.y, w.h + (w.L - 1) * B * H, B * H * sizeof(float))
+
+
+cdef class QuantStreamKernel:
+    """Stateful single-step quantised inference over all layers of a unidirectional LSTM.
+
+    Holds the module's packed weights (``QuantizedLSTM._layers``, fetched again after its
+    ``load_state_dict``), the state and every buffer a step needs: a step is one call
+    without the GIL and without allocation, on the calling thread, or split across the
+    threads when the weights pass 1 MB. Its results equal the module's full call bit for
+    bit.
+    """
+    cdef readonly object h, c           # (L, B, H) state arrays
+    cdef object _module, _source, _arrays, _z, _y, _y_flat, _rows
+    cdef Py_ssize_t in_size, weight_bytes
+    cdef QStream w
+
+    def __cinit__(self, module, Py_ssize_t batch_size):
+        import numpy as np
+        if not 1 <= batch_size <= 1 << 24:
+            raise ValueError(f"batch_size: expected 1 to {1 << 24}, got {batch_size}")
+        self._module = module
+        self.in_size = module.input_size
+        self.w.L, self.w.B, self.w.H = module.num_layers, batch_size, module.hidden_size
+        self.w.kind = DTYPES.index(module.quantization)
+        self.w.clip = <float>(module.clip or 0.0)
+        self.w.blocks = (self.w.H + LANES - 1) // LANES
+        self.w.Kh = _rup(self.w.H, 2 if self.w.kind == 0 else 4)
+        self.w.layers = <QLayer*>calloc(self.w.L, sizeof(QLayer))
+        if self.w.layers == NULL:
+            raise MemoryError("fastlstm: cannot allocate the quantised stream")
+        self.h = np.zeros((self.w.L, batch_size, self.w.H), np.float32)
+        self.c = np.zeros((self.w.L, batch_size, self.w.H), np.float32)
+        self._z = np.empty(batch_size * 4 * self.w.blocks * LANES, np.float32)
+        self._y = np.empty((batch_size, self.w.H), np.float32)
+        self._y_flat = self._y.reshape(-1)
+        self.w.h = <float*>cnp.PyArray_DATA(self.h)
+        self.w.c = <float*>cnp.PyArray_DATA(self.c)
+        self.w.z = <float*>cnp.PyArray_DATA(self._z)
+        self.w.y = <float*>cnp.PyArray_DATA(self._y)
+        self._rows = None
+        self._load()
+
+    def __dealloc__(self):
+        free(self.w.layers)
+
+    cdef _load(self):
+        """Point at the module's packed weights (checked) and size the row buffers."""
+        import numpy as np
+        cdef Py_ssize_t layer, n_in, Kx, unit = 2 if self.w.kind == 0 else 4, widest = 0
+        cdef QLayer* ly
+        source = self._module._layers
+        arrays = []
+        self.weight_bytes = 0
+        for layer in range(self.w.L):
+            packed = source[(layer, 0)]
+            n_in = self.in_size if layer == 0 else self.w.H
+            Kx = _rup(n_in, unit)
+            _check_packed(f"stream layer {layer}", self.w.kind, n_in, self.w.H, *packed[:6])
+            for name, array, sizes in (("bias", packed[6], (4 * self.w.H,)),
+                                       ("peep", packed[7], (0, 3 * self.w.H))):
+                _check(name, isinstance(array, np.ndarray) and array.dtype == np.float32
+                       and array.ndim == 1 and array.size in sizes
+                       and array.flags.c_contiguous,
+                       f"a C-contiguous float32 array of {' or '.join(map(str, sizes))} values",
+                       f"{getattr(array, 'dtype', type(array).__name__)} "
+                       f"{getattr(array, 'shape', '')}", f"stream layer {layer}")
+            arrays.append(packed)
+            ly = &self.w.layers[layer]
+            ly.n_in, ly.Kx = n_in, Kx
+            ly.w_ih, ly.w_hh = cnp.PyArray_DATA(packed[0]), cnp.PyArray_DATA(packed[1])
+            ly.s_ih = <const float*>cnp.PyArray_DATA(packed[2])
+            ly.s_hh = <const float*>cnp.PyArray_DATA(packed[3])
+            ly.r_ih = <const int32_t*>cnp.PyArray_DATA(packed[4])
+            ly.r_hh = <const int32_t*>cnp.PyArray_DATA(packed[5])
+            ly.bias = <const float*>cnp.PyArray_DATA(packed[6])
+            ly.peep = <const float*>cnp.PyArray_DATA(packed[7]) if packed[7].size else NULL
+            self.weight_bytes += packed[0].nbytes + packed[1].nbytes
+            widest = max(widest, Kx)
+        widest = max(widest, self.w.Kh)
+        self.w.scales_offset = _rup(self.w.B * widest * (2 - self.w.kind), ALIGNMENT)
+        self.w.rows_bytes = _rup(self.w.scales_offset
+                                 + self.w.B * (sizeof(float) + sizeof(int32_t)), ALIGNMENT)
+        self._arrays = arrays
+        self._source = source
+        self._reserve(1)
+
+    cdef _reserve(self, int n_threads):
+        """Row buffers for `n_threads` threads (each quantises the rows it multiplies)."""
+        import numpy as np
+        cdef Py_ssize_t size = n_threads * self.w.rows_bytes + ALIGNMENT
+        if self._rows is None or self._rows.size < size:
+            self._rows = np.zeros(size, np.uint8)
+        cdef size_t address = <size_t>cnp.PyArray_DATA(self._rows)
+        self.w.rows = <char*>((address + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+
+    def reset(self):
+        """Zero the state."""
+        self.h.fill(0)
+        self.c.fill(0)
+
+    cdef cnp.ndarray _coerce(self, object x):
+        import numpy as np
+        from ..validation import as_real_array
+        arr = as_real_array(x, "x_t", np.float32)
+        if not (arr.shape == (self.w.B, self.in_size)
+                or (self.w.B == 1 and arr.shape == (self.in_size,))):
+            expected = f"({self.w.B}, {self.in_size})"
+            if self.w.B == 1:
+                expected += f" or ({self.in_size},)"
+            raise ValueError(f"x_t: expected shape {expected} (batch_size, input_size), got "
+                             f"{arr.shape}")
+        return np.ascontiguousarray(arr, np.float32)
+
+    def step(self, x_t):
+        """Advance one time step; return the last layer's h_t: (B, H), or (H,) for x_t (in,)."""
+        cdef cnp.ndarray arr
+        cdef Py_ssize_t B = self.w.B
+        if (type(x_t) is cnp.ndarray and cnp.PyArray_TYPE(x_t) == cnp.NPY_FLOAT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(x_t)
+                and ((cnp.PyArray_NDIM(x_t) == 2 and cnp.PyArray_DIMS(x_t)[0] == B
+                      and cnp.PyArray_DIMS(x_t)[1] == self.in_size)
+                     or (cnp.PyArray_NDIM(x_t) == 1 and B == 1
+                         and cnp.PyArray_DIMS(x_t)[0] == self.in_size))):
+            arr = x_t
+        else:
+            arr = self._coerce(x_t)
+        if self._module._layers is not self._source:
+            self._load()
+        cdef int n_threads = 1
+        if self.weight_bytes > STREAM_SPLIT_BYTES:
+            n_threads = fl_team_size(max(1, min(get_num_threads(), <int>self.w.blocks)),
+                                     2 * B * self.weight_bytes // 50)
+            self._reserve(n_threads)
+        self.w.x = <const float*>cnp.PyArray_DATA(arr)
+        self.w.fast = _fast(self.w.kind)
+        fl_team_init(&self.w.team, n_threads, 2 * self.w.L)
+        with nogil:
+            if n_threads == 1:      # no parallel region: its start costs as much as a small step
+                _stream_step(&self.w)
+            else:
+                with parallel(num_threads=n_threads):
+                    _stream_step(&self.w)
+                fl_team_report(&self.w.team)
+        if cnp.PyArray_NDIM(arr) == 1:
+            return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
+        return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)
 
 
 def _path_from_environment():

@@ -161,6 +161,65 @@ def test_stream_equals_full_call(dtype, batch, path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("size", [(1, 1, 1, 1), (2, 2, 13, 37), (2, 1, 40, 520)])  # L B in H
+def test_stream_sizes_and_split_step(dtype, size, path):
+    # H 520 puts the weights past 1 MB: each step is split across the threads
+    L, B, n_in, H = size
+    m = fl.LSTM(n_in, H, num_layers=L, seed=8, clip=1.5).eval()
+    q = fl.quantize(m, dtype)
+    x = np.random.default_rng(9).standard_normal((3, B, n_in)).astype(np.float32)
+    s = q.stream(B)
+    steps = np.stack([s.step(x[t]) for t in range(3)])
+    out, (h_n, c_n) = q(x)
+    np.testing.assert_array_equal(steps, out)
+    np.testing.assert_array_equal(s.state[0], h_n)
+    np.testing.assert_array_equal(s.state[1], c_n)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_stream_inputs_and_weight_reload(dtype):
+    m = fl.LSTM(5, 17, seed=10).eval()
+    q = fl.quantize(m, dtype)
+    x = np.random.default_rng(11).standard_normal((2, 5))
+    s = q.stream(2)
+    first = s.step(x)                                   # float64 rows: converted
+    assert first.dtype == np.float32 and first.shape == (2, 17)
+    s.reset()
+    np.testing.assert_array_equal(s.step(x.astype(np.float32).tolist()), first)
+    s.reset()
+    np.testing.assert_array_equal(s.step(np.asfortranarray(x.astype(np.float32))), first)
+    for bad, error in [(np.zeros((2, 5), complex), TypeError), ("abc", TypeError),
+                       (None, TypeError), (np.zeros(5, np.float32), ValueError),
+                       (np.zeros((1, 5), np.float32), ValueError),
+                       (np.zeros((2, 6), np.float32), ValueError)]:
+        with pytest.raises(error, match="x_t"):
+            s.step(bad)
+    with pytest.raises(ValueError, match="batch_size"):
+        q.stream(0)
+    state = q.state_dict()      # new weights reach a live stream before its next step
+    state["bias_ih_l0"] = state["bias_ih_l0"] + np.float32(1)
+    q.load_state_dict(state)
+    s.reset()
+    np.testing.assert_array_equal(s.step(x.astype(np.float32)), q(x[None].astype(np.float32))[0][0])
+
+
+def test_stream_kernel_rejects_bad_packed_weights():
+    from fastlstm._kernels.quant import QuantStreamKernel
+    q = fl.quantize(fl.LSTM(4, 8, seed=0).eval(), "int8")
+
+    class Module:
+        input_size, hidden_size, num_layers, clip, quantization = 4, 8, 1, None, "int8"
+
+    packed = list(q._layers[(0, 0)])
+    for index, bad in [(0, packed[0][:-4]), (1, packed[1].astype(np.int16)),
+                       (2, packed[2][::2]), (5, None), (6, packed[6][:-1]),
+                       (7, np.zeros(5, np.float32))]:
+        Module._layers = {(0, 0): tuple(packed[:index] + [bad] + packed[index + 1:])}
+        with pytest.raises(ValueError, match="stream layer 0"):
+            QuantStreamKernel(Module(), 1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_save_load_round_trip(dtype, tmp_path):
     m = fl.LSTM(11, 21, num_layers=2, bidirectional=True, peephole=True, clip=2.0,
                 seed=6).eval()

@@ -198,6 +198,84 @@ def test_every_framework_streams_the_same_steps():
         assert_close(f"{framework} stream", got, expected, 2e-5)
 
 
+@pytest.mark.parametrize("fields, message", [
+    (dict(dtype="float16"), "dtype"),
+    (dict(dtype="int8", mode="train"), "inference only"),
+])
+def test_case_rejects_bad_dtypes(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Case(**{**dict(name="c", mode="forward", batch=1, seq_len=1, input_size=3,
+                       hidden_size=4), **fields})
+
+
+def test_plan_of_a_reduced_precision_run():
+    quick = bench.plan(quick=True, threads=2, dtype="int8")
+    assert [(e.case.name, e.case.mode, e.case.dtype, e.frameworks) for e in quick] == [
+        ("S1", "forward", "float32", ("fastlstm", "torch")),
+        ("S3", "forward", "float32", ("fastlstm", "torch")),
+        ("S1", "stream", "float32", ("fastlstm", "torch")),
+        ("S1", "forward", "int8", ("fastlstm", "torch", "onnxruntime")),
+        ("S3", "forward", "int8", ("fastlstm", "torch", "onnxruntime")),
+        ("S1", "stream", "int8", ("fastlstm", "torch", "onnxruntime"))]
+    full = bench.plan(quick=False, threads=2, dtype="bfloat16", frameworks=["fastlstm", "numpy"],
+                      modes=["stream"])
+    assert [(e.case.name, e.case.dtype, e.frameworks) for e in full] == [
+        ("S1", "float32", ("fastlstm",)), ("S3", "float32", ("fastlstm",)),
+        ("S1", "bfloat16", ("fastlstm",)), ("S3", "bfloat16", ("fastlstm",))]
+    assert all(e.case.input_size == 256 for e in full if e.case.name == "S3")
+    with pytest.raises(ValueError, match="dtype"):
+        bench.plan(dtype="float16")
+    with pytest.raises(ValueError, match="busy"):
+        bench.plan(dtype="int8", busy=1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_every_reduced_precision_lstm_computes_the_same_steps(dtype):
+    """Each framework's bfloat16 / int8 LSTM, forward and stream, near the float32 reference:
+    the same weights and inputs reach every one of them."""
+    require("torch")
+    require("onnxruntime")
+    for case in (Case("tiny", "forward", 3, 5, 4, 20, num_layers=2, dtype=dtype),
+                 Case("tiny", "stream", 1, 1, 4, 20, dtype=dtype)):
+        params = make_params(case)
+        x, grad_out = make_data(case)
+        steps = 3 if case.mode == "stream" else 1
+        inputs = np.repeat(x, steps, axis=0) if case.mode == "stream" else x
+        expected = reference.forward(params, inputs, num_layers=case.num_layers)[0]
+        ran = []
+        for framework in FRAMEWORKS:
+            if bench.unsupported(framework, case):
+                continue
+            call = BUILDERS[framework](case, params, x, grad_out, 1)
+            outs = [call() for _ in range(steps)]
+            outs = [np.asarray(o.float() if hasattr(o, "float") else o) for o in outs]
+            got = np.stack([o.reshape(-1) for o in outs]) if steps > 1 else outs[0]
+            want = expected[:, 0] if steps > 1 else expected
+            assert np.abs(got - want).max() < 2e-2, (framework, case)
+            assert np.abs(got - want).max() > 0, (framework, case)   # really reduced precision
+            ran.append(framework)
+        assert ran == (["fastlstm", "torch"] if dtype == "bfloat16"
+                       else ["fastlstm", "torch", "onnxruntime"])
+
+
+def test_reduced_precision_run_reports_the_kernel_path_and_dtype_column(tmp_path):
+    entries = [bench.Entry(Case("tiny", "forward", 2, 3, 4, 5), 1, ("fastlstm",)),
+               bench.Entry(Case("tiny", "forward", 2, 3, 4, 5, dtype="int8"), 1,
+                           ("fastlstm", "numpy"))]
+    report = bench.run(entries, TINY_TIMING, log=print)
+    markdown = bench.write_report(report, str(tmp_path))
+    print(markdown)
+    ours = report["rows"][1]["results"]["fastlstm"]
+    assert ours["status"] == "ok" and ours["kernel_path"] in ("avx512-vnni", "portable")
+    assert report["rows"][1]["results"]["numpy"]["status"] == "n/a"
+    assert "kernel_path" not in report["rows"][0]["results"]["fastlstm"]
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert "| thr | dtype | fastlstm | numpy |" in table[0]
+    assert "| 1 | float32 |" in table[1]
+    assert f"| 1 | int8 ({ours['kernel_path']}) |" in table[2] and "| n/a |" in table[2]
+    assert "float32, int8; time-major" in markdown
+
+
 @pytest.fixture
 def fake_peers(tmp_path, monkeypatch):
     """Shadow torch with a package whose import fails and onnxruntime with one that crashes."""

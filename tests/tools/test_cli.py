@@ -57,6 +57,8 @@ def test_info_of_a_serial_build_without_threadpoolctl(capsys, monkeypatch):
     (["bench", "--frameworks", "tensorflow"], "--frameworks"),
     (["bench", "--modes", "backward"], "--modes"),
     (["bench", "--busy", "0"], "--busy"),
+    (["bench", "--dtype", "float16"], "--dtype"),
+    (["bench", "--dtype", "int8", "--busy", "1"], "--busy"),
 ])
 def test_bench_rejects_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -117,3 +119,22 @@ def test_bench_runs_without_torch_and_says_how_to_add_it(tmp_path, monkeypatch, 
     assert sorted(p.name for p in out_dir.iterdir()) == ["results.json", "results.md",
                                                           "speedup.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]   # nothing in the cwd
+
+
+def test_bench_dtype_quick_runs_the_reduced_precision_rows(tmp_path, monkeypatch, capsys):
+    """--dtype int8 --quick on tiny shapes standing in for S1 and S3."""
+    monkeypatch.setattr(bench, "S_SHAPES", {"S1": (1, 3, 4, 5), "S3": (2, 2, 3, 8)})
+    monkeypatch.setattr(bench, "QUICK_TIMING", bench.Timing(
+        warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2, max_repeats=3,
+        min_repeat_s=0.0))
+    status = main(["bench", "--quick", "--threads", "1", "--out", str(tmp_path), "--dtype",
+                   "int8", "--frameworks", "fastlstm", "numpy"])
+    captured = capsys.readouterr()
+    print(captured.out)
+    assert status == 0
+    rows = [line.split(" | ") for line in captured.out.splitlines() if line.startswith("| S")]
+    assert [(r[0], r[1], r[8].split()[0]) for r in rows] == [
+        ("| S1", "forward", "float32"), ("| S3", "forward", "float32"),
+        ("| S1", "stream", "float32"), ("| S1", "forward", "int8"),
+        ("| S3", "forward", "int8"), ("| S1", "stream", "int8")]
+    assert "| fastlstm |" in captured.out and "numpy |" not in captured.out
