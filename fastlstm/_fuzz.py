@@ -1,8 +1,8 @@
 """Fuzz ``fastlstm.load`` with mutated model files: ``python -m fastlstm._fuzz --minutes N``.
 
-Valid files of several kinds (``fastlstm.LSTM`` variants and ``Sequential`` models, float32
-and float64) are mutated (byte flips, truncation, header and config JSON edits, tensor dtype
-and shape edits) and loaded. The only allowed outcomes are a load that gives a working
+Valid files of several kinds (``fastlstm.LSTM`` variants, quantised LSTMs and ``Sequential``
+models with masks and optimizer state, float32 and float64) are mutated (byte flips,
+truncation, header and config JSON edits, tensor dtype and shape edits) and loaded. The only allowed outcomes are a load that gives a working
 model or a ``ValueError``/``TypeError``; any other exception, a peak of traced memory beyond
 :func:`memory_bound` of the file's size, or a crash (the case being loaded is written to
 ``<out>/current.safetensors`` first, so a crash leaves it behind) is a failure, saved with
@@ -79,6 +79,19 @@ def seed_files(directory: str | os.PathLike[str]) -> dict[str, bytes]:
     def sequential_unbuilt() -> Any:
         return fl.Sequential([layers.LSTM(2), layers.Dense(1)], seed=2)
 
+    def sequential_checkpoint() -> Any:   # masks, weighted metrics and optimizer state
+        model = fl.Sequential([layers.Masking(0.0, input_shape=(4, 2)),
+                               layers.LSTM(3, return_sequences=True, go_backwards=True),
+                               layers.Dense(2)], seed=3)
+        model.compile(loss="mse", optimizer="adam", metrics=["mae"], weighted_metrics=["mse"])
+        x = np.ones((4, 4, 2), np.float32)
+        x[1, 2:] = 0.0
+        model.fit(x, np.zeros((4, 4, 2), np.float32), epochs=1, verbose=0)
+        return model
+
+    def quantized(dtype: str, **options: Any) -> Callable[[], Any]:
+        return lambda: fl.quantize(fl.LSTM(3, 5, seed=0, **options).eval(), dtype)
+
     makers: dict[str, Callable[[], Any]] = {
         "lstm": lambda: fl.LSTM(3, 4, seed=0),
         "lstm_bidirectional": lambda: fl.LSTM(2, 3, num_layers=2, bidirectional=True,
@@ -91,6 +104,9 @@ def seed_files(directory: str | os.PathLike[str]) -> dict[str, bytes]:
         "sequential_classifier": sequential_classifier,
         "sequential_regressor_float64": sequential_regressor,
         "sequential_unbuilt": sequential_unbuilt,
+        "sequential_checkpoint": sequential_checkpoint,
+        "quantized_bfloat16": quantized("bfloat16", num_layers=2, peephole=True),
+        "quantized_int8": quantized("int8", bidirectional=True, clip=0.5),
     }
     files = {}
     for name, make in makers.items():
@@ -449,10 +465,12 @@ def check_load(path: str | os.PathLike[str]) -> str:
 def _run(model: Any) -> None:
     """Call a loaded model on a small input: it must work or refuse with ValueError."""
     from fastlstm.lstm import LSTM
+    from fastlstm.quantized import QuantizedLSTM
 
-    if isinstance(model, LSTM):
+    if isinstance(model, (LSTM, QuantizedLSTM)):
         x = np.zeros((2, 3, model.input_size) if model.batch_first else (3, 2, model.input_size))
-        out, (h_n, c_n) = model.eval()(x)
+        out, (h_n, c_n) = model.eval()(x.astype(np.float32 if isinstance(model, QuantizedLSTM)
+                                                else model.dtype))
         assert out.shape[-1] == model.num_directions * model.hidden_size
         return
     shape = model.input_shape
