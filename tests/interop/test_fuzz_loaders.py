@@ -20,7 +20,8 @@ SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=
 
 SEED_KINDS = ["lstm", "lstm_bidirectional", "lstm_peephole_clip", "lstm_reverse_float64",
               "lstm_no_bias", "sequential_classifier", "sequential_regressor_float64",
-              "sequential_unbuilt"]
+              "sequential_unbuilt", "sequential_checkpoint", "quantized_bfloat16",
+              "quantized_int8"]
 
 
 @pytest.fixture(scope="module")
