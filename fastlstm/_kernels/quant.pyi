@@ -1,6 +1,8 @@
 # Type stub of the compiled quantised kernels (quant.pyx).
 from typing import Any
 
+from typing_extensions import Self, disjoint_base
+
 import numpy as np
 
 DTYPES: tuple[str, str]
@@ -15,9 +17,14 @@ def quantized_forward(
     peep: np.ndarray, lengths: np.ndarray, reverse: bool, clip: float, n_threads: int,
 ) -> None: ...
 
+@disjoint_base
 class QuantStreamKernel:
-    h: np.ndarray
-    c: np.ndarray
-    def __init__(self, module: Any, batch_size: int) -> None: ...
+    """Stateful single-step quantised inference over all layers of a unidirectional LSTM."""
+
+    @property
+    def h(self) -> np.ndarray: ...
+    @property
+    def c(self) -> np.ndarray: ...
+    def __new__(cls, module: Any, batch_size: int) -> Self: ...
     def reset(self) -> None: ...
     def step(self, x_t: Any) -> np.ndarray: ...
