@@ -18,7 +18,8 @@ from fastlstm._kernels import openmp as _openmp
 expected = sys.argv[1]
 package_dir = os.path.dirname(fl.__file__)
 assert "site-packages" in package_dir, f"fastlstm imported from {package_dir}, not site-packages"
-for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi"):
+for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi",
+             "_kernels/quant.pyi"):
     assert os.path.exists(os.path.join(package_dir, name)), f"{name} is not installed"
 
 openmp = _openmp.openmp_enabled()
@@ -46,6 +47,12 @@ stream_out = np.stack([step(x[t, 0]) for t in range(x.shape[0])])
 stream_diff = float(np.abs(stream_out - m(x[:, :1])[0][:, 0]).max())
 print(f"max |stream - forward|: {stream_diff:.2e}")
 assert stream_diff < 2e-5
+
+exact = m(x)[0]
+for dtype, bound in (("bfloat16", 2e-2), ("int8", 2e-2)):
+    quant_diff = float(np.abs(fl.quantize(m, dtype)(x)[0] - exact).max())
+    print(f"max |{dtype} - float32|: {quant_diff:.2e}")
+    assert quant_diff < bound
 
 with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "m.safetensors")
