@@ -129,6 +129,34 @@ def test_portable_matches_fast_path(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("size", [(5, 3, 4, 17), (4, 2, 3, 37), (3, 9, 40, 33)], ids=str)
+def test_same_result_on_1_and_2_threads(dtype, size, path, monkeypatch):
+    """Force 2 threads on small sizes (a thread may own a ragged block of units): the
+    same result, bit for bit."""
+    import fastlstm.lstm
+    from fastlstm._kernels import lstm as lstm_kernels
+    monkeypatch.setattr(fastlstm.lstm, "_MIN_WORK_PER_THREAD", 1)
+    T, B, n_in, H = size
+    m = fl.LSTM(n_in, H, num_layers=2, bidirectional=True, peephole=True, seed=0).eval()
+    q = fl.quantize(m, dtype)
+    x = np.random.default_rng(2).standard_normal((T, B, n_in)).astype(np.float32)
+    lengths = np.random.default_rng(3).integers(1, T + 1, B)
+    previous, adaptive = fl.get_num_threads(), lstm_kernels.set_adaptive_threads(False)
+    results = []
+    try:
+        for threads in (1, 2):
+            fl.set_num_threads(threads)
+            assert q._kernel_threads(B) == min(threads, fl.get_num_threads())
+            results.append(q(x, lengths=lengths))
+    finally:
+        fl.set_num_threads(previous)
+        lstm_kernels.set_adaptive_threads(adaptive)
+    (out1, (h1, c1)), (out2, (h2, c2)) = results
+    for one, two in ((out1, out2), (h1, h2), (c1, c2)):
+        np.testing.assert_array_equal(two, one)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_hx_and_unbatched(dtype):
     m = fl.LSTM(6, 20, num_layers=2, seed=2).eval()
     q = fl.quantize(m, dtype)
