@@ -258,13 +258,17 @@ class LSTM(Module):
             kept["out_shape"] = (steps, out.shape[2]) if unbatched else (
                 (batch, steps, out.shape[2]) if self.batch_first else out.shape)
             self._kept = kept
+        return self._format_output(out, h_n, c_n, unbatched)
+
+    forward = __call__
+
+    def _format_output(self, out, h_n, c_n, unbatched):
+        """The time-major results in the caller's layout (unbatched or batch_first)."""
         if unbatched:
             return out[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
         if self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         return out, (h_n, c_n)
-
-    forward = __call__
 
     def _direction_params(self, layer, direction):
         suffix = f"_l{layer}{self._suffix(direction)}"

@@ -236,9 +236,8 @@ class Sequential(Module):
         """Metrics see the output's mask (1 at valid steps); weighted metrics see the
         weights of the loss (the mask scaled by steps / valid steps in the batch, times
         ``sample_weight``), as Keras weighs them."""
-        mask = None
-        if out_lengths is not None and y_pred.ndim >= 3:   # (B, T)
-            mask = (np.arange(y_pred.shape[1]) < np.asarray(out_lengths)[:, None]).astype(float)
+        valid = _valid_steps(out_lengths, y_pred)
+        mask = None if valid is None else valid.astype(float)
         for metric in self.metrics:
             metric.update_state(y, y_pred, mask)
         weight = mask if sample_weight is None else _mask_weights(out_lengths, y_pred,
@@ -643,14 +642,22 @@ def _rows(data, index):
     return tuple(None if array is None else array[index] for array in data)
 
 
+def _valid_steps(lengths, out):
+    """(B, T) True at the valid steps of a sequence output whose mask is ``lengths``;
+    None for an unmasked or non-sequence output."""
+    if lengths is None or out.ndim < 3:
+        return None
+    return np.arange(out.shape[1]) < np.asarray(lengths)[:, None]
+
+
 def _mask_weights(lengths, out, sample_weight):
     """Keras' loss weights for an output whose mask is ``lengths``: for a sequence output
     (B, T, ...), 0 at masked steps and (B*T)/(valid steps) at the others, times
     ``sample_weight``; otherwise ``sample_weight`` alone."""
-    if lengths is None or out.ndim < 3:
+    valid = _valid_steps(lengths, out)
+    if valid is None:
         return sample_weight
-    B, T = out.shape[:2]
-    valid = np.arange(T) < np.asarray(lengths)[:, None]
+    B, T = valid.shape
     count = int(valid.sum())
     weights = np.where(valid, B * T / count if count else 0.0, 0.0)
     if sample_weight is None:

@@ -152,6 +152,7 @@ class QuantizedLSTM:
     _lengths_input = LSTM._lengths_input
     _kernel_threads = LSTM._kernel_threads
     _check_call_size = LSTM._check_call_size
+    _format_output = LSTM._format_output
     _suffix = LSTM._suffix
     _peephole_names = LSTM._peephole_names
     _layer_input_size = LSTM._layer_input_size
@@ -293,12 +294,7 @@ class QuantizedLSTM:
         h0, c0 = self._state_input(hx, batch, unbatched)
         lengths = self._lengths_input(lengths, steps, batch)
         self._check_call_size(steps, batch, False)
-        out, h_n, c_n = self._forward(x, h0, c0, lengths)
-        if unbatched:
-            return out[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
-        if self.batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
-        return out, (h_n, c_n)
+        return self._format_output(*self._forward(x, h0, c0, lengths), unbatched)
 
     forward = __call__
 

@@ -1,5 +1,6 @@
 # Type stub of the compiled kernels (lstm.pyx). Arrays are C-contiguous, all float32 or
 # all float64 (one Cython fused type per call); shapes are checked by the caller.
+from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import Self, disjoint_base
@@ -30,6 +31,7 @@ ISAS: tuple[str, str, str]
 SLICE_UNITS: int
 
 def packed_isa() -> str: ...
+def setting_from_environment(variable: str, setter: Callable[[str], object]) -> None: ...
 def supported_isas() -> tuple[str, ...]: ...
 def set_packed_isa(isa: str | None = None) -> None: ...
 def packed_product_twin(C: np.ndarray, A: np.ndarray, W: np.ndarray, accumulate: bool,

@@ -774,17 +774,19 @@ def set_packed_isa(isa=None):
         raise ValueError(f"isa: expected one of {supported} on this CPU or None, got {isa!r}")
 
 
-def _isa_from_environment():
+def setting_from_environment(str variable, setter):
+    """Call ``setter(value)`` if the environment variable is set; its ValueError names
+    the variable."""
     import os
-    isa = os.environ.get("FASTLSTM_ISA")
-    if isa:
+    value = os.environ.get(variable)
+    if value:
         try:
-            set_packed_isa(isa)
+            setter(value)
         except ValueError as error:
-            raise ValueError(f"environment variable FASTLSTM_ISA: {error}") from None
+            raise ValueError(f"environment variable {variable}: {error}") from None
 
 
-_isa_from_environment()
+setting_from_environment("FASTLSTM_ISA", set_packed_isa)
 
 
 def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,

@@ -28,6 +28,21 @@
 #include <string.h>
 #include <immintrin.h>
 
+/* Calls FL_CASE(MR, NV), defined by the caller, for a run-time row count mr in 1..8 and
+ * nv in {1, 2} (or mr = 1, nv = 4), so that each block shape is compiled with constant
+ * sizes. */
+#define FL_BLOCK_DISPATCH(mr, nv)                                                          \
+    switch ((nv) == 4 ? 0 : (mr) * 2 + ((nv) == 2)) {                                    \
+    case 0: FL_CASE(1, 4);                                                                \
+    case 2: FL_CASE(1, 1);  case 3: FL_CASE(1, 2);  case 4: FL_CASE(2, 1);                \
+    case 5: FL_CASE(2, 2);  case 6: FL_CASE(3, 1);  case 7: FL_CASE(3, 2);                \
+    case 8: FL_CASE(4, 1);  case 9: FL_CASE(4, 2);  case 10: FL_CASE(5, 1);               \
+    case 11: FL_CASE(5, 2); case 12: FL_CASE(6, 1); case 13: FL_CASE(6, 2);               \
+    case 14: FL_CASE(7, 1); case 15: FL_CASE(7, 2); case 16: FL_CASE(8, 1);               \
+    case 17: FL_CASE(8, 2);                                                               \
+    default: break;                                                                       \
+    }
+
 #define FL_QKC 256  /* bf16 depth block (k): two panels' chunk (2 x 16 KB) stays in L1/L2 */
 
 /* float32 -> bfloat16 bits, round to nearest even (NaN stays NaN). */
@@ -150,16 +165,7 @@ FL_BF16_TARGET static void fl_bf16_block_avx512_any(
 {
 #define FL_CASE(MR, NV) fl_bf16_block_avx512(C, ldc, A, lda, P, panel_stride, pairs, \
                                              accumulate, MR, NV); break
-    switch (nv == 4 ? 0 : mr * 2 + (nv == 2)) {
-    case 0: FL_CASE(1, 4);
-    case 2: FL_CASE(1, 1);  case 3: FL_CASE(1, 2);  case 4: FL_CASE(2, 1);
-    case 5: FL_CASE(2, 2);  case 6: FL_CASE(3, 1);  case 7: FL_CASE(3, 2);
-    case 8: FL_CASE(4, 1);  case 9: FL_CASE(4, 2);  case 10: FL_CASE(5, 1);
-    case 11: FL_CASE(5, 2); case 12: FL_CASE(6, 1); case 13: FL_CASE(6, 2);
-    case 14: FL_CASE(7, 1); case 15: FL_CASE(7, 2); case 16: FL_CASE(8, 1);
-    case 17: FL_CASE(8, 2);
-    default: break;
-    }
+    FL_BLOCK_DISPATCH(mr, nv);
 #undef FL_CASE
 }
 
@@ -274,16 +280,7 @@ FL_VNNI_TARGET static void fl_i8_block_avx512_any(
 {
 #define FL_CASE(MR, NV) fl_i8_block_avx512(C, ldc, A, lda, P, panel_stride, quads, sa, za, sw, \
                                            rs, accumulate, MR, NV); break
-    switch (nv == 4 ? 0 : mr * 2 + (nv == 2)) {
-    case 0: FL_CASE(1, 4);
-    case 2: FL_CASE(1, 1);  case 3: FL_CASE(1, 2);  case 4: FL_CASE(2, 1);
-    case 5: FL_CASE(2, 2);  case 6: FL_CASE(3, 1);  case 7: FL_CASE(3, 2);
-    case 8: FL_CASE(4, 1);  case 9: FL_CASE(4, 2);  case 10: FL_CASE(5, 1);
-    case 11: FL_CASE(5, 2); case 12: FL_CASE(6, 1); case 13: FL_CASE(6, 2);
-    case 14: FL_CASE(7, 1); case 15: FL_CASE(7, 2); case 16: FL_CASE(8, 1);
-    case 17: FL_CASE(8, 2);
-    default: break;
-    }
+    FL_BLOCK_DISPATCH(mr, nv);
 #undef FL_CASE
 }
 

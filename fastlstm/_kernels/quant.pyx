@@ -19,6 +19,7 @@ from .openmp cimport (fl_member_t, fl_omp_team_size, fl_omp_thread_id, fl_team_b
                       fl_team_init, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
 
 from .._threads import get_num_threads
+from .lstm import setting_from_environment
 
 cnp.import_array()
 
@@ -595,14 +596,4 @@ cdef class QuantStreamKernel:
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)
 
 
-def _path_from_environment():
-    import os
-    path = os.environ.get("FASTLSTM_QUANT_PATH")
-    if path:
-        try:
-            set_quantized_path(path)
-        except ValueError as error:
-            raise ValueError(f"environment variable FASTLSTM_QUANT_PATH: {error}") from None
-
-
-_path_from_environment()
+setting_from_environment("FASTLSTM_QUANT_PATH", set_quantized_path)

@@ -288,10 +288,9 @@ LOAD_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(LOAD_ERRORS))
-def test_load_rejects_wrong_metadata_or_tensors(tmp_path, case):
-    metadata_changes, tensors, message = LOAD_ERRORS[case]
-    path = saved_with(tmp_path, metadata_changes, tensors)
+def assert_load_refused(path, message, case):
+    """fl.load raises a ValueError that matches `message` and names the file, having
+    allocated under 4 MiB."""
     tracemalloc.start()
     try:
         with pytest.raises(ValueError, match=message) as info:
@@ -300,8 +299,14 @@ def test_load_rejects_wrong_metadata_or_tensors(tmp_path, case):
     finally:
         tracemalloc.stop()
     print(f"{case}: {info.value}; peak traced allocation {peak} bytes")
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value), "the error names the file"
     assert peak < 4 * 2**20
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_ERRORS))
+def test_load_rejects_wrong_metadata_or_tensors(tmp_path, case):
+    metadata_changes, tensors, message = LOAD_ERRORS[case]
+    assert_load_refused(saved_with(tmp_path, metadata_changes, tensors), message, case)
 
 
 def test_save_rejects_unregistered_objects(tmp_path):
@@ -414,17 +419,7 @@ SEQUENTIAL_ERRORS = {
 @pytest.mark.parametrize("case", sorted(SEQUENTIAL_ERRORS))
 def test_load_validates_sequential_configs_before_building(tmp_path, case):
     edit, message = SEQUENTIAL_ERRORS[case]
-    path = saved_sequential(tmp_path, edit)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match=message) as info:
-            fl.load(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(f"{case}: {info.value}; peak traced allocation {peak} bytes")
-    assert str(path) in str(info.value), "the error names the file"
-    assert peak < 4 * 2**20
+    assert_load_refused(saved_sequential(tmp_path, edit), message, case)
 
 
 def test_unedited_sequential_file_loads_and_unbuilt_models_round_trip(tmp_path):
