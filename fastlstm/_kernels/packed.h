@@ -25,7 +25,8 @@
 #define FL_KC 128   /* depth block: a pair of panel chunks (2 x KC x 64 B = 16 KB) stays in L1 */
 
 /* Pack ncols columns of a strided matrix into one panel of depth K:
- * panel[k * lanes + c] = src[c * col_stride + k * k_stride], zero for c >= ncols. */
+ * panel[k * lanes + c] = src[c * col_stride + k * k_stride], zero for c >= ncols.
+ * The element-by-element version; pack_panel_f/d below take faster routes when they can. */
 #define FL_DEFINE_PACK(REAL, NAME)                                                           \
 static void NAME(REAL *panel, const REAL *src, ptrdiff_t col_stride, ptrdiff_t k_stride,     \
                  ptrdiff_t K, int ncols)                                                     \
@@ -40,9 +41,103 @@ static void NAME(REAL *panel, const REAL *src, ptrdiff_t col_stride, ptrdiff_t k
             dst[c] = 0;                                                                      \
     }                                                                                        \
 }
-FL_DEFINE_PACK(float, pack_panel_f)
-FL_DEFINE_PACK(double, pack_panel_d)
+FL_DEFINE_PACK(float, pack_panel_f_scalar)
+FL_DEFINE_PACK(double, pack_panel_d_scalar)
 #undef FL_DEFINE_PACK
+
+/* Columns contiguous in src (col_stride 1, e.g. W_hh^T for the backward): a row copy per k. */
+#define FL_DEFINE_PACK_ROWS(REAL, NAME)                                                      \
+static void NAME(REAL *panel, const REAL *src, ptrdiff_t k_stride, ptrdiff_t K, int ncols)   \
+{                                                                                            \
+    const int lanes = (int)(64 / sizeof(REAL));                                              \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                      \
+        memcpy(panel + k * lanes, src + k * k_stride, ncols * sizeof(REAL));                 \
+        memset(panel + k * lanes + ncols, 0, (lanes - ncols) * sizeof(REAL));                \
+    }                                                                                        \
+}
+FL_DEFINE_PACK_ROWS(float, pack_rows_f)
+FL_DEFINE_PACK_ROWS(double, pack_rows_d)
+#undef FL_DEFINE_PACK_ROWS
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define FL_HAVE_TRANSPOSE 1
+
+/* 16 whole rows of W (each K long, row stride ld) into one float panel: 16 x 16 blocks
+ * transposed in registers. NumPy: panel.reshape(K, 16)[:] = W[:16, :K].T */
+__attribute__((target("avx512f")))
+static void pack_transpose16_f_avx512(float *panel, const float *src, ptrdiff_t ld, ptrdiff_t K)
+{
+    ptrdiff_t k0 = 0;
+    for (; k0 + 16 <= K; k0 += 16) {
+        __m512 r[16], t[16];
+        for (int i = 0; i < 16; i++)
+            r[i] = _mm512_loadu_ps(src + i * ld + k0);
+        /* pairs of rows interleaved within 128-bit lanes */
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        /* quads: 64-bit pairs of the row pairs */
+        for (int i = 0; i < 16; i += 4) {
+            r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]),
+                                                       _mm512_castps_pd(t[i + 2])));
+            r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]),
+                                                           _mm512_castps_pd(t[i + 2])));
+            r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]),
+                                                           _mm512_castps_pd(t[i + 3])));
+            r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]),
+                                                           _mm512_castps_pd(t[i + 3])));
+        }
+        /* 128-bit lanes: first across groups of 4 rows, then of 8 */
+        for (int i = 0; i < 4; i++) {
+            t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+            t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+            t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+            t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+        }
+        for (int i = 0; i < 4; i++) {
+            r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+            r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+            r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+            r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+        }
+        /* r[q] is now depth k0 + q of the 16 rows */
+        for (int q = 0; q < 16; q++)
+            _mm512_storeu_ps(panel + (k0 + q) * 16, r[q]);
+    }
+    if (k0 < K)
+        pack_panel_f_scalar(panel + k0 * 16, src + k0, ld, 1, K - k0, 16);
+}
+#else
+#define FL_HAVE_TRANSPOSE 0
+#endif
+
+static inline int fl_packed_isa(void);
+
+/* panel[k * lanes + c] = src[c * col_stride + k * k_stride], zero for c >= ncols: K x ncols
+ * of a strided matrix (rows of W for col_stride K, k_stride 1; columns for col_stride 1). */
+static void pack_panel_f(float *panel, const float *src, ptrdiff_t col_stride,
+                         ptrdiff_t k_stride, ptrdiff_t K, int ncols)
+{
+    if (col_stride == 1)
+        pack_rows_f(panel, src, k_stride, K, ncols);
+#if FL_HAVE_TRANSPOSE
+    else if (k_stride == 1 && ncols == 16 && fl_packed_isa() == 2)
+        pack_transpose16_f_avx512(panel, src, col_stride, K);
+#endif
+    else
+        pack_panel_f_scalar(panel, src, col_stride, k_stride, K, ncols);
+}
+
+static void pack_panel_d(double *panel, const double *src, ptrdiff_t col_stride,
+                         ptrdiff_t k_stride, ptrdiff_t K, int ncols)
+{
+    if (col_stride == 1)
+        pack_rows_d(panel, src, k_stride, K, ncols);
+    else
+        pack_panel_d_scalar(panel, src, col_stride, k_stride, K, ncols);
+}
 
 /* Micro-kernels and drivers, one set per (REAL, instruction set). */
 typedef float fl_v32_f __attribute__((vector_size(32)));
