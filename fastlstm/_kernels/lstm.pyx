@@ -20,8 +20,9 @@ cimport numpy as cnp
 
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_member_t,
-                      fl_omp_team_size, fl_omp_thread_id, fl_team_barrier, fl_team_init,
-                      fl_team_join, fl_team_report, fl_team_size, fl_team_t)
+                      fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
+                      fl_team_init, fl_team_join, fl_team_judge_call, fl_team_report,
+                      fl_team_size, fl_team_t)
 
 from .._threads import get_num_threads
 
@@ -848,57 +849,49 @@ cdef void _stream_products(floating* z, const floating* layer_in, Py_ssize_t n_i
                  packed_hh + (g * blocks + u0) * H * lanes, B, u1 - u0, H, 1)
 
 
-cdef void _stream_step(floating* y, const floating* x, floating* h, floating* c, floating* z,
-                       floating** packed_ih, floating** packed_hh, floating** bias,
-                       void** peep, const Py_ssize_t* in_sizes, Py_ssize_t L, Py_ssize_t B,
-                       Py_ssize_t H, floating clip, fl_team_t* team) noexcept nogil:
-    """One time step through all L layers: y (B, H) = h[L-1] after the step.
+cdef void _stream_step(floating* h_next, floating* c, floating* z, const floating* x,
+                       const floating* h, floating** packed_ih, floating** packed_hh,
+                       floating** bias, void** peep, const Py_ssize_t* in_sizes, Py_ssize_t L,
+                       Py_ssize_t B, Py_ssize_t H, floating clip, fl_team_t* team) noexcept nogil:
+    """One time step through all L layers, as a member of `team`.
 
-    x (B, in); h, c (L, B, H) updated in place; z scratch (B, 4 * H_pad). Member of `team`:
-    each thread takes part of the hidden units; every layer reads all of h before any
-    thread writes it (a barrier between the products and the cell passes), and the next
-    layer reads all of the new h (a barrier after them).
+    x (B, in); h (L, B, H) the state at t-1, only read; h_next (L, B, H) OUT the state at t;
+    c (L, B, H) updated in place; z scratch (B, 4 * H_pad). Each thread takes part of the
+    hidden units, and reads and writes c and h_next only for them: h stays whole while
+    every thread reads it, so within a layer no thread waits for another. The next layer
+    reads all of the new h, so it starts after a barrier.
     """
     cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), part
     cdef fl_member_t me
-    cdef Py_ssize_t lanes = _lanes(y), H_pad = (H + lanes - 1) // lanes * lanes
+    cdef Py_ssize_t lanes = _lanes(z), H_pad = (H + lanes - 1) // lanes * lanes
     cdef Py_ssize_t blocks = H_pad // lanes, layer, b, u0, u1, j0, nj
     cdef const floating* layer_in = x
-    cdef floating* h_layer
-    cdef floating* c_layer
     cdef bint member = True
     fl_team_join(team, &me, n)
     for layer in range(L):
-        h_layer = h + layer * B * H
-        c_layer = c + layer * B * H
+        if layer > 0:
+            member = fl_team_barrier(team, &me, tid)    # all of layer_in is written
+            if not member:
+                return
         part = 0 if team.solo else tid
         while part < n:
             _split(blocks, n, part, &u0, &u1)
-            _stream_products(z, layer_in, in_sizes[layer], h_layer, packed_ih[layer],
-                             packed_hh[layer], B, H, u0, u1)
-            part += 1 if team.solo else n
-        member = fl_team_barrier(team, &me, tid)
-        if not member:
-            return
-        part = 0 if team.solo else tid
-        while part < n:
-            _split(blocks, n, part, &u0, &u1)
+            _stream_products(z, layer_in, in_sizes[layer], h + layer * B * H,
+                             packed_ih[layer], packed_hh[layer], B, H, u0, u1)
             j0 = u0 * lanes
             nj = min(H, u1 * lanes) - j0
-            if nj > 0:
-                for b in range(B):
-                    _cell_forward(<floating*>NULL, c_layer + b * H + j0, h_layer + b * H + j0,
-                                  <floating*>NULL, NULL, bias[layer] + j0,
-                                  z + b * 4 * H_pad + j0, c_layer + b * H + j0,
-                                  <const floating*>peep[layer] + j0 if peep[layer] != NULL
-                                  else NULL, clip, <int>nj, <int>H, <int>H_pad)
+            for b in range(B):
+                if nj <= 0:
+                    break
+                _cell_forward(<floating*>NULL, c + (layer * B + b) * H + j0,
+                              h_next + (layer * B + b) * H + j0, <floating*>NULL, NULL,
+                              bias[layer] + j0, z + b * 4 * H_pad + j0,
+                              c + (layer * B + b) * H + j0,
+                              <const floating*>peep[layer] + j0 if peep[layer] != NULL
+                              else NULL, clip, <int>nj, <int>H, <int>H_pad)
             part += 1 if team.solo else n
-        member = fl_team_barrier(team, &me, tid)
-        if not member:
-            return
-        layer_in = h_layer
-    if tid == 0:
-        memcpy(y, h + (L - 1) * B * H, B * H * sizeof(floating))
+        layer_in = h_next + layer * B * H
+    _maybe_late(tid, 0)
 
 
 cdef class StreamKernel:
@@ -909,7 +902,8 @@ cdef class StreamKernel:
     :meth:`refresh` after a direct in-place write to a parameter array.
     """
     cdef readonly object h, c           # (L, B, H) state arrays
-    cdef object _layers, _packed, _bias, _z, _y, _y_flat, _dtype, _in_sizes, _pointers
+    cdef object _layers, _packed, _bias, _z, _h_next, _y, _y_flat, _dtype, _in_sizes
+    cdef object _pointers
     cdef Py_ssize_t L, B, H, in_size
     cdef int typenum
     cdef bint split                     # weights past L2: a step uses every thread
@@ -978,7 +972,8 @@ cdef class StreamKernel:
         weights = sum(4 * self.H * (size + self.H) for size in in_sizes) * self._dtype.itemsize
         self.split = weights > STREAM_SPLIT_BYTES
         self.expected_ns = 2 * self.B * weights // (self._dtype.itemsize * 50)
-        self._y = np.empty((self.B, self.H), dtype=dtype)
+        self._h_next = np.empty((self.L, self.B, self.H), dtype=dtype)
+        self._y = self.h[self.L - 1]            # views of the last layer's state
         self._y_flat = self._y.reshape(-1)
         self.refresh()
 
@@ -1015,18 +1010,18 @@ cdef class StreamKernel:
         self.h.fill(0)
         self.c.fill(0)
 
-    cdef void _step(self, void* x, void* y, void* h, void* c, void* z,
+    cdef void _step(self, void* h_next, void* c, void* z, const void* x, const void* h,
                     const Py_ssize_t* in_sizes, fl_team_t* team) noexcept nogil:
         if self.typenum == cnp.NPY_FLOAT32:
-            _stream_step(<float*>y, <const float*>x, <float*>h, <float*>c, <float*>z,
-                         <float**>self._packed_ih, <float**>self._packed_hh,
+            _stream_step(<float*>h_next, <float*>c, <float*>z, <const float*>x,
+                         <const float*>h, <float**>self._packed_ih, <float**>self._packed_hh,
                          <float**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
                          self.H, <float>self.clip, team)
         else:
-            _stream_step(<double*>y, <const double*>x, <double*>h, <double*>c, <double*>z,
-                         <double**>self._packed_ih, <double**>self._packed_hh,
-                         <double**>self._bias_rows, self._peep, in_sizes, self.L, self.B,
-                         self.H, self.clip, team)
+            _stream_step(<double*>h_next, <double*>c, <double*>z, <const double*>x,
+                         <const double*>h, <double**>self._packed_ih,
+                         <double**>self._packed_hh, <double**>self._bias_rows, self._peep,
+                         in_sizes, self.L, self.B, self.H, self.clip, team)
 
     cdef cnp.ndarray _coerce(self, object x):
         import numpy as np
@@ -1055,25 +1050,30 @@ cdef class StreamKernel:
             arr = self._coerce(x_t)
         if self._generation != _weights_generation:
             self.refresh()
-        cdef void* x = cnp.PyArray_DATA(arr)
-        cdef void* y = cnp.PyArray_DATA(self._y)
+        cdef const void* x = cnp.PyArray_DATA(arr)
         cdef void* h = cnp.PyArray_DATA(self.h)
         cdef void* c = cnp.PyArray_DATA(self.c)
+        cdef void* h_next = cnp.PyArray_DATA(self._h_next)
         cdef void* z = cnp.PyArray_DATA(self._z)
         cdef const Py_ssize_t* in_sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._in_sizes)
+        cdef Py_ssize_t state_bytes = self.L * self.B * self.H * cnp.PyArray_ITEMSIZE(self.h)
         cdef int n_threads = 1
+        cdef long long started
         cdef fl_team_t team
         if self.split:
             n_threads = fl_team_size(get_num_threads(), self.expected_ns)
-        fl_team_init(&team, n_threads, 2 * self.L)
+        fl_team_init(&team, n_threads, self.L)
         with nogil:
             if n_threads == 1:      # no parallel region: its start costs as much as a small step
-                self._step(x, y, h, c, z, in_sizes, &team)
+                self._step(h_next, c, z, x, h, in_sizes, &team)
             else:
+                started = fl_now_ns()
                 with parallel(num_threads=n_threads):
-                    self._step(x, y, h, c, z, in_sizes, &team)
+                    self._step(h_next, c, z, x, h, in_sizes, &team)
+                fl_team_judge_call(&team, fl_now_ns() - started, self.expected_ns)
             if self.split:
                 fl_team_report(&team)
+            memcpy(h, h_next, state_bytes)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)

@@ -193,6 +193,17 @@ cdef extern from *:
         __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
     }
 
+    /* A call of a team that met at no barrier (so no member could notice a lost core)
+     * counts as stalled when it took ten times its one-thread estimate, and at least
+     * FL_FIRST_NS (waking a thread takes less, a lost core a time slice), while the
+     * machine was busy. */
+    static inline void fl_team_judge_call(fl_team_t *team, long long elapsed_ns,
+                                          long long expected_ns) {
+        long long allowed = 10 * expected_ns > FL_FIRST_NS ? 10 * expected_ns : FL_FIRST_NS;
+        if (team->n > 1 && elapsed_ns > allowed && fl_machine_busy())
+            __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
+    }
+
     /* Record how a call with a team of n threads ended. */
     static inline void fl_team_report(const fl_team_t *team) {
         __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
@@ -224,6 +235,9 @@ cdef extern from *:
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
     int fl_team_size(int requested, long long expected_ns) noexcept nogil
     void fl_team_report(const fl_team_t* team) noexcept nogil
+    void fl_team_judge_call(fl_team_t* team, long long elapsed_ns,
+                            long long expected_ns) noexcept nogil
+    long long fl_now_ns() noexcept nogil
     void fl_backoff_reset() noexcept nogil
     int fl_adaptive
     int fl_busy_override

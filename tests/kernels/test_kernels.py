@@ -131,6 +131,34 @@ def test_packed_product_rejects_an_unknown_isa():
 
 
 # ---------------------------------------------------------------- a member loses its core
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_layers):
+    """A stream step split across the cores waits for a late thread (a one-layer step has no
+    barrier to notice it at) and then counts as stalled: the next calls use one thread,
+    and the steps give the same results as on time."""
+    if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores")
+    m = fl.LSTM(64, 300, num_layers=num_layers, seed=0).eval()   # weights past 1 MB: split
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    previous = fl.get_num_threads()
+    results = {}
+    try:
+        fl.set_num_threads(2)
+        for late in (-1, 0):
+            lstm_kernels.set_adaptive_threads(True)    # clears any backoff
+            lstm_kernels.inject_late_thread(late, 5000)
+            s = m.stream()
+            results[late] = [s.step(x[t]) for t in range(3)]
+        assert lstm_kernels.team_size(2) == 1   # backing off after the stalled steps
+    finally:
+        lstm_kernels.inject_late_thread(-1, 0)
+        lstm_kernels.set_adaptive_threads(True)
+        fl.set_num_threads(previous)
+    for normal, late in zip(results[-1], results[0]):
+        np.testing.assert_array_equal(late, normal)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype):
     """Thread 1 sleeps 5 ms at one step, as if other load took its core: thread 0 finishes
