@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "step beside PyTorch's bfloat16 or quantize_dynamic int8 LSTM and "
                           "ONNX Runtime's int8 DynamicQuantizeLSTM, after float32 rows "
                           "(default: float32, the main benchmark)")
+    run.add_argument("--rounds", type=_positive_int, default=bench.ROUNDS, metavar="N",
+                     help="rounds per case, alternately in the order given and reversed "
+                          "(A B C D, D C B A), each with 1/N of the repeats, samples pooled; "
+                          f"1: each framework once (default: {bench.ROUNDS})")
     return parser
 
 
@@ -116,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"--dtype {args.dtype}")
         return bench.main(quick=args.quick, threads=args.threads, out_dir=args.out,
                           frameworks=args.frameworks, modes=args.modes, busy=args.busy,
-                          dtype=args.dtype)
+                          dtype=args.dtype, rounds=args.rounds)
     parser.print_help()
     return 0
 

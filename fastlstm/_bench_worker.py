@@ -3,9 +3,12 @@
 :mod:`fastlstm.bench` runs this file as a script with one JSON argument (the spec) once per
 (framework, case), with ``OMP_NUM_THREADS`` and friends already set in the environment, so
 the process imports only the framework it measures (``python -m fastlstm._bench_worker
-'<spec>'`` also works, but imports the fastlstm package first). It builds the model, times
-it and prints one line, :data:`RESULT_PREFIX` followed by the result as JSON. A framework
-whose import fails is reported ``absent``; any other exception is reported as ``error``.
+'<spec>' < /dev/null`` also works, but imports the fastlstm package first). It builds the
+model, times it and prints one line, :data:`RESULT_PREFIX` followed by the result as JSON
+(with every sample, so the runner can pool rounds); then it waits on standard input and
+measures again, warm-up included, for every line it reads, until the input ends. A
+framework whose import fails is reported ``absent``; any other exception is reported as
+``error``.
 Each framework gets the same parameters (PyTorch layout, seeded), the same input and the
 same thread count, or, when the spec's ``threads`` is null, each framework's own default.
 The fastlstm process also times one float32 ``sgemm`` of the case's forward FLOPs, the
@@ -521,9 +524,9 @@ def warm_up(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dic
 def measure(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dict[str, Any]:
     """Warm up until timings settle, then time samples of ``call`` for ``timing.budget_s``.
 
-    Returns seconds per call (median, quartiles, extremes), the counts used and the
-    warm-up's figures (see :func:`warm_up`). The garbage collector is off while timing, as
-    in timeit.
+    Returns seconds per call (median, quartiles, extremes: :func:`summary`), every sample
+    (``samples_s``, for pooling rounds), the counts used and the warm-up's figures (see
+    :func:`warm_up`). The garbage collector is off while timing, as in timeit.
     """
     warm = warm_up(call, timing, clock)
     per_call = max(warm.pop("per_call_s"), 1e-9)
@@ -540,9 +543,14 @@ def measure(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dic
     finally:
         if gc_was_enabled:
             gc.enable()
-    q1, median, q3 = np.percentile(times, [25, 50, 75])
-    return dict(median_s=float(median), q1_s=float(q1), q3_s=float(q3), min_s=float(times.min()),
-                max_s=float(times.max()), repeats=repeats, inner=inner, **warm)
+    return dict(summary(times), repeats=repeats, inner=inner, samples_s=times.tolist(), **warm)
+
+
+def summary(samples: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Median, quartiles and extremes of ``samples`` (seconds per call)."""
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return dict(median_s=float(median), q1_s=float(q1), q3_s=float(q3),
+                min_s=float(np.min(samples)), max_s=float(np.max(samples)))
 
 
 def _blas_limit(threads: int | None) -> AbstractContextManager[Any]:
@@ -597,40 +605,70 @@ def build_call(framework: str, case: Case, threads: int | None, seed: int = 0) -
     return BUILDERS[framework](case, params, x, grad_out, threads)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure ``spec["framework"]`` on ``spec["case"]``; return a JSON-able result dict."""
+def prepare(spec: dict[str, Any]) -> tuple[Call | None, dict[str, Any]]:
+    """Build the call ``spec`` times; return it and the fields every round's result shares
+    (framework, threads, status, version, thread pools; ``kernel_path`` of a
+    reduced-precision fastlstm), or None and the result saying why it cannot be built
+    (status ``absent`` or ``error``)."""
     framework, threads = spec["framework"], spec["threads"]
-    case, timing = Case(**spec["case"]), Timing(**spec["timing"])
-    result = dict(framework=framework, threads=threads, status="ok")
+    case = Case(**spec["case"])
+    base: dict[str, Any] = dict(framework=framework, threads=threads, status="ok")
+    call = None
     try:
         if framework not in BUILDERS:
             raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
         reason = unsupported(framework, case)
         if reason:
             raise ValueError(reason)
+        with _blas_limit(threads) if framework == "numpy" else nullcontext():
+            call = build_call(framework, case, threads, spec.get("seed", 0))
+        if framework == "fastlstm" and case.dtype != "float32":
+            base["kernel_path"] = _import("fastlstm.quantized").quantized_path(case.dtype)
+    except Absent as exc:
+        base.update(status="absent", message=str(exc))
+    except Exception as exc:  # a crashing peer is reported, the run goes on
+        base.update(status="error", message=f"{type(exc).__name__}: {exc}")
+    base["version"] = framework_version(framework)
+    base["threadpools"] = threadpools()
+    return call, base
+
+
+def measure_round(spec: dict[str, Any], call: Call, base: dict[str, Any]) -> dict[str, Any]:
+    """One round of ``spec``: fastlstm's sgemm yardstick (not in mode ``fit`` nor under
+    competing load), then ``call`` warmed up and timed; ``base`` plus the figures and the
+    thread pools loaded by then."""
+    framework, threads = spec["framework"], spec["threads"]
+    case, timing = Case(**spec["case"]), Timing(**spec["timing"])
+    result = dict(base)
+    try:
         if framework == "fastlstm" and case.mode != "fit" and not spec.get("busy"):
             result["sgemm"] = measure_sgemm(case, threads, timing)
         with _blas_limit(threads) if framework == "numpy" else nullcontext():
-            call = build_call(framework, case, threads, spec.get("seed", 0))
             result.update(measure(call, timing))
-        if framework == "fastlstm" and case.dtype != "float32":
-            result["kernel_path"] = _import("fastlstm.quantized").quantized_path(case.dtype)
-    except Absent as exc:
-        result.update(status="absent", message=str(exc))
     except Exception as exc:  # a crashing peer is reported, the run goes on
         result.update(status="error", message=f"{type(exc).__name__}: {exc}")
-    result["version"] = framework_version(framework)
     result["threadpools"] = threadpools()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the spec of ``argv`` once, then once more per line read from standard input,
+    until it ends; print each result on its own line (with ``cpu_s``, the process's CPU
+    seconds since the request: the first since the process started)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m fastlstm._bench_worker '<json spec>'", file=sys.stderr)
         return 2
-    print(RESULT_PREFIX + json.dumps(run(json.loads(argv[0]))), flush=True)
-    return 0
+    spec = json.loads(argv[0])
+    call, base = prepare(spec)
+    requested = 0.0
+    while True:
+        result = base if call is None else measure_round(spec, call, base)
+        cpu_s = time.process_time() - requested
+        print(RESULT_PREFIX + json.dumps(dict(result, cpu_s=cpu_s)), flush=True)
+        if not sys.stdin.readline():
+            return 0
+        requested = time.process_time()
 
 
 if __name__ == "__main__":

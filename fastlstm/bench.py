@@ -3,11 +3,18 @@
 Every (framework, case) runs in a fresh process (:mod:`fastlstm._bench_worker`) with the
 same thread count, set both through the environment (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) and through each framework's own setting,
-or with "default" threads: none of these set, each framework's own choice. Results are
-medians over repeats after a warm-up that lasts until the timings settle. For each case
-the report gives the time of every framework, the speedup of fastlstm over each peer (peer
-time / fastlstm time, > 1 means fastlstm is faster), fastlstm's GFLOP/s and its fraction of
-the throughput of one float32 sgemm of the same FLOPs timed in the same run; then the
+or with "default" threads: none of these set, each framework's own choice. The
+measurements compared with each other (the frameworks of a case, and fastlstm at its other
+thread counts on it) run in rounds, two by default: in the order given, then reversed (A B
+C D, D C B A), each process kept for its next round, warming up anew and taking its share
+of the repeats, so a slow phase of a noisy machine weighs on all of them alike. Results
+are medians of the samples of all rounds after warm-ups that last until the timings
+settle; results.json keeps each round's median and the notes name those more than 10%
+apart. For each case the report gives the time of every framework, the speedup of fastlstm
+over each peer (peer time / fastlstm time, > 1 means fastlstm is faster), fastlstm's
+GFLOP/s, its fraction of this machine's float32 FMA peak (measured once per run, with one
+core's L2 read bandwidth, by :mod:`fastlstm._kernels.probe` in a process of its own) and
+of the throughput of one float32 sgemm of the same FLOPs timed in the same run; then the
 thread scaling, one training epoch of a char-LM (``Sequential.fit`` against PyTorch) and,
 on request, the same under competing CPU load. A peer that is not installed is reported
 ``absent``; one that fails is reported ``error`` and the run goes on.
@@ -21,24 +28,27 @@ forward and the S1 streaming step (full adds S3's) of ``fl.quantize`` beside PyT
 bfloat16 module or ``quantize_dynamic`` int8 LSTM and ONNX Runtime's ``DynamicQuantizeLSTM``
 (int8), after the float32 rows of fastlstm and PyTorch on the same cases.
 
-Usage: ``python -m fastlstm bench [--quick] [--busy N] [--dtype D]`` (see ``fastlstm bench --help``),
-or :func:`plan`, :func:`run` and :func:`write_report` from Python.
+Usage: ``python -m fastlstm bench [--quick] [--busy N] [--dtype D] [--rounds N]`` (see
+``fastlstm bench --help``), or :func:`plan`, :func:`run` and :func:`write_report` from Python.
 """
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
+import select
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ._bench_worker import (CHARLM, DTYPES, FRAMEWORKS, MODES, RESULT_PREFIX, UNSUPPORTED, Case,
-                             Timing, unsupported)
+                             Timing, summary, unsupported)
 
 Result = dict[str, Any]  # one framework on one case, as the worker reports it
 Report = dict[str, Any]  # a whole run, as results.json stores it
@@ -71,6 +81,23 @@ SPINNER = ("import os, sys\n"
 # Goal under competing load: fastlstm with its default threads at most this many times
 # slower than with 1 thread.
 BUSY_GOAL = 1.3
+# Rounds per case: the frameworks in the order given, then reversed (A B C D, D C B A), so
+# a slow phase of the machine weighs on all of them alike; more rounds alternate the order.
+ROUNDS = 2
+# A measurement whose round medians differ by more than this (relative) gets a note.
+DRIFT = 0.10
+# The figures of each round kept in results.json beside the pooled ones.
+ROUND_FIGURES = ("median_s", "q1_s", "q3_s", "repeats", "inner", "warmup_s", "warmup_calls",
+                 "settled")
+# This machine's limits (fastlstm._kernels.probe), measured once per run in a process of its
+# own: seconds per FMA-peak trial (the L2 trials take half), each the best of 3.
+PROBE_S = 0.2
+PROBE_SCRIPT = ("import json, sys\n"
+                "from fastlstm._kernels import probe\n"
+                "threads, seconds = int(sys.argv[1]), float(sys.argv[2])\n"
+                "print(json.dumps(dict(isa=probe.isa(), fma_peak_gflops={\n"
+                "    n: probe.fma_peak_gflops(n, seconds) for n in sorted({1, threads})},\n"
+                "    l2_read_gbps=probe.l2_read_gbps(seconds / 2))))\n")
 
 # The reference shapes of docs/performance.rst: (batch, seq_len, input_size, hidden_size)
 S_SHAPES = {"S1": (1, 128, 32, 128), "S2": (16, 64, 64, 256), "S3": (64, 100, 256, 512)}
@@ -241,46 +268,135 @@ def worker_env(threads: int | None) -> dict[str, str]:
     return env if threads is None else dict(env, **{name: str(threads) for name in THREAD_ENV})
 
 
-def run_worker(framework: str, case: Case, threads: int | None, timing: Timing,
-               busy: int = 0, timeout: float = WORKER_TIMEOUT_S) -> Result:
-    """Measure one framework on one case in a fresh process; return the worker's result.
+class Worker:
+    """One framework on one case in a fresh process (:mod:`fastlstm._bench_worker`) that
+    stays for more rounds: each :meth:`measure` call times it once, the first by starting the
+    process, the next ones by asking it again. Close it (or use it as a context manager)
+    to end the process.
 
     ``threads`` None leaves the thread count to the framework; ``busy`` spinners
-    (:func:`competing_load`) run alongside the worker. The result's ``other_cores`` is how
-    many cores processes other than these kept busy, on average, while the worker ran
-    (None where /proc/stat is missing): above ~0.1 the figures are noisy.
+    (:func:`competing_load`) run during each measurement; ``timeout`` bounds each one.
     """
-    reason = unsupported(framework, case)
-    if reason:
-        return dict(framework=framework, threads=threads, status="n/a", message=reason)
-    spec = dict(framework=framework, case=asdict(case), threads=threads, busy=busy,
-                timing=asdict(timing))
-    env = worker_env(threads)
-    command = [sys.executable, "-c", WORKER_BOOTSTRAP, WORKER_PATH, json.dumps(spec)]
-    # run from the directory holding this fastlstm package, so the worker imports the same one
-    package_root = os.path.dirname(os.path.dirname(WORKER_PATH))
-    busy_before, children_before = busy_cpu_seconds(), _children_cpu_seconds()
-    started = time.perf_counter()
-    # the spinners are reaped on leaving the block, so their CPU time counts as our children's
-    with competing_load(busy):
+
+    def __init__(self, framework: str, case: Case, threads: int | None, timing: Timing,
+                 busy: int = 0, timeout: float = WORKER_TIMEOUT_S) -> None:
+        self.framework, self.case, self.threads = framework, case, threads
+        self.busy, self.timeout = busy, timeout
+        self.spec = dict(framework=framework, case=asdict(case), threads=threads, busy=busy,
+                         timing=asdict(timing))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.failure: Result | None = None      # why the process is gone, once it is
+        self._stderr = tempfile.TemporaryFile()
+        self._pending = b""                     # stdout read past the last result line
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def measure(self) -> Result:
+        """One round: the worker's result, with ``other_cores``, how many cores processes
+        other than the worker and its spinners kept busy, on average, meanwhile (None where
+        /proc/stat is missing): above ~0.1 the figures are noisy."""
+        reason = unsupported(self.framework, self.case)
+        if reason:
+            return dict(framework=self.framework, threads=self.threads, status="n/a",
+                        message=reason)
+        if self.failure:
+            return self.failure
+        busy_before, children_before = busy_cpu_seconds(), _children_cpu_seconds()
+        started = time.perf_counter()
+        # the spinners are reaped on leaving the block, so their CPU time counts as our children's
+        with competing_load(self.busy):
+            result = self._request()
+        wall = time.perf_counter() - started
+        busy_after, other_cores = busy_cpu_seconds(), None
+        if busy_before is not None and busy_after is not None:
+            others = (busy_after - busy_before - (_children_cpu_seconds() - children_before)
+                      - result.pop("cpu_s", 0.0))
+            other_cores = max(0.0, others / wall)
+        return dict(result, other_cores=other_cores)
+
+    def _request(self) -> Result:
+        """Start the process or ask it for another round; its result, or an error saying
+        why there is none (then :attr:`failure`)."""
         try:
-            proc = subprocess.run(command, env=env, cwd=package_root, capture_output=True,
-                                  text=True, timeout=timeout)
+            if self.proc is None:
+                command = [sys.executable, "-c", WORKER_BOOTSTRAP, WORKER_PATH,
+                           json.dumps(self.spec)]
+                # run from the directory holding this fastlstm package, so the worker imports
+                # the same one
+                self.proc = subprocess.Popen(
+                    command, env=worker_env(self.threads), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=self._stderr,
+                    cwd=os.path.dirname(os.path.dirname(WORKER_PATH)))
+            else:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b"\n")
+                self.proc.stdin.flush()
+            result = self._read_result()
+        except BrokenPipeError:
+            result = None
         except subprocess.TimeoutExpired:
-            return dict(framework=framework, threads=threads, status="error",
-                        message=f"timed out after {timeout} s")
-    wall = time.perf_counter() - started
-    busy_after, other_cores = busy_cpu_seconds(), None
-    if busy_before is not None and busy_after is not None:
-        others = busy_after - busy_before - (_children_cpu_seconds() - children_before)
-        other_cores = max(0.0, others / wall)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return dict(json.loads(line[len(RESULT_PREFIX):]), other_cores=other_cores)
-    stderr = proc.stderr.strip().splitlines()
-    return dict(framework=framework, threads=threads, status="error", other_cores=other_cores,
-                message=f"worker exited with code {proc.returncode}: "
-                        f"{stderr[-1] if stderr else 'no output'}")
+            return self._fail(f"timed out after {self.timeout} s")
+        return result if result is not None else self._fail(self._exit_message())
+
+    def _read_result(self) -> Result | None:
+        """The next result line of the worker, or None if it exited first; TimeoutExpired
+        after :attr:`timeout` seconds."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + self.timeout
+        stdout = self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self._pending:
+                line, self._pending = self._pending.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(RESULT_PREFIX):
+                    return json.loads(text[len(RESULT_PREFIX):])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
+                raise subprocess.TimeoutExpired(self.proc.args, self.timeout)
+            chunk = os.read(stdout, 1 << 16)
+            if not chunk:
+                return None
+            self._pending += chunk
+
+    def _exit_message(self) -> str:
+        """How the worker ended: its exit code and the last line of its stderr."""
+        assert self.proc is not None
+        code = self.proc.wait()
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return f"worker exited with code {code}: {stderr[-1] if stderr else 'no output'}"
+
+    def _fail(self, message: str) -> Result:
+        """End the process; the error result every later round gets."""
+        self.close()
+        self.failure = dict(framework=self.framework, threads=self.threads, status="error",
+                            message=message)
+        return self.failure
+
+    def close(self) -> None:
+        """Let the process end (its input closes), killing it if it does not within 10 s."""
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+def run_worker(framework: str, case: Case, threads: int | None, timing: Timing,
+               busy: int = 0, timeout: float = WORKER_TIMEOUT_S) -> Result:
+    """Measure one framework on one case once, in a fresh process (see :class:`Worker`)."""
+    with Worker(framework, case, threads, timing, busy, timeout) as worker:
+        return worker.measure()
 
 
 def cpu_model() -> str:
@@ -363,32 +479,142 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def comparison_groups(entries: Sequence[Entry]) -> list[list[tuple[int, str]]]:
+    """The measurements of ``entries``, (entry index, framework), grouped by case and
+    competing load, in plan order: those compared with each other (a table row, the thread
+    scaling, the fit and busy sections), which :func:`run` times round by round."""
+    groups: dict[tuple[Case, int], list[tuple[int, str]]] = {}
+    for index, entry in enumerate(entries):
+        groups.setdefault((entry.case, entry.busy), []).extend(
+            (index, framework) for framework in entry.frameworks)
+    return list(groups.values())
+
+
+def round_orders(items: Sequence[Any], rounds: int) -> list[list[Any]]:
+    """The order of ``items`` in each of ``rounds`` rounds: as given, then reversed, and so
+    on; a single item needs one round."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected an int >= 1, got {rounds!r}")
+    return [list(items)[::-1 if r % 2 else 1] for r in range(1 if len(items) == 1 else rounds)]
+
+
+def round_timing(timing: Timing, rounds: int) -> Timing:
+    """``timing`` for one of ``rounds`` rounds: its time budget and repeat bounds shared out
+    (rounded up), the warm-up unchanged."""
+    return replace(timing, budget_s=timing.budget_s / rounds,
+                   min_repeats=math.ceil(timing.min_repeats / rounds),
+                   max_repeats=math.ceil(timing.max_repeats / rounds))
+
+
+def pool_samples(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of the worker's ``measure`` as one: median, quartiles and extremes of all
+    their samples, total repeats, whether every warm-up settled, and under ``rounds`` each
+    round's own :data:`ROUND_FIGURES`."""
+    samples = [sample for r in rounds for sample in r["samples_s"]]
+    return dict(summary(samples), repeats=sum(r["repeats"] for r in rounds),
+                settled=all(r["settled"] for r in rounds),
+                rounds=[{key: r[key] for key in ROUND_FIGURES} for r in rounds])
+
+
+def pool_rounds(rounds: Sequence[Result]) -> Result:
+    """One measurement's result over its rounds (:func:`pool_samples`), fastlstm's sgemm
+    pooled alike; ``other_cores`` is the most of any round. The first failed round's result
+    if one failed."""
+    failed = [r for r in rounds if r["status"] != "ok"]
+    if failed:
+        return failed[0]
+    per_round = (*ROUND_FIGURES, "samples_s", "min_s", "max_s", "other_cores", "sgemm")
+    pooled = {key: value for key, value in rounds[0].items() if key not in per_round}
+    pooled.update(pool_samples(rounds))
+    for figures, r in zip(pooled["rounds"], rounds):
+        figures["other_cores"] = r["other_cores"]
+    busy = [r["other_cores"] for r in rounds if r["other_cores"] is not None]
+    pooled["other_cores"] = max(busy) if busy else None
+    if "sgemm" in rounds[0]:
+        sgemm = rounds[0]["sgemm"]
+        pooled["sgemm"] = dict(shape=sgemm["shape"], flops=sgemm["flops"],
+                               **pool_samples([r["sgemm"] for r in rounds]))
+    return pooled
+
+
+def machine_limits(threads: int, seconds: float = PROBE_S,
+                   timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
+    """This machine's float32 FMA peak on 1 and ``threads`` threads and one core's L2 read
+    bandwidth (:mod:`fastlstm._kernels.probe`, trials of ``seconds``), measured in a process
+    of its own with the workers' thread environment; ``error`` says why not, if it failed."""
+    command = [sys.executable, "-c", PROBE_SCRIPT, str(threads), str(seconds)]
+    try:
+        proc = subprocess.run(command, env=worker_env(threads), capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(WORKER_PATH)),
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"the probe timed out after {timeout} s")
+    if proc.returncode != 0:
+        stderr = proc.stderr.strip().splitlines()
+        return dict(error=f"the probe exited with code {proc.returncode}: "
+                          f"{stderr[-1] if stderr else 'no output'}")
+    return dict(json.loads(proc.stdout), seconds=seconds)
+
+
+def measure_rounds(entries: Sequence[Entry], orders: Sequence[Sequence[tuple[int, str]]],
+                   timing: Timing) -> Iterator[tuple[tuple[int, str], int, Result]]:
+    """Time the measurements (entry index, framework) of one comparison group in the order
+    of each round of ``orders``, each in a :class:`Worker` kept across the rounds; yield
+    (measurement, round number, result) as each ends."""
+    with ExitStack() as stack:
+        workers = {(index, framework): stack.enter_context(Worker(
+            framework, entries[index].case, entries[index].threads, timing, entries[index].busy))
+            for index, framework in orders[0]}
+        for number, order in enumerate(orders, 1):
+            for measurement in order:
+                yield measurement, number, workers[measurement].measure()
+
+
 def run(entries: Sequence[Entry], timing: Timing = FULL_TIMING,
-        log: Callable[[str], None] = _log) -> Report:
-    """Run every (framework, entry) in its own process; return the report dict."""
+        log: Callable[[str], None] = _log, rounds: int = ROUNDS) -> Report:
+    """Run every (framework, entry) in its own process, after :func:`machine_limits`;
+    return the report dict.
+
+    Each :func:`comparison_groups` group runs in ``rounds`` rounds (:func:`round_orders`),
+    each round with :func:`round_timing`; :func:`pool_rounds` makes one result of them.
+    """
     if not entries:
         raise ValueError("entries: expected at least one benchmark entry, got none")
+    orders = [round_orders(group, rounds) for group in comparison_groups(entries)]
     started = time.time()
     threads = max((e.threads for e in entries if e.threads is not None), default=1)
-    report: Report = dict(schema="fastlstm-bench/1",
+    report: Report = dict(schema="fastlstm-bench/2",
                           started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), timing=asdict(timing),
-                          machine=machine_info(threads), frameworks={}, rows=[])
-    total = sum(len(e.frameworks) for e in entries)
+                          rounds=rounds, machine=machine_info(threads), frameworks={}, rows=[])
+    log(f"measuring this machine's limits ({threads} threads)")
+    report["machine"]["limits"] = machine_limits(threads, PROBE_S)
+    total = sum(len(order) for group_orders in orders for order in group_orders)
     done = 0
-    for entry in entries:
-        results: dict[str, Result] = {}
-        for framework in entry.frameworks:
+    pooled: dict[tuple[int, str], Result] = {}
+    for group_orders in orders:
+        measured: dict[tuple[int, str], list[Result]] = {m: [] for m in group_orders[0]}
+        for (index, framework), number, result in measure_rounds(
+                entries, group_orders, round_timing(timing, len(group_orders))):
             done += 1
-            result = run_worker(framework, entry.case, entry.threads, timing, entry.busy)
-            results[framework] = result
-            _note_framework(report["frameworks"], result)
-            load = f", {entry.busy} busy" if entry.busy else ""
-            log(f"[{done:3d}/{total}] {entry.case.name} {entry.case.mode} {framework} "
-                f"({_threads_label(entry.threads)} thr{load}): {_cell(result)}")
-        report["rows"].append(summarize(entry, results))
+            measured[(index, framework)].append(result)
+            of_rounds = f", round {number}/{len(group_orders)}" if len(group_orders) > 1 else ""
+            log(f"[{done:3d}/{total}] {_label(entries[index], framework)}{of_rounds}: "
+                f"{_cell(result)}")
+        for measurement, results in measured.items():
+            pooled[measurement] = pool_rounds(results)
+            _note_framework(report["frameworks"], pooled[measurement])
+    for index, entry in enumerate(entries):
+        report["rows"].append(summarize(entry, {f: pooled[(index, f)] for f in entry.frameworks}))
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["wall_time_s"] = time.time() - started
     return report
+
+
+def _label(entry: Entry, framework: str) -> str:
+    """A measurement as the progress log names it: case, mode, framework, threads, load."""
+    load = f", {entry.busy} busy" if entry.busy else ""
+    return (f"{entry.case.name} {entry.case.mode} {framework} "
+            f"({_threads_label(entry.threads)} thr{load})")
 
 
 def _note_framework(frameworks: dict[str, Result], result: Result) -> None:
@@ -447,14 +673,16 @@ def _dtype(row: dict[str, Any]) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    """The report as Markdown: machine, the LSTM table, thread scaling, the fit epoch, the
-    busy-machine section, notes."""
+    """The report as Markdown: machine and its limits, the LSTM table, thread scaling, the
+    fit epoch, the busy-machine section, notes."""
     machine, timing = report["machine"], report["timing"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    limits = machine.get("limits") or dict(error="not in this report")
     lines = [
         "# fastlstm benchmark", "",
         f"- CPU: {machine['cpu_model']} ({machine['usable_cores']} usable cores; "
         f"SIMD: {' '.join(machine['simd']) or 'unknown'})",
+        f"- Limits of this machine, measured at the start: {_limits_text(limits)}",
         f"- Threads per framework: {machine['threads']}; load average at start "
         f"{machine['load_average'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}",
         f"- Versions: {versions}",
@@ -465,19 +693,44 @@ def to_markdown(report: Report) -> str:
         f"{timing['settle_window']} samples is within {timing['settle_tolerance']:.0%} of the "
         f"{timing['settle_window']} before (at least {timing['warmup_min_s']:g} s, at most "
         f"{timing['warmup_max_s']:g} s); ± is half the interquartile range as % of the median. "
+        f"{_rounds_text(report.get('rounds', 1))} "
         "`vs X` = X's time / fastlstm's time (> 1: fastlstm faster). GFLOP/s counts "
         "2·T·B·4H·(in+H) per layer and direction (a training step as 3 forwards); `sgemm` is "
         "one float32 sgemm of the same forward FLOPs timed in fastlstm's process.",
     ]
     lstm_rows = [row for row in report["rows"]
                  if not row["busy"] and row["case"]["mode"] != "fit"]
-    lines += (_table_lines(lstm_rows) + _scaling_lines(report) + _fit_lines(report)
+    lines += (_table_lines(lstm_rows, limits) + _scaling_lines(report) + _fit_lines(report)
               + _busy_lines(report) + _note_lines(report))
     return "\n".join(lines) + "\n"
 
 
-def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The LSTM table: one line per case and thread count, one column per framework."""
+def _rounds_text(rounds: int) -> str:
+    """How the measurements of a case were ordered, in words."""
+    if rounds == 1:
+        return "Each framework ran once per case, in the order of the table."
+    return (f"Each case ran in {rounds} rounds (a case with a single measurement in one): "
+            "its measurements in the order of the tables, then in reverse (A B C D, D C B A, "
+            "and so on), each round with its share of the repeats; the figures pool the "
+            "samples of all rounds (results.json keeps each round's median) and the notes "
+            f"name any whose round medians differ by more than {DRIFT:.0%}.")
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    """This machine's measured limits (:func:`machine_limits`) in words, or why not."""
+    if "error" in limits:
+        return f"not measured ({limits['error']})"
+    peaks = limits["fma_peak_gflops"]
+    most, *fewer = sorted(peaks, key=int, reverse=True)
+    others = "".join(f"{peaks[n]:.0f} on {n}; " for n in fewer)
+    return (f"FMA peak {peaks[most]:.0f} GFLOP/s on {most} thread{'s' * (most != '1')} "
+            f"({others}float32, {limits['isa']}), L2 read {limits['l2_read_gbps']:.0f} GB/s "
+            "per core")
+
+
+def _table_lines(rows: list[dict[str, Any]], limits: dict[str, Any]) -> list[str]:
+    """The LSTM table: one line per case and thread count, one column per framework; under
+    it the machine's ``limits`` that `% of FMA peak` divides by."""
     if not rows:
         return []
     frameworks = [f for f in FRAMEWORKS if any(f in row["results"] for row in rows)]
@@ -485,19 +738,24 @@ def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
     reduced = any(row["case"].get("dtype", "float32") != "float32" for row in rows)
     header = (["case", "mode", "B", "T", "in", "H", "LxD", "thr"] + ["dtype"] * reduced
               + frameworks + [f"vs {p}" for p in peers]
-              + ["GFLOP/s", "sgemm GFLOP/s", "% of sgemm"])
+              + ["GFLOP/s", "% of FMA peak", "sgemm GFLOP/s", "% of sgemm"])
     lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         case = row["case"]
+        peak = limits.get("fma_peak_gflops", {}).get(str(row["threads"]))
         cells = [case["name"], case["mode"], *_shape(case), _threads_label(row["threads"])]
         cells += [_dtype(row)] * reduced
         cells += [_cell(row["results"].get(f)) for f in frameworks]
         cells += [_ratio(row["speedup"][p]) if p in row["speedup"] else "—" for p in peers]
         cells += [f"{row['gflops']:.3g}" if row["gflops"] else "—",
+                  f"{row['gflops'] / peak * 100:.0f}%" if row["gflops"] and peak else "—",
                   f"{row['sgemm']['gflops']:.3g}" if row["sgemm"] else "—",
                   f"{row['fraction_of_sgemm'] * 100:.0f}%" if row["fraction_of_sgemm"] else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + ["", f"Limits of this machine: {_limits_text(limits)}. `% of FMA peak` = "
+                        "fastlstm's GFLOP/s / the peak at the row's threads (every thread "
+                        "running 12 independent chains of vector FMAs on registers); the L2 "
+                        "figure is one thread summing a 256 KiB buffer."]
 
 
 def _scaling_lines(report: Report) -> list[str]:
@@ -588,11 +846,12 @@ def _note_lines(report: Report) -> list[str]:
     notes = [f"- \\* other processes kept {min(busy):.1f}-{max(busy):.1f} cores busy (on average) "
              f"during {len(busy)} of {len(measured)} measurements: those figures are noisy; "
              "rerun on an idle machine"] if busy else []
-    unsettled = [r for r in measured if not r["settled"]]
-    if unsettled:
-        notes.append(f"- {len(unsettled)} of {len(measured)} warm-ups stopped at the "
+    warm_ups = [r["settled"] for result in measured for r in result.get("rounds", [result])]
+    if not all(warm_ups):
+        notes.append(f"- {warm_ups.count(False)} of {len(warm_ups)} warm-ups stopped at the "
                      f"{report['timing']['warmup_max_s']:g} s cap before the timings settled; "
                      "`settled` in results.json says which")
+    notes += _drift_notes(report)
     for peer, command in report.get("missing_peers", {}).items():
         notes.append(f"- {peer}: not installed, left out of this run; to add it: `{command}`")
     for framework, seen in report["frameworks"].items():
@@ -608,6 +867,26 @@ def _note_lines(report: Report) -> list[str]:
     if report.get("chart_note"):
         notes.append(f"- {report['chart_note']}")
     return ["", "## Notes", "", *notes] if notes else []
+
+
+def _drift_notes(report: Report) -> list[str]:
+    """A note for each measurement (and fastlstm's sgemm) whose round medians differ by more
+    than :data:`DRIFT`."""
+    notes = []
+    for row in report["rows"]:
+        case, load = row["case"], f", {row['busy']} busy" if row["busy"] else ""
+        for framework, result in row["results"].items():
+            for name, timed in ((framework, result), ("sgemm in fastlstm's process",
+                                                      result.get("sgemm"))):
+                medians = [r["median_s"] for r in (timed or {}).get("rounds", [])]
+                if len(medians) > 1 and max(medians) > (1 + DRIFT) * min(medians):
+                    notes.append(
+                        f"- {case['name']} {case['mode']} {name} "
+                        f"({_threads_label(row['threads'])} thr{load}): round medians "
+                        f"{', '.join(format_time(m) for m in medians)} differ by "
+                        f"{max(medians) / min(medians) - 1:.0%}: the machine's speed drifted "
+                        "between the rounds")
+    return notes
 
 
 def _noisy_speedup(row: dict[str, Any], peer: str) -> bool:
@@ -696,14 +975,14 @@ def write_report(report: Report, out_dir: str) -> str:
 
 def main(quick: bool = False, threads: int | None = None, out_dir: str | None = None,
          frameworks: Iterable[str] | None = None, modes: Iterable[str] = MODES,
-         busy: int = 0, dtype: str = "float32") -> int:
+         busy: int = 0, dtype: str = "float32", rounds: int = ROUNDS) -> int:
     """Run the benchmark, print the tables and write the files; return the exit status
     (1 if fastlstm itself failed on some case, else 0).
 
     ``out_dir`` None: :func:`default_out_dir`. ``frameworks`` None: fastlstm, NumPy and
     every peer that is installed (:func:`missing_peers` are left out, with a note); named
     frameworks that are not installed are measured and reported absent. ``dtype`` bfloat16
-    or int8: the reduced-precision run (see :func:`plan`).
+    or int8: the reduced-precision run (see :func:`plan`). ``rounds``: see :func:`run`.
     """
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
@@ -714,11 +993,12 @@ def main(quick: bool = False, threads: int | None = None, out_dir: str | None = 
         frameworks = [f for f in FRAMEWORKS if f not in missing]
     entries = plan(quick, threads, frameworks, modes, busy, dtype)
     load = f", {busy} competing processes in the busy section" if busy else ""
-    _log(f"fastlstm bench: {sum(len(e.frameworks) for e in entries)} measurements, "
-         f"{threads} threads{load}, one process each; writing to {os.path.abspath(out_dir)}")
+    _log(f"fastlstm bench: {sum(len(e.frameworks) for e in entries)} measurements in up to "
+         f"{rounds} rounds, {threads} threads{load}, one process each; writing to "
+         f"{os.path.abspath(out_dir)}")
     for peer, command in missing.items():
         _log(f"fastlstm bench: {peer} is not installed, left out; to add it: {command}")
-    report = run(entries, QUICK_TIMING if quick else FULL_TIMING)
+    report = run(entries, QUICK_TIMING if quick else FULL_TIMING, rounds=rounds)
     report["missing_peers"] = missing
     print(write_report(report, out_dir))
     _log(f"wrote {', '.join(os.path.join(out_dir, n) for n in ('results.md', 'results.json'))}"

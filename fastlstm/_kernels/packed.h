@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "cell.h"   /* fl_vec_f, fl_vec_d: 64-byte vectors */
+#include "isa.h"    /* fl_cpu_isa */
 
 #define FL_KC 128   /* depth block: a pair of panel chunks (2 x KC x 64 B = 16 KB) stays in L1 */
 
@@ -173,22 +174,6 @@ typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, con
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, const double *,
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
-
-/* The best instruction set of this CPU: 2 AVX-512, 1 AVX2+FMA, 0 portable (read once). */
-static inline int fl_cpu_isa(void)
-{
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    static int isa = -1;
-    if (isa < 0) {
-        __builtin_cpu_init();
-        isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2
-            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
-    }
-    return isa;
-#else
-    return 0;
-#endif
-}
 
 /* A lower instruction set forced for testing (set_packed_isa), or -1 for the CPU's best. */
 static int fl_forced_isa = -1;

@@ -16,12 +16,18 @@ from conftest import assert_close, require
 
 from fastlstm import bench, reference
 from fastlstm._bench_worker import (BUILDERS, FRAMEWORKS, Case, Timing, build_call, is_settled,
-                                    make_data, make_params, make_tokens, measure)
+                                    make_data, make_params, make_tokens, measure, summary)
 
 TINY_TIMING = Timing(warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2,
                      max_repeats=3, min_repeat_s=0.0)
 TINY_FIT = Case("tinylm", "fit", batch=4, seq_len=5, input_size=3, hidden_size=6,
                 vocabulary_size=7, num_sequences=10)
+
+
+@pytest.fixture(autouse=True)
+def short_probe(monkeypatch):
+    """The machine probe of every run here takes hundredths of a second."""
+    monkeypatch.setattr(bench, "PROBE_S", 0.01)
 
 
 def test_flops_and_sgemm_shape_follow_the_lstm_count():
@@ -556,3 +562,210 @@ def test_markdown_sections_scaling_fit_and_busy():
     notes = sections["Notes"]
     assert "1 of 14 warm-ups stopped at the 1 s cap" in notes
     assert "kept 0.5-0.5 cores busy (on average) during 1 of 14 measurements" in notes
+
+
+def test_round_orders_alternate_the_order_given_and_its_reverse():
+    assert bench.round_orders("ABCD", 2) == [list("ABCD"), list("DCBA")]
+    assert bench.round_orders("ABC", 3) == [list("ABC"), list("CBA"), list("ABC")]
+    assert bench.round_orders("ABCD", 1) == [list("ABCD")]
+    assert bench.round_orders("A", 2) == [["A"]]        # a single measurement: one round
+    for rounds in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"rounds: expected an int >= 1, got {rounds!r}"):
+            bench.round_orders("AB", rounds)
+
+
+def test_round_timing_shares_out_the_budget_and_repeats_not_the_warm_up():
+    half = bench.round_timing(bench.QUICK_TIMING, 2)
+    assert (half.budget_s, half.min_repeats, half.max_repeats) == (0.15, 2, 50)
+    assert (half.warmup_min_s, half.warmup_max_s, half.settle_tolerance) == (0.05, 1.0, 0.05)
+    assert bench.round_timing(bench.QUICK_TIMING, 1) == bench.QUICK_TIMING
+
+
+def _round(samples, **fields):
+    """One round's result as a worker reports it, with these per-call ``samples``."""
+    return dict(status="ok", samples_s=list(samples), **summary(samples), repeats=len(samples),
+                inner=1, warmup_s=0.1, warmup_calls=4, settled=True, other_cores=0.0,
+                **fields)
+
+
+class FakeWorker:
+    """Stands in for :class:`bench.Worker`: records every measurement in ``log`` and answers
+    with ``samples[(framework, threads)][round]`` (fastlstm with its sgemm too)."""
+
+    log = []
+    samples = {}
+    SGEMM = [[1e-3, 1.1e-3, 1.2e-3], [1.5e-3, 1.6e-3, 1.7e-3]]   # 2nd round 38% slower
+
+    def __init__(self, framework, case, threads, timing, busy=0):
+        self.framework, self.case, self.threads, self.timing = framework, case, threads, timing
+        self.rounds = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+    def measure(self):
+        key = (self.framework, self.threads)
+        self.log.append((self.case.name, *key, self.timing.budget_s))
+        times = self.samples[key][self.rounds]
+        extra = {}
+        if self.framework == "fastlstm":
+            extra["sgemm"] = dict(_round(self.SGEMM[self.rounds]), shape=[1, 2, 3],
+                                  flops=self.case.forward_flops())
+        self.rounds += 1
+        return _round(times, framework=self.framework, threads=self.threads, version=None,
+                      threadpools=None, **extra)
+
+
+LIMITS = dict(isa="avx512", fma_peak_gflops={"1": 100.0, "2": 200.0}, l2_read_gbps=110.0,
+              seconds=0.01)
+
+
+@pytest.fixture
+def fake_workers(monkeypatch):
+    """bench.run with :class:`FakeWorker` and fixed machine limits; S1 and S2 shapes."""
+    monkeypatch.setattr(bench, "Worker", FakeWorker)
+    monkeypatch.setattr(bench, "machine_limits", lambda threads, seconds: dict(LIMITS))
+    monkeypatch.setattr(FakeWorker, "log", [])
+    s1, s2 = (Case(name, "forward", *bench.S_SHAPES[name]) for name in ("S1", "S2"))
+    ms = 1e-3
+    monkeypatch.setattr(FakeWorker, "samples", {
+        ("fastlstm", 2): [[1 * ms, 2 * ms, 3 * ms], [4 * ms, 5 * ms, 6 * ms]],
+        ("numpy", 2): [[10 * ms] * 3, [10.5 * ms] * 3],
+        ("torch", 2): [[2 * ms] * 3, [2.5 * ms] * 3],
+        ("onnxruntime", 2): [[3 * ms] * 3, [3 * ms] * 3],
+        ("fastlstm", 1): [[7 * ms] * 3, [7 * ms] * 3]})
+    entries = [bench.Entry(s1, 2, FRAMEWORKS), bench.Entry(s2, 2, ("fastlstm",)),
+               bench.Entry(s1, 1, ("fastlstm",))]
+    return entries
+
+
+def test_run_measures_a_case_in_rounds_forwards_then_backwards(fake_workers):
+    """A B C D, then D C B A, each with half the budget; the 1-thread fastlstm of the same
+    case joins its rounds (the thread scaling compares them); S2's lone fastlstm runs once
+    with the whole budget."""
+    bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    s1_order = [("S1", f, 2, 0.15) for f in FRAMEWORKS] + [("S1", "fastlstm", 1, 0.15)]
+    assert FakeWorker.log == s1_order + s1_order[::-1] + [("S2", "fastlstm", 2, 0.3)]
+
+
+def test_run_pools_the_rounds_and_keeps_each_rounds_median(fake_workers, tmp_path):
+    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    bench.write_report(report, str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rounds"] == 2 and saved["machine"]["limits"] == LIMITS
+    ours = saved["rows"][0]["results"]["fastlstm"]
+    print(json.dumps(ours, indent=1))
+    assert ours["median_s"] == pytest.approx(3.5e-3)          # of 1, 2, 3, 4, 5, 6 ms
+    assert (ours["q1_s"], ours["q3_s"]) == (pytest.approx(2.25e-3), pytest.approx(4.75e-3))
+    assert (ours["min_s"], ours["max_s"], ours["repeats"]) == (1e-3, 6e-3, 6)
+    assert [r["median_s"] for r in ours["rounds"]] == [2e-3, 5e-3]
+    assert "samples_s" not in ours and "samples_s" not in ours["rounds"][0]
+    sgemm = ours["sgemm"]
+    assert sgemm["median_s"] == pytest.approx(1.35e-3) and sgemm["shape"] == [1, 2, 3]
+    assert [r["median_s"] for r in sgemm["rounds"]] == [1.1e-3, 1.6e-3]
+    assert saved["rows"][0]["speedup"]["torch"] == pytest.approx(2.25e-3 / 3.5e-3)
+    assert saved["rows"][1]["results"]["fastlstm"]["rounds"] == [
+        dict(median_s=2e-3, q1_s=1.5e-3, q3_s=2.5e-3, repeats=3, inner=1, warmup_s=0.1,
+             warmup_calls=4, settled=True, other_cores=0.0)]
+
+
+def test_round_medians_apart_by_more_than_a_tenth_get_a_note(fake_workers, tmp_path):
+    """fastlstm (2 -> 5 ms), its sgemm (+45%) and torch (+25%) drifted; NumPy (+5%), ONNX
+    Runtime and the single-round S2 did not."""
+    markdown = bench.write_report(bench.run(fake_workers, bench.QUICK_TIMING, log=print),
+                                  str(tmp_path))
+    print(markdown)
+    notes = [line for line in _sections(markdown)["Notes"].splitlines() if "drifted" in line]
+    assert notes == [
+        "- S1 forward fastlstm (2 thr): round medians 2 ms, 5 ms differ by 150%: the "
+        "machine's speed drifted between the rounds",
+        "- S1 forward sgemm in fastlstm's process (2 thr): round medians 1.1 ms, 1.6 ms "
+        "differ by 45%: the machine's speed drifted between the rounds",
+        "- S1 forward torch (2 thr): round medians 2 ms, 2.5 ms differ by 25%: the machine's "
+        "speed drifted between the rounds",
+        "- S1 forward sgemm in fastlstm's process (1 thr): round medians 1.1 ms, 1.6 ms "
+        "differ by 45%: the machine's speed drifted between the rounds"]
+    assert "Each case ran in 2 rounds" in markdown
+    assert "- 0 of" not in markdown and "warm-ups stopped" not in markdown
+
+
+def test_one_round_measures_each_framework_once_with_the_whole_budget(fake_workers):
+    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print, rounds=1)
+    assert FakeWorker.log == ([("S1", f, 2, 0.3) for f in FRAMEWORKS]
+                              + [("S1", "fastlstm", 1, 0.3), ("S2", "fastlstm", 2, 0.3)])
+    ours = report["rows"][0]["results"]["fastlstm"]
+    assert ours["median_s"] == 2e-3 and [r["median_s"] for r in ours["rounds"]] == [2e-3]
+    markdown = bench.to_markdown(report)
+    assert "Each framework ran once per case, in the order of the table." in markdown
+    assert "drifted" not in markdown
+    with pytest.raises(ValueError, match="rounds: expected an int >= 1, got 0"):
+        bench.run(fake_workers, bench.QUICK_TIMING, rounds=0)
+
+
+def test_markdown_shows_the_fma_peak_column_and_the_measured_limits(fake_workers):
+    """% of FMA peak divides by the peak at the row's threads; the limits are stated in the
+    header and under the table."""
+    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    sections = _sections(bench.to_markdown(report))
+    print(sections[""])
+    lines = sections[""].splitlines()
+    limits = ("FMA peak 200 GFLOP/s on 2 threads (100 on 1; float32, avx512), L2 read 110 "
+              "GB/s per core")
+    assert f"- Limits of this machine, measured at the start: {limits}" in lines
+    header = next(line for line in lines if line.startswith("| case |"))
+    assert header.endswith("| GFLOP/s | % of FMA peak | sgemm GFLOP/s | % of sgemm |")
+    rows = {(cells[0], cells[7]): cells for cells in (
+        line.strip("| ").split(" | ") for line in lines if line.startswith("| S"))}
+    for (name, threads), cells in rows.items():
+        gflops = {("S1", "2"): report["rows"][0], ("S2", "2"): report["rows"][1],
+                  ("S1", "1"): report["rows"][2]}[(name, threads)]["gflops"]
+        peak = LIMITS["fma_peak_gflops"][threads]
+        assert cells[-3] == f"{gflops / peak * 100:.0f}%", (name, threads)
+    table_end = max(i for i, line in enumerate(lines) if line.startswith("| "))
+    assert lines[table_end + 2].startswith(f"Limits of this machine: {limits}. `% of FMA peak`")
+
+    report["machine"]["limits"] = dict(error="the probe exited with code 1: boom")
+    unmeasured = bench.to_markdown(report)
+    assert "measured at the start: not measured (the probe exited with code 1: boom)" in unmeasured
+    assert all(line.split(" | ")[-3] == "—"
+               for line in _sections(unmeasured)[""].splitlines() if line.startswith("| S"))
+
+
+@pytest.mark.slow
+def test_machine_limits_come_from_a_probe_process_at_1_and_n_threads():
+    limits = bench.machine_limits(2, 0.01)
+    print(limits)
+    assert set(limits) == {"isa", "fma_peak_gflops", "l2_read_gbps", "seconds"}
+    assert set(limits["fma_peak_gflops"]) == {"1", "2"}
+    assert all(math.isfinite(v) and v > 0
+               for v in (*limits["fma_peak_gflops"].values(), limits["l2_read_gbps"]))
+
+
+@pytest.mark.slow
+def test_a_worker_process_serves_every_round_and_ends_when_closed():
+    case = Case("tiny", "forward", 2, 3, 4, 5)
+    with bench.Worker("fastlstm", case, 1, TINY_TIMING) as worker:
+        first = worker.measure()
+        pid = worker.proc.pid
+        second = worker.measure()
+        assert worker.proc.pid == pid and worker.proc.returncode is None
+    print(first, second)
+    assert first["status"] == second["status"] == "ok"
+    assert len(first["samples_s"]) == first["repeats"] and "sgemm" in second
+    assert "cpu_s" not in first and first["other_cores"] is not None
+    assert worker.proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_worker_that_hangs_is_killed_and_reported(fake_peers):
+    (fake_peers / "torch" / "__init__.py").write_text("import time\ntime.sleep(60)\n")
+    with bench.Worker("torch", Case("tiny", "forward", 1, 2, 3, 4), 1, TINY_TIMING,
+                      timeout=0.5) as worker:
+        result = worker.measure()
+        assert worker.measure() is worker.failure            # no second process
+    print(result)
+    assert result["status"] == "error" and result["message"] == "timed out after 0.5 s"
+    assert worker.proc.returncode is not None

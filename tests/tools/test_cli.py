@@ -11,6 +11,12 @@ from fastlstm._kernels import openmp as _openmp
 from fastlstm.__main__ import main
 
 
+@pytest.fixture(autouse=True)
+def short_probe(monkeypatch):
+    """The machine probe of every bench run here takes hundredths of a second."""
+    monkeypatch.setattr(bench, "PROBE_S", 0.01)
+
+
 @pytest.mark.slow
 def test_version_from_a_subprocess():
     proc = subprocess.run([sys.executable, "-m", "fastlstm", "--version"],
@@ -138,3 +144,18 @@ def test_bench_dtype_quick_runs_the_reduced_precision_rows(tmp_path, monkeypatch
         ("| S1", "stream", "float32"), ("| S1", "forward", "int8"),
         ("| S3", "forward", "int8"), ("| S1", "stream", "int8")]
     assert "| fastlstm |" in captured.out and "numpy |" not in captured.out
+
+
+def test_bench_rounds_option_reaches_the_runner(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "main", lambda **options: calls.append(options) or 0)
+    assert main(["bench", "--rounds", "1"]) == 0
+    assert main(["bench"]) == 0
+    assert [options["rounds"] for options in calls] == [1, bench.ROUNDS]
+
+
+def test_bench_rejects_zero_rounds(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "--rounds: expected an integer >= 1, got 0" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""The machine probes of the benchmark report: the float32 FMA peak and the L2 read
+bandwidth, run briefly (a few hundredths of a second each)."""
+import math
+import time
+
+import pytest
+
+from fastlstm._kernels import lstm, probe
+
+SECONDS = 0.01   # per trial: the figures are rough, the test stays fast
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fma_peak_is_a_positive_rate_measured_quickly(threads):
+    started = time.perf_counter()
+    gflops = probe.fma_peak_gflops(threads, SECONDS)
+    elapsed = time.perf_counter() - started
+    print(f"{probe.isa()}: {gflops:.1f} GFLOP/s on {threads} threads in {elapsed:.3f} s")
+    assert math.isfinite(gflops) and gflops > 0
+    assert elapsed < 2.0
+
+
+def test_l2_read_bandwidth_is_a_positive_rate_measured_quickly():
+    started = time.perf_counter()
+    gbps = probe.l2_read_gbps(SECONDS)
+    elapsed = time.perf_counter() - started
+    print(f"{probe.isa()}: {gbps:.1f} GB/s in {elapsed:.3f} s")
+    assert math.isfinite(gbps) and gbps > 0
+    assert elapsed < 2.0
+
+
+def test_the_probes_run_the_best_instruction_set_of_the_cpu():
+    assert probe.isa() == lstm.supported_isas()[-1]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: probe.fma_peak_gflops(0), "threads: expected an int >= 1, got 0"),
+    (lambda: probe.fma_peak_gflops(1.5), "threads: expected an int >= 1, got 1.5"),
+    (lambda: probe.fma_peak_gflops(1, 0), "seconds: expected a finite number > 0, got 0"),
+    (lambda: probe.l2_read_gbps(float("nan")), "seconds: expected a finite number > 0, got nan"),
+])
+def test_probes_reject_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
