@@ -72,7 +72,7 @@ cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
     CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
-    STREAM_SPLIT_BYTES = 1 << 20    # a stream whose weights pass a core's L2 splits each step
+    STREAM_SPLIT_BYTES = 1 << 19    # a stream with more weights splits each step (measured)
 
 
 # Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
@@ -906,7 +906,7 @@ cdef class StreamKernel:
     cdef object _pointers
     cdef Py_ssize_t L, B, H, in_size
     cdef int typenum
-    cdef bint split                     # weights past L2: a step uses every thread
+    cdef bint split                     # weights past STREAM_SPLIT_BYTES: every thread
     cdef long long expected_ns
     cdef double clip
     cdef unsigned long long _generation

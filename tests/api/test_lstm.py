@@ -171,8 +171,8 @@ def test_stream_steps_equal_one_full_call(dtype, batch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_stream_with_weights_past_l2_splits_steps_and_equals_one_full_call(dtype):
-    """Weights of over 1 MB: each step's units are split across the threads."""
+def test_stream_with_large_weights_splits_steps_and_equals_one_full_call(dtype):
+    """Weights of over 512 KB: each step's units are split across the threads."""
     from fastlstm._kernels import lstm as lstm_kernels
 
     m = fl.LSTM(64, 300, num_layers=2, dtype=dtype, peephole=True, seed=0).eval()

@@ -139,7 +139,7 @@ def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_laye
     and the steps give the same results as on time."""
     if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
         pytest.skip("needs 2 cores")
-    m = fl.LSTM(64, 300, num_layers=num_layers, seed=0).eval()   # weights past 1 MB: split
+    m = fl.LSTM(64, 300, num_layers=num_layers, seed=0).eval()   # weights past 512 KB: split
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     previous = fl.get_num_threads()
     results = {}
