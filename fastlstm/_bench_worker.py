@@ -31,6 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# After the sgemm yardstick OpenBLAS's idle threads spin for about 0.1 s (its thread
+# timeout), taking a core from the calls timed next: wait this long first.
+BLAS_SPIN_S = 0.3
 RESULT_PREFIX = "FASTLSTM-BENCH-RESULT "
 FRAMEWORKS = ("fastlstm", "numpy", "torch", "onnxruntime")
 MODES = ("forward", "train", "stream", "fit")
@@ -643,6 +646,7 @@ def measure_round(spec: dict[str, Any], call: Call, base: dict[str, Any]) -> dic
     try:
         if framework == "fastlstm" and case.mode != "fit" and not spec.get("busy"):
             result["sgemm"] = measure_sgemm(case, threads, timing)
+            time.sleep(BLAS_SPIN_S)
         with _blas_limit(threads) if framework == "numpy" else nullcontext():
             result.update(measure(call, timing))
     except Exception as exc:  # a crashing peer is reported, the run goes on
