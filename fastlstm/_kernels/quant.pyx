@@ -256,11 +256,12 @@ def _check_packed(str where, int kind, Py_ssize_t n_in, Py_ssize_t H, w_ih, w_hh
             ("s_hh", s_hh, cnp.NPY_FLOAT32, 4 * blocks * LANES * kind),
             ("r_ih", r_ih, cnp.NPY_INT32, 4 * blocks * LANES * kind),
             ("r_hh", r_hh, cnp.NPY_INT32, 4 * blocks * LANES * kind)):
-        _check(name, isinstance(array, cnp.ndarray) and cnp.PyArray_TYPE(array) == num
-               and cnp.PyArray_SIZE(array) == size and cnp.PyArray_IS_C_CONTIGUOUS(array),
-               f"a C-contiguous {cnp.PyArray_DescrFromType(num)} array of {size} values",
-               f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}",
-               where)
+        if not (isinstance(array, cnp.ndarray) and cnp.PyArray_TYPE(array) == num
+                and cnp.PyArray_SIZE(array) == size and cnp.PyArray_IS_C_CONTIGUOUS(array)):
+            _check(name, False,
+                   f"a C-contiguous {cnp.PyArray_DescrFromType(num)} array of {size} values",
+                   f"{getattr(array, 'dtype', type(array).__name__)} "
+                   f"{getattr(array, 'shape', '')}", where)
 
 
 def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
