@@ -72,7 +72,26 @@ cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
     CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
-    STREAM_SPLIT_BYTES = 1 << 19    # a stream with more weights splits each step (measured)
+
+
+# A stream whose weights pass this many bytes splits each step across the threads
+# (measured on the development machine: see set_stream_split_bytes).
+cdef Py_ssize_t _stream_split_bytes = 1 << 19
+
+
+def set_stream_split_bytes(Py_ssize_t size):
+    """Split the steps of streams made from now on when their weights pass ``size`` bytes
+    (default 512 KB; 0 splits every stream). Returns the previous size.
+
+    For tuning (``bench/stream_split.py`` measures both ways) and tests; streams already
+    made keep their choice.
+    """
+    global _stream_split_bytes
+    if size < 0:
+        raise ValueError(f"size: expected bytes >= 0, got {size}")
+    previous = _stream_split_bytes
+    _stream_split_bytes = size
+    return previous
 
 
 # Fault injection for tests: thread 1 sleeps before the barrier of this step (-1: never),
@@ -906,7 +925,7 @@ cdef class StreamKernel:
     cdef object _pointers
     cdef Py_ssize_t L, B, H, in_size
     cdef int typenum
-    cdef bint split                     # weights past STREAM_SPLIT_BYTES: every thread
+    cdef bint split                     # weights past _stream_split_bytes: every thread
     cdef long long expected_ns
     cdef double clip
     cdef unsigned long long _generation
@@ -970,7 +989,7 @@ cdef class StreamKernel:
         self.c = np.zeros((self.L, self.B, self.H), dtype=dtype)
         self._z = np.empty(self.B * 4 * H_pad, dtype=dtype)
         weights = sum(4 * self.H * (size + self.H) for size in in_sizes) * self._dtype.itemsize
-        self.split = weights > STREAM_SPLIT_BYTES
+        self.split = weights > _stream_split_bytes
         self.expected_ns = 2 * self.B * weights // (self._dtype.itemsize * 50)
         self._h_next = np.empty((self.L, self.B, self.H), dtype=dtype)
         self._y = self.h[self.L - 1]            # views of the last layer's state

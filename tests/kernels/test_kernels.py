@@ -132,6 +132,35 @@ def test_packed_product_rejects_an_unknown_isa():
 
 # ---------------------------------------------------------------- a member loses its core
 
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_a_small_stream_forced_to_split_gives_the_same_steps(num_layers):
+    """set_stream_split_bytes(0) splits every stream made after it: H = 17 (a ragged panel)
+    and layers of different input sizes give the steps of the unsplit stream bit for bit."""
+    m = fl.LSTM(5, 17, num_layers=num_layers, seed=0).eval()
+    x = np.random.default_rng(1).standard_normal((4, 2, 5)).astype(np.float32)
+    previous, adaptive = fl.get_num_threads(), lstm_kernels.set_adaptive_threads(False)
+    steps = {}
+    try:
+        fl.set_num_threads(2)
+        for size in (1 << 62, 0):
+            split = lstm_kernels.set_stream_split_bytes(size)
+            try:
+                s = m.stream(2)
+            finally:
+                lstm_kernels.set_stream_split_bytes(split)
+            steps[size] = [s.step(x[t]) for t in range(4)] + list(s.state)
+    finally:
+        fl.set_num_threads(previous)
+        lstm_kernels.set_adaptive_threads(adaptive)
+    for whole, split in zip(steps[1 << 62], steps[0]):
+        np.testing.assert_array_equal(split, whole)
+
+
+def test_set_stream_split_bytes_refuses_a_negative_size():
+    with pytest.raises(ValueError, match="size: expected bytes >= 0, got -1"):
+        lstm_kernels.set_stream_split_bytes(-1)
+
+
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_layers):
     """A stream step split across the cores waits for a late thread (a one-layer step has no
