@@ -219,7 +219,7 @@ class Sequential(Module):
 
     def _loss_and_predictions(self, x, y, sample_weight=None, lengths=None):
         """(loss value, grad w.r.t. the last layer's output, predictions, output lengths)
-        for one batch.
+        for one batch; predictions are None when no metric needs them.
 
         A masked sequence output weighs its loss as Keras does: masked steps 0, valid ones
         (steps in the batch) / (valid steps in the batch), times ``sample_weight``.
@@ -228,7 +228,9 @@ class Sequential(Module):
         out, out_lengths = self._run(x, self._logits_loss is not None, lengths)
         weight = _mask_weights(out_lengths, out, sample_weight)
         value, grad = loss(y, out) if weight is None else loss(y, out, weight)
-        if self._logits_loss is not None:
+        if not (self.metrics or self.weighted_metrics):
+            return value, grad, None, out_lengths
+        if self._logits_loss is not None:   # the loss took logits: apply the activation
             out = layers_module.activation(self.layers[-1].activation)(out)
         return value, grad, out, out_lengths
 
@@ -236,6 +238,8 @@ class Sequential(Module):
         """Metrics see the output's mask (1 at valid steps); weighted metrics see the
         weights of the loss (the mask scaled by steps / valid steps in the batch, times
         ``sample_weight``), as Keras weighs them."""
+        if y_pred is None:      # no metrics
+            return
         valid = _valid_steps(out_lengths, y_pred)
         mask = None if valid is None else valid.astype(float)
         for metric in self.metrics:
