@@ -583,13 +583,14 @@ class LSTM(Layer):
             h0, c0 = self._state
         # samples with no valid step keep their initial state and are not run
         rows = None if lengths is None or lengths.all() else np.flatnonzero(lengths)
-        out = np.zeros((B, T, D * H), self.dtype)
-        h_n, c_n = h0.copy(), c0.copy()
-        if rows is None:
-            out[...], (h_n[...], c_n[...]) = self._module(x, (h0, c0), lengths)
-        elif len(rows):
-            out[rows], (h_n[:, rows], c_n[:, rows]) = self._module(
-                x[rows], (h0[:, rows], c0[:, rows]), lengths[rows])
+        if rows is None:    # the module's results are fresh arrays of this call
+            out, (h_n, c_n) = self._module(x, (h0, c0), lengths)
+        else:
+            out = np.zeros((B, T, D * H), self.dtype)
+            h_n, c_n = h0.copy(), c0.copy()
+            if len(rows):
+                out[rows], (h_n[:, rows], c_n[:, rows]) = self._module(
+                    x[rows], (h0[:, rows], c0[:, rows]), lengths[rows])
         if self.stateful:
             self._state = (h_n.copy(), c_n.copy())
         self._keep((mask, T, lengths, rows))
