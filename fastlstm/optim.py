@@ -96,6 +96,7 @@ class Optimizer:
         self.params = []
         self.iterations = 0
         self.state = []
+        self._work = {}         # parameter index -> scratch arrays of an update (not state)
         if params is not None:
             self.set_parameters(params)
 
@@ -115,6 +116,14 @@ class Optimizer:
             raise ValueError("params: got an empty parameter list")
         self.iterations = 0
         self.state = [{} for _ in self.params]
+        self._work = {}
+
+    def _scratch(self, index, data):
+        """Two work arrays shaped like parameter ``index``'s ``data``, kept between steps."""
+        pair = self._work.get(index)
+        if pair is None or pair[0].shape != data.shape or pair[0].dtype != data.dtype:
+            pair = self._work[index] = (np.empty_like(data), np.empty_like(data))
+        return pair
 
     def zero_grad(self):
         """Zero the gradient arrays in place."""
@@ -413,14 +422,25 @@ class KerasAdam(KerasOptimizer):
             if self.amsgrad:
                 state["v_hat"] = np.zeros_like(data)
         m, v = state["m"], state["v"]
-        m += (grad - m) * data.dtype.type(1 - self.beta_1)
-        v += (grad * grad - v) * data.dtype.type(1 - self.beta_2)
+        # the same operations in the same order as Keras, in two scratch arrays
+        step, denom = self._scratch(index, data)
+        np.subtract(grad, m, out=step)
+        step *= data.dtype.type(1 - self.beta_1)
+        m += step                                   # m += (grad - m) * (1 - beta_1)
+        np.multiply(grad, grad, out=step)
+        step -= v
+        step *= data.dtype.type(1 - self.beta_2)
+        v += step                                   # v += (grad^2 - v) * (1 - beta_2)
         if self.amsgrad:
             np.maximum(state["v_hat"], v, out=state["v_hat"])
             v = state["v_hat"]
         t = self.iterations
         alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        data -= (m * data.dtype.type(alpha)) / (np.sqrt(v) + data.dtype.type(self.epsilon))
+        np.multiply(m, data.dtype.type(alpha), out=step)
+        np.sqrt(v, out=denom)
+        denom += data.dtype.type(self.epsilon)
+        step /= denom
+        data -= step                                # data -= m * alpha / (sqrt(v) + eps)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
