@@ -19,6 +19,7 @@ from posix.unistd cimport usleep
 cimport numpy as cnp
 
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
+from .cell cimport cell_backward_d, cell_backward_f, cell_forward_d, cell_forward_f
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_member_t,
                       fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
                       fl_team_init, fl_team_join, fl_team_judge_call, fl_team_report,
@@ -30,22 +31,6 @@ cnp.import_array()
 
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
-
-cdef extern from "cell.h":
-    void cell_forward_f(float* act, float* c, float* h, float* out, unsigned char* clipped,
-                        const float* zx, const float* zh, const float* c_prev,
-                        const float* peep, float clip, int n, int H,
-                        int zh_stride) noexcept nogil
-    void cell_forward_d(double* act, double* c, double* h, double* out, unsigned char* clipped,
-                        const double* zx, const double* zh, const double* c_prev,
-                        const double* peep, double clip, int n, int H,
-                        int zh_stride) noexcept nogil
-    void cell_backward_f(float* dz, float* dc, float* dpeep, const float* dh,
-                         const float* act, const unsigned char* clipped, const float* c,
-                         const float* c_prev, const float* peep, int n, int H) noexcept nogil
-    void cell_backward_d(double* dz, double* dc, double* dpeep, const double* dh,
-                         const double* act, const unsigned char* clipped, const double* c,
-                         const double* c_prev, const double* peep, int n, int H) noexcept nogil
 
 cdef extern from "packed.h":
     void pack_panel_f(float* panel, const float* src, Py_ssize_t col_stride,

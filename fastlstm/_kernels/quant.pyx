@@ -15,6 +15,7 @@ from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
+from .cell cimport cell_forward_f
 from .openmp cimport (fl_member_t, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
                       fl_team_init, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
 
@@ -25,12 +26,6 @@ cnp.import_array()
 
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
-
-cdef extern from "cell.h":
-    void cell_forward_f(float* act, float* c, float* h, float* out, unsigned char* clipped,
-                        const float* zx, const float* zh, const float* c_prev,
-                        const float* peep, float clip, int n, int H,
-                        int zh_stride) noexcept nogil
 
 cdef extern from "quant.h":
     void fl_rows_to_bf16(uint16_t* dst, const float* A, Py_ssize_t lda, Py_ssize_t M,
