@@ -139,8 +139,8 @@ def last_call():
 cdef object _finish(LSTMWork* w):
     global _last_team, _last_stalled
     _last_team, _last_stalled = w.team.n, w.team.stalled
-    free(w.packed)
-    free(w.z)
+    _give_block(w.block, w.block_size)
+    w.block = w.packed = w.z = NULL
     return bool(w.team.stalled)
 
 
@@ -182,7 +182,9 @@ cdef struct LSTMWork:
     void* db                        # (4H,) accumulated, or NULL
     void* dpeep                     # (3H,) accumulated, or NULL
     void* dgates                    # (T, B, 4H) pre-activation gradients
-    # Scratch
+    # Scratch: one block from the workspace pool, holding packed then z
+    void* block
+    size_t block_size                # bytes of block
     void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
     void* z                         # n_slices x z_size: per-slice gate pre-activations of a
                                     # chunk of steps, (chunk, B, 4 nj_pad)
@@ -534,25 +536,96 @@ def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
             raise ValueError(f"lengths: expected values in [1, {T}], got {lengths[b]}")
 
 
-cdef void* _aligned(size_t size) noexcept nogil:
-    return aligned_alloc(ALIGNMENT, (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+# ---------------------------------------------------------------- workspace pool
+# A call's scratch is one block that goes back to this pool when the call ends. A fresh
+# block of tens of MB costs a page fault and a zeroing per 4 KB page on first touch (about a
+# tenth of a forward at in = H = 1024), so up to POOL_BLOCKS blocks (both directions of a
+# layer) wait here for the next call. Taken and given back only while holding the GIL.
+cdef enum:
+    POOL_BLOCKS = 2
+
+cdef void* _pool_block[POOL_BLOCKS]
+cdef size_t _pool_size[POOL_BLOCKS]
+
+
+cdef void* _take_block(size_t size, size_t* capacity) except NULL:
+    """The smallest pooled block of at least `size` bytes, or a new one."""
+    cdef int i, best = -1
+    cdef void* block
+    for i in range(POOL_BLOCKS):
+        if (_pool_block[i] != NULL and _pool_size[i] >= size
+                and (best < 0 or _pool_size[i] < _pool_size[best])):
+            best = i
+    if best >= 0:
+        block, capacity[0] = _pool_block[best], _pool_size[best]
+        _pool_block[best] = NULL
+        return block
+    capacity[0] = (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+    block = aligned_alloc(ALIGNMENT, capacity[0])
+    if block == NULL:
+        raise MemoryError(f"fastlstm: cannot allocate a kernel workspace of {size} bytes")
+    return block
+
+
+cdef void _give_block(void* block, size_t capacity) noexcept:
+    """Keep `block` for later calls, in an empty slot or in place of a smaller block."""
+    cdef int i, smallest = -1
+    if block == NULL:
+        return
+    for i in range(POOL_BLOCKS):
+        if _pool_block[i] == NULL:
+            _pool_block[i], _pool_size[i] = block, capacity
+            return
+        if _pool_size[i] < capacity and (smallest < 0 or _pool_size[i] < _pool_size[smallest]):
+            smallest = i
+    if smallest < 0:
+        free(block)
+        return
+    free(_pool_block[smallest])
+    _pool_block[smallest], _pool_size[smallest] = block, capacity
+
+
+def release_workspaces():
+    """Free the kernel workspaces kept for reuse; return the bytes released.
+
+    Calls keep their scratch (the packed weights of a layer, about its own weights' size)
+    for the next call; this hands that memory back, e.g. after the last call of a large
+    model.
+    """
+    cdef int i
+    cdef size_t released = 0
+    for i in range(POOL_BLOCKS):
+        if _pool_block[i] != NULL:
+            free(_pool_block[i])
+            released += _pool_size[i]
+            _pool_block[i] = NULL
+            _pool_size[i] = 0
+    return released
+
+
+def pooled_workspace_bytes():
+    """Bytes of kernel workspace kept for reuse now."""
+    return sum(_pool_size[i] for i in range(POOL_BLOCKS) if _pool_block[i] != NULL)
+
+
+cdef inline size_t _aligned_bytes(size_t size) noexcept nogil:
+    return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
 cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize) except -1:
     """Slices and per-slice scratch: panels `depth` deep for all gates, product results."""
     cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
     cdef Py_ssize_t slice_pad
+    cdef size_t packed_bytes
     w.n_slices = max(1, min(n_threads, <int>blocks))
     w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
     slice_pad = w.slice_units   # already a multiple of every panel width
     w.slice_panels = 4 * slice_pad * depth
     w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
-    w.packed = _aligned(w.n_slices * w.slice_panels * itemsize)
-    w.z = _aligned(w.n_slices * w.z_size * itemsize)
-    if w.packed == NULL or w.z == NULL:
-        free(w.packed)
-        free(w.z)
-        raise MemoryError("fastlstm: cannot allocate the kernel workspace")
+    packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
+    w.block = _take_block(packed_bytes + w.n_slices * w.z_size * itemsize, &w.block_size)
+    w.packed = w.block
+    w.z = <char*>w.block + packed_bytes
     return 0
 
 

@@ -33,15 +33,23 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
             memcpy(C + i * ldc + v * SUB_LANES, &acc[i][v], sizeof(FL_KVEC));
 }
 
-/* The block for a run-time row count mr <= FL_MR and nv in {1, 2, 4}, each shape compiled
- * with constant sizes. */
+/* The block for a run-time row count mr <= FL_MR and nv in {1, 2} (or nv = 4 for
+ * mr <= FL_SMALL_M), each shape compiled with constant sizes. */
 FL_TARGET static void FL_NAME(block_any)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
     ptrdiff_t K, int accumulate, int mr, int nv)
 {
 #define FL_CASE(MR, NV) FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV)
     if (nv == 4) {
-        FL_CASE(1, 4);
+        switch (mr) {
+        case 1: FL_CASE(1, 4); break;
+#if FL_MR >= 8
+        case 2: FL_CASE(2, 4); break;
+        case 3: FL_CASE(3, 4); break;
+        case 4: FL_CASE(4, 4); break;
+#endif
+        default: break;
+        }
         return;
     }
     switch (mr * 2 + (nv == 2)) {
@@ -80,17 +88,18 @@ FL_TARGET static void FL_NAME(packed_product)(
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
     const ptrdiff_t panel_stride = K * LANES;
-    /* One row (a matrix-vector product): four panels at once over the whole depth, so four
-     * independent accumulators hide the FMA latency (two on narrower vector units). */
-    if (M == 1) {
+    /* One row (a matrix-vector product), or a few on AVX-512: the product is bound by
+     * reading the panels, so each streams once over its whole depth, four panels at once
+     * (two on narrower vector units) for independent accumulators. */
+    if (M <= FL_SMALL_M) {
         const int nv = FL_MR >= 8 ? 4 : 2;
         ptrdiff_t p = 0;
         for (; p + nv <= n_panels; p += nv)
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, 1, nv);
+                               panel_stride, K, accumulate, (int)M, nv);
         for (; p < n_panels; p++)
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, 1, 1);
+                               panel_stride, K, accumulate, (int)M, 1);
         return;
     }
     /* Depth blocks of FL_KC: two panels' chunk stays in L1 while every row block of A

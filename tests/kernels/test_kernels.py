@@ -109,8 +109,9 @@ def test_threads_split_hidden_units_unevenly(size):
 # ---------------------------------------------------------------- packed products
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 130, 33), (7, 17, 5), (9, 64, 300),
-                                   (17, 40, 129), (8, 32, 256)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 130, 33), (2, 70, 33), (3, 48, 19),
+                                   (4, 100, 257), (7, 17, 5), (9, 64, 300), (17, 40, 129),
+                                   (8, 32, 256)], ids=str)
 def test_packed_product_matches_numpy(isa, dtype, shape):
     """Every register block and ragged edge of every instruction set this CPU runs."""
     M, N, K = shape
@@ -128,6 +129,53 @@ def test_packed_product_rejects_an_unknown_isa():
     x = np.zeros((1, 1), np.float32)
     with pytest.raises(ValueError, match="isa: expected one of"):
         lstm_kernels.packed_product_twin(x, x, x, False, "sse9")
+
+
+# ---------------------------------------------------------------- workspace pool
+def test_workspaces_are_kept_for_the_next_call_and_released_on_request():
+    lstm_kernels.release_workspaces()
+    assert lstm_kernels.pooled_workspace_bytes() == 0
+    module = fl.LSTM(8, 40, dtype="float32", seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((5, 3, 8)).astype(np.float32)
+    previous = fl.get_num_threads()
+    try:
+        fl.set_num_threads(1)   # one slice, so both calls need the same block
+        first, _ = module(x)
+        kept = lstm_kernels.pooled_workspace_bytes()
+        # the panels of W_ih and W_hh, 4 gates of 48 padded units, (8 + 40) deep
+        assert kept >= 4 * 48 * (8 + 40) * 4
+        again, _ = module(x)
+    finally:
+        fl.set_num_threads(previous)
+    assert lstm_kernels.pooled_workspace_bytes() == kept, "the second call took a new block"
+    np.testing.assert_array_equal(again, first)
+    assert lstm_kernels.release_workspaces() == kept
+    assert lstm_kernels.pooled_workspace_bytes() == 0
+
+
+def test_reused_workspaces_of_other_sizes_give_the_reference_results():
+    """Big, small, then big again; the directions of a layer take a block each."""
+    lstm_kernels.release_workspaces()
+    for size in [(4, 3, 9, 70), (2, 1, 3, 5), (4, 3, 9, 70), (3, 5, 6, 33)]:
+        for dtype in ("float32", "float64"):
+            run_both(dict(num_layers=2, bidirectional=True), size, dtype, None)
+    assert 0 < lstm_kernels.pooled_workspace_bytes()
+
+
+def test_calls_from_several_python_threads_take_separate_workspaces():
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(0)
+    modules = [fl.LSTM(16, H, dtype="float32", seed=H).eval() for H in (24, 64, 130)]
+    inputs = [rng.standard_normal((20, 4, 16)).astype(np.float32) for _ in modules]
+    expected = [m(x)[0] for m, x in zip(modules, inputs)]
+
+    def run(i):
+        return [modules[i](inputs[i])[0] for _ in range(30)]
+
+    with ThreadPoolExecutor(3) as pool:
+        for i, outputs in enumerate(pool.map(run, range(3))):
+            for out in outputs:
+                np.testing.assert_array_equal(out, expected[i])
 
 
 # ---------------------------------------------------------------- a member loses its core
