@@ -2,10 +2,10 @@
  * a slice of n hidden units.
  *
  * Gate blocks are laid out i | f | g | o. Loops run over chunks of FL_CHUNK units held in
- * local arrays so gcc vectorises them; the float build uses polynomial exp/tanh (a few ulp,
- * NaN propagating) compiled for AVX-512, AVX2+FMA and baseline x86-64 at once
- * (target_clones, resolved when the module loads). The double build uses libm, for
- * gradient checks.
+ * local arrays so gcc vectorises them. The float pass uses a polynomial exp for the
+ * sigmoid and a rational tanh (cell_float.h; NaN propagating), compiled for AVX-512,
+ * AVX2+FMA and baseline x86-64 and chosen at run time like the packed products
+ * (fl_packed_isa). The double pass uses libm, for gradient checks.
  */
 #ifndef FASTLSTM_POINTWISE_H
 #define FASTLSTM_POINTWISE_H
@@ -14,58 +14,18 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "isa.h"    /* fl_packed_isa */
+
 #define FL_CHUNK 16
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
-#define FL_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+/* Target pragmas for the per-instruction-set float passes (GCC on x86-64). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FL_CELL_ISAS 1
 #else
-#define FL_CLONES
+#define FL_CELL_ISAS 0
 #endif
-
-static inline __attribute__((always_inline)) float fl_expf(float x)
-{
-    /* Cephes-style: exp(x) = 2^n * exp(r), |r| <= ln2/2; clamped so 2^n stays normal. */
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
-    float t = x * 1.44269504088896341f + 12582912.0f;  /* round to nearest via 1.5*2^23 */
-    float n_float = t - 12582912.0f;
-    int32_t n;
-    memcpy(&n, &t, sizeof n);
-    n -= 0x4B400000;
-    float r = x - n_float * 0.693359375f;
-    r = r + n_float * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    uint32_t bits = (uint32_t)(n + 127) << 23;   /* n in [-126, 127]: a normal exponent */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-static inline __attribute__((always_inline)) float fl_sigmoidf(float x)
-{
-    return 1.0f / (1.0f + fl_expf(-x));
-}
-
-static inline __attribute__((always_inline)) float fl_tanhf(float x)
-{
-    float ax = fabsf(x);
-    float z = x * x;
-    float p = -5.70498872745e-3f;                      /* small |x|: odd polynomial */
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    float small = p * z * x + x;
-    float big = 1.0f - 2.0f / (fl_expf(2.0f * ax) + 1.0f);   /* tanh|x| = 1 - 2/(e^2|x| + 1) */
-    big = copysignf(big, x);
-    return ax < 0.625f ? small : big;
-}
+#define FL_CELL_GLUE(name, suffix) name##_##suffix
+#define FL_CELL_NAME(name, suffix) FL_CELL_GLUE(name, suffix)
 
 static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
@@ -73,25 +33,67 @@ typedef float fl_vec_f __attribute__((vector_size(64)));
 typedef double fl_vec_d __attribute__((vector_size(64)));
 
 #define REAL float
-#define FL_VEC fl_vec_f
-#define FL_NAME(name) name##_f
-#define FL_SIGMOID fl_sigmoidf
-#define FL_TANH fl_tanhf
-#include "cell_impl.h"
+#define FL_SUFFIX f_portable
+#include "cell_float.h"
+#undef FL_SUFFIX
+#if FL_CELL_ISAS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FL_SUFFIX f_avx2
+#include "cell_float.h"
+#undef FL_SUFFIX
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#define FL_SUFFIX f_avx512
+#include "cell_float.h"
+#undef FL_SUFFIX
+#pragma GCC pop_options
+#endif
 #undef REAL
-#undef FL_VEC
-#undef FL_NAME
-#undef FL_SIGMOID
-#undef FL_TANH
+
+/* The float passes with the instruction set of fl_packed_isa. */
+static inline void cell_forward_f(float *act, float *c, float *h, float *out,
+                                  unsigned char *clipped, const float *zx, const float *zh,
+                                  const float *c_prev, const float *peep, float clip, int n,
+                                  int H, int zh_stride)
+{
+#if FL_CELL_ISAS
+    typedef void (*pass_t)(float *, float *, float *, float *, unsigned char *, const float *,
+                           const float *, const float *, const float *, float, int, int, int);
+    static const pass_t by_isa[3] = {cell_forward_f_portable, cell_forward_f_avx2,
+                                     cell_forward_f_avx512};
+    by_isa[fl_packed_isa()](act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
+                            zh_stride);
+#else
+    cell_forward_f_portable(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
+                            zh_stride);
+#endif
+}
+
+static inline void cell_backward_f(float *dz, float *dc, float *dpeep, const float *dh,
+                                   const float *act, const unsigned char *clipped,
+                                   const float *c, const float *c_prev, const float *peep,
+                                   int n, int H)
+{
+#if FL_CELL_ISAS
+    typedef void (*pass_t)(float *, float *, float *, const float *, const float *,
+                           const unsigned char *, const float *, const float *, const float *,
+                           int, int);
+    static const pass_t by_isa[3] = {cell_backward_f_portable, cell_backward_f_avx2,
+                                     cell_backward_f_avx512};
+    by_isa[fl_packed_isa()](dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H);
+#else
+    cell_backward_f_portable(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H);
+#endif
+}
 
 #define REAL double
-#define FL_VEC fl_vec_d
 #define FL_NAME(name) name##_d
 #define FL_SIGMOID fl_sigmoid
 #define FL_TANH tanh
 #include "cell_impl.h"
 #undef REAL
-#undef FL_VEC
 #undef FL_NAME
 #undef FL_SIGMOID
 #undef FL_TANH

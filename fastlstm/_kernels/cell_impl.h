@@ -1,4 +1,5 @@
-/* Template body of cell.h, included once per REAL (float, double). */
+/* Template body of cell.h: FL_NAME names, FL_SIGMOID and FL_TANH the activations of REAL
+ * (float: once per instruction set, by cell_float.h; double: once). */
 
 /* Forward cell for one row. zx, act: 4 gate blocks at stride H (act may alias zx: the
  * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;
@@ -72,15 +73,23 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     }
 }
 
-FL_CLONES static void FL_NAME(cell_forward)(
+static void FL_NAME(cell_forward)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
     REAL clip, int n, int H, int zh_stride)
 {
     int j0 = 0;
-    for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
-        FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
-                                    zh_stride, j0, FL_CHUNK);
+    if (peep == NULL && !(clip > 0)) {
+        /* The plain cell, compiled apart: with no peepholes nor clipping the chunk is
+         * straight-line code whose arrays stay in registers. */
+        for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+            FL_NAME(cell_forward_chunk)(act, c, h, out, NULL, zx, zh, c_prev, NULL, 0, H,
+                                        zh_stride, j0, FL_CHUNK);
+    } else {
+        for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+            FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip,
+                                        H, zh_stride, j0, FL_CHUNK);
+    }
     if (j0 < n)
         FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
                                     zh_stride, j0, n - j0);
@@ -145,15 +154,21 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
     }
 }
 
-FL_CLONES static void FL_NAME(cell_backward)(
+static void FL_NAME(cell_backward)(
     REAL *dz, REAL *dc, REAL *dpeep,
     const REAL *dh, const REAL *act, const unsigned char *clipped,
     const REAL *c, const REAL *c_prev, const REAL *peep, int n, int H)
 {
     int j0 = 0;
-    for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
-        FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
-                                     FL_CHUNK);
+    if (peep == NULL && clipped == NULL) {     /* the plain cell, as in the forward */
+        for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+            FL_NAME(cell_backward_chunk)(dz, dc, NULL, dh, act, NULL, c, c_prev, NULL, H, j0,
+                                         FL_CHUNK);
+    } else {
+        for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
+            FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H,
+                                         j0, FL_CHUNK);
+    }
     if (j0 < n)
         FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
                                      n - j0);

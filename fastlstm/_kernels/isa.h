@@ -1,5 +1,6 @@
-/* The instruction set this CPU offers, read once: the packed products (packed.h) and the
- * machine probes (probe.h) run the code compiled for it with target attributes. */
+/* The instruction set this CPU offers, read once: the packed products (packed.h), the cell
+ * pass (cell.h) and the machine probes (probe.h) run the code compiled for it with target
+ * attributes. */
 #ifndef FASTLSTM_ISA_H
 #define FASTLSTM_ISA_H
 
@@ -17,6 +18,15 @@ static inline int fl_cpu_isa(void)
 #else
     return 0;
 #endif
+}
+
+/* A lower instruction set forced for testing (set_packed_isa), or -1 for the CPU's best. */
+static int fl_forced_isa = -1;
+
+/* The instruction set the packed products and the cell pass use. */
+static inline int fl_packed_isa(void)
+{
+    return fl_forced_isa >= 0 ? fl_forced_isa : fl_cpu_isa();
 }
 
 #endif

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "cell.h"   /* fl_vec_f, fl_vec_d: 64-byte vectors */
-#include "isa.h"    /* fl_cpu_isa */
+#include "isa.h"    /* fl_packed_isa */
 
 #define FL_KC 128   /* depth block: a pair of panel chunks (2 x KC x 64 B = 16 KB) stays in L1 */
 
@@ -114,8 +114,6 @@ static void pack_transpose16_f_avx512(float *panel, const float *src, ptrdiff_t 
 #define FL_HAVE_TRANSPOSE 0
 #endif
 
-static inline int fl_packed_isa(void);
-
 /* panel[k * lanes + c] = src[c * col_stride + k * k_stride], zero for c >= ncols: K x ncols
  * of a strided matrix (rows of W for col_stride K, k_stride 1; columns for col_stride 1). */
 static void pack_panel_f(float *panel, const float *src, ptrdiff_t col_stride,
@@ -174,15 +172,6 @@ typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, con
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, const double *,
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
-
-/* A lower instruction set forced for testing (set_packed_isa), or -1 for the CPU's best. */
-static int fl_forced_isa = -1;
-
-/* The instruction set the products use. */
-static inline int fl_packed_isa(void)
-{
-    return fl_forced_isa >= 0 ? fl_forced_isa : fl_cpu_isa();
-}
 
 /* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels, with
  * the products of instruction set `isa` (see fl_packed_isa). */
