@@ -106,6 +106,25 @@ def test_threads_split_hidden_units_unevenly(size):
         lstm_kernels.set_adaptive_threads(adaptive)
 
 
+@pytest.mark.parametrize("peephole", [False, True])
+def test_saturated_gates_match_float64_activations(peephole):
+    """Pre-activations out to +-50: the float32 exp and tanh approximations, their clamps
+    and the +-1 beyond |x| = 9, in the plain and the general cell loops, against float64."""
+    module = fl.LSTM(7, 37, dtype="float32", seed=0, peephole=peephole)
+    params = {name: value * 20 for name, value in module.state_dict().items()}
+    module.load_state_dict(params)
+    module.eval()
+    x = np.random.default_rng(0).standard_normal((9, 5, 7)).astype(np.float32) * 3
+    out, (h_n, c_n) = module(x)
+    ref_out, (ref_h, ref_c), _ = reference.forward(
+        {name: value.astype(np.float64) for name, value in params.items()}, x.astype(np.float64),
+        peephole=peephole)
+    first_step = x[0] @ params["weight_ih_l0"].T + params["bias_ih_l0"] + params["bias_hh_l0"]
+    assert np.abs(first_step).max() > 30 and np.mean(np.abs(first_step) > 9) > 0.2
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(c_n, ref_c, rtol=0, atol=1e-4)
+
+
 # ---------------------------------------------------------------- packed products
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
