@@ -102,7 +102,7 @@ FL_TARGET static void FL_NAME(packed_product)(
                                panel_stride, K, accumulate, (int)M, 1);
         return;
     }
-    /* Depth blocks of FL_KC: two panels' chunk stays in L1 while every row block of A
+    /* Depth blocks of FL_KC: two panels' chunk stays in L2 while every row block of A
      * streams past it. */
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_KC) {
         const ptrdiff_t kc = K - k0 < FL_KC ? K - k0 : FL_KC;

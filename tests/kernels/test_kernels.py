@@ -130,9 +130,10 @@ def test_saturated_gates_match_float64_activations(peephole):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 130, 33), (2, 70, 33), (3, 48, 19),
                                    (4, 100, 257), (7, 17, 5), (9, 64, 300), (17, 40, 129),
-                                   (8, 32, 256)], ids=str)
+                                   (8, 32, 256), (9, 40, 1100), (3, 20, 2100)], ids=str)
 def test_packed_product_matches_numpy(isa, dtype, shape):
-    """Every register block and ragged edge of every instruction set this CPU runs."""
+    """Every register block and ragged edge of every instruction set this CPU runs, and
+    depths past one depth block (FL_KC = 1024)."""
     M, N, K = shape
     rng = np.random.default_rng(0)
     A, W, C = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (M, N)))
