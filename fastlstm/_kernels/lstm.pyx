@@ -49,6 +49,12 @@ cdef extern from "packed.h":
     void packed_product_isa_d(int isa, double* C, Py_ssize_t ldc, const double* A,
                               Py_ssize_t lda, const double* panels, Py_ssize_t M,
                               Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_at_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
+                             const float* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                             Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
+                             const double* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                             Py_ssize_t K, int accumulate) noexcept nogil
     int fl_packed_isa() noexcept nogil
     int fl_cpu_isa() noexcept nogil
     int fl_forced_isa
@@ -140,7 +146,7 @@ cdef object _finish(LSTMWork* w):
     global _last_team, _last_stalled
     _last_team, _last_stalled = w.team.n, w.team.stalled
     _give_block(w.block, w.block_size)
-    w.block = w.packed = w.z = NULL
+    w.block = w.packed = w.z = w.grad = NULL
     return bool(w.team.stalled)
 
 
@@ -188,8 +194,11 @@ cdef struct LSTMWork:
     void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
     void* z                         # n_slices x z_size: per-slice gate pre-activations of a
                                     # chunk of steps, (chunk, B, 4 nj_pad)
+    void* grad                      # backward: n_threads x grad_panels_size panels of the
+                                    # weight-gradient products, then a (4H, lanes) edge
     Py_ssize_t slice_panels         # elements of packed weights per slice
     Py_ssize_t z_size               # elements of z per slice
+    Py_ssize_t grad_panels_size     # elements of one thread's weight-gradient panels
     fl_team_t team
 
 
@@ -215,6 +224,16 @@ cdef inline void _product(floating* C, Py_ssize_t ldc, const floating* A, Py_ssi
         packed_product_f(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
     else:
         packed_product_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+
+
+cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A, Py_ssize_t lda,
+                             const floating* panels, Py_ssize_t M, Py_ssize_t n_panels,
+                             Py_ssize_t K, int accumulate) noexcept nogil:
+    # C[:, :n_panels*lanes] (+)= A.T @ W.T for A stored (K, M) and the W (N, K) in `panels`
+    if floating is float:
+        packed_product_at_f(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+    else:
+        packed_product_at_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
 
 
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
@@ -431,46 +450,99 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
 
 
 cdef enum:
-    GRAD_BLOCKS = 4     # weight-gradient products per matrix, whatever the thread count
+    DX_BLOCKS = 4       # dx products, whatever the thread count
+    GRAD_DEPTH = 512    # rows (steps x batch) per depth block of the weight-gradient products
+    GRAD_PANEL_BYTES = 1 << 19  # one block's panels (GRAD_DEPTH x columns) stay in L2
 
 
-cdef inline Py_ssize_t _grad_block(Py_ssize_t rows) noexcept nogil:
+cdef inline Py_ssize_t _dx_block(Py_ssize_t rows) noexcept nogil:
     # Rows per block: a quarter, in multiples of 16 (a function of the shape only)
-    return max(16, (rows + 16 * GRAD_BLOCKS - 1) // (16 * GRAD_BLOCKS) * 16)
+    return max(16, (rows + 16 * DX_BLOCKS - 1) // (16 * DX_BLOCKS) * 16)
+
+
+cdef inline Py_ssize_t _grad_columns(size_t itemsize) noexcept nogil:
+    # Columns of x or h_prev per panel block (a multiple of 16: every panel width)
+    return max(16, GRAD_PANEL_BYTES // <Py_ssize_t>itemsize // GRAD_DEPTH // 16 * 16)
+
+
+cdef void _pack_rows_of(LSTMWork* w, floating* panels, bint h_prev, Py_ssize_t r0,
+                        Py_ssize_t kc, Py_ssize_t c0, Py_ssize_t nc, floating* kind) noexcept nogil:
+    # Columns [c0, c0 + nc) of rows [r0, r0 + kc) of x, or of h_prev (row r = t*B + b takes
+    # h_{t-1}, h_{t+1} in reverse, h0 at the sequence's start), into panels kc deep.
+    # NumPy: rows[r0:r0 + kc, c0:c0 + nc].T, 16 (or 8) columns per panel
+    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, TB = w.T * w.B, p, segment, lo, hi
+    cdef Py_ssize_t N = w.H if h_prev else w.n_in
+    cdef Py_ssize_t first_h0 = TB - B if w.reverse else 0   # rows whose h_prev is h0
+    cdef const floating* src
+    for segment in range(2 if h_prev else 1):
+        if not h_prev:
+            lo, hi = r0, r0 + kc
+            src = <const floating*>w.x + lo * N
+        elif segment == 0:  # rows taking h0
+            lo, hi = max(r0, first_h0), min(r0 + kc, first_h0 + B)
+            src = <const floating*>w.h0 + (lo - first_h0) * N
+        else:               # rows taking a hidden state, B rows away
+            lo, hi = (r0, min(r0 + kc, TB - B)) if w.reverse else (max(r0, B), r0 + kc)
+            src = <const floating*>w.hidden + (lo + B if w.reverse else lo - B) * N
+        if hi <= lo:
+            continue
+        for p in range((nc + lanes - 1) // lanes):
+            _pack(panels + p * kc * lanes + (lo - r0) * lanes, src + c0 + p * lanes, 1, N,
+                  hi - lo, <int>min(lanes, nc - p * lanes))
+
+
+cdef void _weight_gradient(LSTMWork* w, bint h_prev, Py_ssize_t g0, Py_ssize_t g1,
+                           floating* panels, floating* edge, floating* kind) noexcept nogil:
+    # dW[g0:g1] += dgates[:, g0:g1].T @ rows for dW = dW_ih, rows = x, or dW = dW_hh,
+    # rows = h_prev: our packed products, over blocks of columns and of rows (depth), the
+    # rows packed into this thread's panels and dgates read in place (transposed). Whole
+    # panels go straight into dW; a ragged last one into edge (g1 - g0, lanes), then added.
+    cdef Py_ssize_t lanes = _lanes(kind), G = 4 * w.H, TB = w.T * w.B
+    cdef Py_ssize_t N = w.H if h_prev else w.n_in, NC = _grad_columns(sizeof(floating))
+    cdef Py_ssize_t c0, nc, r0, kc, full, g, c
+    cdef floating* dW = (<floating*>w.dW_hh if h_prev else <floating*>w.dW_ih) + g0 * N
+    cdef const floating* dgates = <const floating*>w.dgates + g0
+    c0 = 0
+    while c0 < N:
+        nc = min(NC, N - c0)
+        full = nc // lanes
+        r0 = 0
+        while r0 < TB:
+            kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
+            _pack_rows_of(w, panels, h_prev, r0, kc, c0, nc, kind)
+            if full > 0:
+                _product_at(dW + c0, N, dgates + r0 * G, G, panels, g1 - g0, full, kc, 1)
+            if nc % lanes:
+                _product_at(edge, lanes, dgates + r0 * G, G, panels + full * kc * lanes, g1 - g0,
+                            1, kc, 0 if r0 == 0 else 1)
+            r0 += kc
+        if nc % lanes:
+            for g in range(g1 - g0):
+                for c in range(nc % lanes):
+                    dW[g * N + c0 + full * lanes + c] += edge[g * lanes + c]
+        c0 += nc
 
 
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
-    # Whole-sequence products after the loop in GRAD_BLOCKS blocks of rows, dealt
-    # round-robin to the `parts` threads. Every block is one BLAS call of the same shape for
-    # any thread count, so the sums (and the results, bit for bit) do not depend on the
-    # threads; few blocks keep BLAS from re-packing its shared operand many times.
-    cdef Py_ssize_t G = 4 * w.H, H = w.H, B = w.B, n_in = w.n_in, TB = w.T * w.B
-    cdef Py_ssize_t g0, g1, r0, r1, r, g, block
-    cdef Py_ssize_t g_rows = _grad_block(G), x_rows = _grad_block(TB)
+    # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
+    # gate axis (_weight_gradient); every element sums the rows in the same order for any
+    # thread count, so the results do not depend on the threads, bit for bit. dx:
+    # DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
+    cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
+    cdef Py_ssize_t g0, g1, r0, r1, r, g, block, x_rows = _dx_block(TB)
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
-    block = part
-    while block * g_rows < G:
-        g0 = block * g_rows
-        g1 = min(G, g0 + g_rows)
-        # dW_ih[g0:g1] += dgates[:, g0:g1].T @ x
-        gemm(True, False, <int>(g1 - g0), <int>n_in, <int>TB, 1, dgates + g0, <int>G,
-             <const floating*>w.x, <int>n_in, 1, <floating*>w.dW_ih + g0 * n_in, <int>n_in)
-        # dW_hh[g0:g1] += dgates[t, :, g0:g1].T @ h_{t-1} over t, h_{-1} = h0
-        if w.T > 1:
-            gemm(True, False, <int>(g1 - g0), <int>H, <int>(TB - B), 1,
-                 dgates + (0 if w.reverse else B * G) + g0, <int>G,
-                 <const floating*>w.hidden + (B * H if w.reverse else 0), <int>H, 1,
-                 <floating*>w.dW_hh + g0 * H, <int>H)
-        gemm(True, False, <int>(g1 - g0), <int>H, <int>B, 1,
-             dgates + ((w.T - 1) if w.reverse else 0) * B * G + g0, <int>G,
-             <const floating*>w.h0, <int>H, 1, <floating*>w.dW_hh + g0 * H, <int>H)
-        if db != NULL:
-            # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
-            for r in range(TB):
-                for g in range(g0, g1):
-                    db[g] += dgates[r * G + g]
-        block += parts
+    cdef floating* panels = <floating*>w.grad + part * w.grad_panels_size
+    cdef floating* edge = <floating*>w.grad + parts * w.grad_panels_size
+    _split(G, parts, part, &g0, &g1)
+    if g1 > g0:
+        _weight_gradient(w, False, g0, g1, panels, edge + g0 * lanes, kind)
+        _weight_gradient(w, True, g0, g1, panels, edge + g0 * lanes, kind)
+    if db != NULL:
+        # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
+        for r in range(TB):
+            for g in range(g0, g1):
+                db[g] += dgates[r * G + g]
     block = part
     while block * x_rows < TB:
         r0 = block * x_rows
@@ -612,20 +684,24 @@ cdef inline size_t _aligned_bytes(size_t size) noexcept nogil:
     return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize) except -1:
-    """Slices and per-slice scratch: panels `depth` deep for all gates, product results."""
+cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize,
+                  Py_ssize_t grad_elements=0) except -1:
+    """Slices and per-slice scratch: panels `depth` deep for all gates, product results,
+    then `grad_elements` for the weight gradients (w.grad)."""
     cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
     cdef Py_ssize_t slice_pad
-    cdef size_t packed_bytes
+    cdef size_t packed_bytes, z_bytes
     w.n_slices = max(1, min(n_threads, <int>blocks))
     w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
     slice_pad = w.slice_units   # already a multiple of every panel width
     w.slice_panels = 4 * slice_pad * depth
     w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
     packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
-    w.block = _take_block(packed_bytes + w.n_slices * w.z_size * itemsize, &w.block_size)
+    z_bytes = _aligned_bytes(w.n_slices * w.z_size * itemsize)
+    w.block = _take_block(packed_bytes + z_bytes + grad_elements * itemsize, &w.block_size)
     w.packed = w.block
     w.z = <char*>w.block + packed_bytes
+    w.grad = <char*>w.z + z_bytes
     return 0
 
 
@@ -804,7 +880,10 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
     w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
     n_threads = fl_team_size(n_threads, _expected_ns(&w, 2))
-    _scratch(&w, n_threads, w.H, sizeof(floating))
+    # weight gradients: each thread's panels, then a (4H, lanes) edge
+    w.grad_panels_size = GRAD_DEPTH * _grad_columns(sizeof(floating))
+    _scratch(&w, n_threads, w.H, sizeof(floating),
+             n_threads * w.grad_panels_size + 4 * w.H * (64 // sizeof(floating)))
     fl_team_init(&w.team, n_threads, w.T + 1)
     cdef int blas_previous
     with nogil:
@@ -894,6 +973,30 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     else:
         packed_product_isa_d(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
                              M, n_panels, K, accumulate)
+    C[:, :] = result[:, :N]
+
+
+def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
+                           const floating[:, ::1] W, bint accumulate):
+    """C (+)= A_T.T @ W.T through packing and the transposed-A product of the instruction set
+    in use (:func:`set_packed_isa`): the weight-gradient product (a test twin).
+
+    C (M, N), A_T (K, M), W (N, K).
+    """
+    cdef Py_ssize_t K = A_T.shape[0], M = A_T.shape[1], N = W.shape[0], lanes, n_panels, p
+    _check_shapes("packed_product_at_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
+                                             ("W", W.shape[1], K)])
+    import numpy as np
+    lanes = 64 // sizeof(floating)
+    n_panels = (N + lanes - 1) // lanes
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] panels = np.zeros(max(1, n_panels * lanes * K), dtype)
+    cdef floating[:, ::1] result = np.zeros((M, n_panels * lanes), dtype)
+    for p in range(n_panels):
+        _pack(&panels[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
+    result[:, :N] = C
+    _product_at(&result[0, 0], result.shape[1], &A_T[0, 0], M, &panels[0], M, n_panels, K,
+                accumulate)
     C[:, :] = result[:, :N]
 
 

@@ -28,6 +28,8 @@
  * Measured against 128 (a chunk that fits L1, C re-read per block): S3 forward 104-106 ms
  * -> 95-97 ms, training step 339-342 -> 323-326 ms. */
 #define FL_KC 1024
+/* Rows of A per block of the transposed product (packed_product_at). */
+#define FL_MC 64
 
 /* Pack ncols columns of a strided matrix into one panel of depth K:
  * panel[k * lanes + c] = src[c * col_stride + k * k_stride], zero for c >= ncols.
@@ -210,6 +212,28 @@ static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, p
                                     ptrdiff_t K, int accumulate)
 {
     packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+}
+
+/* C (M, n_panels * lanes) (+)= A.T @ panels, A stored (K, M) with row stride lda, with the
+ * best instruction set (see packed_product_at in packed_impl.h). */
+static inline void packed_product_at_f(float *C, ptrdiff_t ldc, const float *A, ptrdiff_t lda,
+                                       const float *panels, ptrdiff_t M, ptrdiff_t n_panels,
+                                       ptrdiff_t K, int accumulate)
+{
+    static const fl_product_f_t by_isa[3] = {packed_product_at_f_portable,
+                                             packed_product_at_f_avx2,
+                                             packed_product_at_f_avx512};
+    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+}
+
+static inline void packed_product_at_d(double *C, ptrdiff_t ldc, const double *A, ptrdiff_t lda,
+                                       const double *panels, ptrdiff_t M, ptrdiff_t n_panels,
+                                       ptrdiff_t K, int accumulate)
+{
+    static const fl_product_d_t by_isa[3] = {packed_product_at_d_portable,
+                                             packed_product_at_d_avx2,
+                                             packed_product_at_d_avx512};
+    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
 }
 
 #endif

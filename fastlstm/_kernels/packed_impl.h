@@ -2,10 +2,11 @@
  * FL_NAME(x) names, FL_TARGET the target attribute, FL_MR the rows of the register block,
  * FL_KVEC the machine vector (64, 32 or 16 bytes: a panel is 64 / sizeof(FL_KVEC) of them). */
 
-/* C[MR rows, NV panels] (+)= A[MR rows, :K] @ P[NV panels, :K]: the register block. */
+/* C[MR rows, NV panels] (+)= A[MR rows, :K] @ P[NV panels, :K]: the register block. Row i
+ * of A at depth k is A[i * lda + k], or A[k * lda + i] with TA (A stored transposed). */
 FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
-    ptrdiff_t K, int accumulate, const int MR, const int NV)
+    ptrdiff_t K, int accumulate, const int MR, const int NV, const int TA)
 {
     enum { LANES = (int)(64 / sizeof(REAL)), SUB = (int)(64 / sizeof(FL_KVEC)),
            SUB_LANES = (int)(sizeof(FL_KVEC) / sizeof(REAL)) };
@@ -23,7 +24,7 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
             memcpy(&w[v], P + (v / SUB) * panel_stride + k * LANES + (v % SUB) * SUB_LANES,
                    sizeof(FL_KVEC));
         _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {
-            const REAL a = A[i * lda + k];
+            const REAL a = TA ? A[k * lda + i] : A[i * lda + k];
             _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
                 acc[i][v] += a * w[v];
         }
@@ -34,19 +35,22 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
 }
 
 /* The block for a run-time row count mr <= FL_MR and nv in {1, 2} (or nv = 4 for
- * mr <= FL_SMALL_M), each shape compiled with constant sizes. */
+ * mr <= FL_SMALL_M), each shape compiled with constant sizes; A stored by rows, or
+ * transposed (ta, nv <= 2). */
 FL_TARGET static void FL_NAME(block_any)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
-    ptrdiff_t K, int accumulate, int mr, int nv)
+    ptrdiff_t K, int accumulate, int mr, int nv, int ta)
 {
-#define FL_CASE(MR, NV) FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV)
+#define FL_CASE(MR, NV)                                                                      \
+    (ta ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1)           \
+        : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0))
     if (nv == 4) {
         switch (mr) {
-        case 1: FL_CASE(1, 4); break;
+        case 1: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 1, 4, 0); break;
 #if FL_MR >= 8
-        case 2: FL_CASE(2, 4); break;
-        case 3: FL_CASE(3, 4); break;
-        case 4: FL_CASE(4, 4); break;
+        case 2: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 2, 4, 0); break;
+        case 3: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 3, 4, 0); break;
+        case 4: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 4, 4, 0); break;
 #endif
         default: break;
         }
@@ -96,10 +100,10 @@ FL_TARGET static void FL_NAME(packed_product)(
         ptrdiff_t p = 0;
         for (; p + nv <= n_panels; p += nv)
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, (int)M, nv);
+                               panel_stride, K, accumulate, (int)M, nv, 0);
         for (; p < n_panels; p++)
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, (int)M, 1);
+                               panel_stride, K, accumulate, (int)M, 1, 0);
         return;
     }
     /* Depth blocks of FL_KC: two panels' chunk stays in L2 while every row block of A
@@ -113,10 +117,36 @@ FL_TARGET static void FL_NAME(packed_product)(
             ptrdiff_t m = 0;
             for (; m + FL_MR <= M; m += FL_MR)
                 FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
-                                   panel_stride, kc, acc, FL_MR, nv);
+                                   panel_stride, kc, acc, FL_MR, nv, 0);
             if (m < M)
                 FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
-                                   panel_stride, kc, acc, (int)(M - m), nv);
+                                   panel_stride, kc, acc, (int)(M - m), nv, 0);
+        }
+    }
+}
+
+/* C (M, n_panels * LANES) (+)= A.T @ panels for A stored (K, M) by rows (stride lda): the
+ * weight-gradient product, C[g, j] (+)= sum_k A[k, g] W[j, k], with K a short depth block.
+ * NumPy: C[:, :N] (+)= A.T @ W.T. Rows go in blocks of FL_MC, so a block of A (K x FL_MC)
+ * stays in cache while every panel pair streams past it. */
+FL_TARGET static void FL_NAME(packed_product_at)(
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels, ptrdiff_t M,
+    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+{
+    enum { LANES = (int)(64 / sizeof(REAL)) };
+    const ptrdiff_t panel_stride = K * LANES;
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += FL_MC) {
+        const ptrdiff_t m1 = M - m0 < FL_MC ? M : m0 + FL_MC;
+        for (ptrdiff_t p = 0; p < n_panels; p += 2) {
+            const int nv = n_panels - p >= 2 ? 2 : 1;
+            const REAL *P = panels + p * panel_stride;
+            ptrdiff_t m = m0;
+            for (; m + FL_MR <= m1; m += FL_MR)
+                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m, lda, P, panel_stride,
+                                   K, accumulate, FL_MR, nv, 1);
+            if (m < m1)
+                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m, lda, P, panel_stride,
+                                   K, accumulate, (int)(m1 - m), nv, 1);
         }
     }
 }

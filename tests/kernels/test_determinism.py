@@ -3,7 +3,8 @@
 Results are bit-identical for any thread count, across repeated calls and between eval-mode
 and train-mode forwards on one instruction set: every output element and every gradient is
 summed in the same order whichever thread computes it (hidden-unit slices come in whole
-panels; the weight-gradient products run in blocks of a fixed number of rows). Across
+panels; the weight gradients sum their rows in fixed blocks; dx runs in blocks of a fixed
+number of rows). Across
 instruction sets (``set_packed_isa``) the products differ by float rounding only.
 """
 import gc

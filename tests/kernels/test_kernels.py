@@ -19,7 +19,9 @@ CONFIGS = [
     dict(num_layers=2, bidirectional=True, peephole=True, clip=1.5),
     dict(num_layers=3, dropout=0.3),
 ]
-SIZES = [(6, 3, 5, 7), (1, 1, 1, 1), (5, 2, 4, 129), (4, 33, 17, 40)]   # (T, B, in, H)
+# (T, B, in, H); the last: several depth (T*B > 512) and column (H > 256) blocks of the
+# weight-gradient products, with ragged edges
+SIZES = [(6, 3, 5, 7), (1, 1, 1, 1), (5, 2, 4, 129), (4, 33, 17, 40), (9, 60, 20, 270)]
 
 
 def run_both(config, size, dtype, lengths):
@@ -143,6 +145,28 @@ def test_packed_product_matches_numpy(isa, dtype, shape):
         lstm_kernels.packed_product_twin(result, A, W, accumulate, isa)
         assert_close(f"{isa} accumulate={accumulate}", result, A @ W.T + (C if accumulate else 0),
                      tol)
+
+
+@pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 17, 5), (9, 40, 300), (70, 33, 129),
+                                   (130, 64, 20)], ids=str)
+def test_transposed_product_matches_numpy(isa, dtype, shape):
+    """The weight-gradient product (A stored transposed) on every register block height,
+    more rows than one row block (FL_MC = 64), ragged panels."""
+    M, N, K = shape
+    rng = np.random.default_rng(0)
+    A_T, W, C = (rng.standard_normal(s).astype(dtype) for s in ((K, M), (N, K), (M, N)))
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    lstm_kernels.set_packed_isa(isa)
+    try:
+        for accumulate in (False, True):
+            result = C.copy()
+            lstm_kernels.packed_product_at_twin(result, A_T, W, accumulate)
+            assert_close(f"{isa} accumulate={accumulate}", result,
+                         A_T.T @ W.T + (C if accumulate else 0), tol)
+    finally:
+        lstm_kernels.set_packed_isa(None)
 
 
 def test_packed_product_rejects_an_unknown_isa():
