@@ -49,12 +49,16 @@ cdef extern from "packed.h":
     void packed_product_isa_d(int isa, double* C, Py_ssize_t ldc, const double* A,
                               Py_ssize_t lda, const double* panels, Py_ssize_t M,
                               Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
-    void packed_product_at_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
-                             const float* panels, Py_ssize_t M, Py_ssize_t n_panels,
-                             Py_ssize_t K, int accumulate) noexcept nogil
-    void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
-                             const double* panels, Py_ssize_t M, Py_ssize_t n_panels,
-                             Py_ssize_t K, int accumulate) noexcept nogil
+    void packed_product_at_f(float* C, Py_ssize_t ldc, const float* A, const float* panels,
+                             Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                             int accumulate) noexcept nogil
+    void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, const double* panels,
+                             Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                             int accumulate) noexcept nogil
+    void fl_pack_rows8_f(float* out, const float* A, Py_ssize_t lda, Py_ssize_t M,
+                         Py_ssize_t K) noexcept nogil
+    void fl_pack_rows8_d(double* out, const double* A, Py_ssize_t lda, Py_ssize_t M,
+                         Py_ssize_t K) noexcept nogil
     int fl_packed_isa() noexcept nogil
     int fl_cpu_isa() noexcept nogil
     int fl_forced_isa
@@ -194,11 +198,11 @@ cdef struct LSTMWork:
     void* packed                    # n_slices x slice_panels: W_hh (fwd) or W_hh^T (bwd)
     void* z                         # n_slices x z_size: per-slice gate pre-activations of a
                                     # chunk of steps, (chunk, B, 4 nj_pad)
-    void* grad                      # backward: n_threads x grad_panels_size panels of the
-                                    # weight-gradient products, then a (4H, lanes) edge
+    void* grad                      # backward: n_threads x grad_panels_size (a packed block
+                                    # of dgates, panels of x or h_prev), two (4H, lanes) edges
     Py_ssize_t slice_panels         # elements of packed weights per slice
     Py_ssize_t z_size               # elements of z per slice
-    Py_ssize_t grad_panels_size     # elements of one thread's weight-gradient panels
+    Py_ssize_t grad_panels_size     # elements of one thread's weight-gradient scratch
     fl_team_t team
 
 
@@ -226,14 +230,24 @@ cdef inline void _product(floating* C, Py_ssize_t ldc, const floating* A, Py_ssi
         packed_product_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
 
 
-cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A, Py_ssize_t lda,
+cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
                              const floating* panels, Py_ssize_t M, Py_ssize_t n_panels,
                              Py_ssize_t K, int accumulate) noexcept nogil:
-    # C[:, :n_panels*lanes] (+)= A.T @ W.T for A stored (K, M) and the W (N, K) in `panels`
+    # C[:, :n_panels*lanes] (+)= A.T @ W.T for A (K, M) packed by _pack_rows8 and the W (N, K)
+    # in `panels`
     if floating is float:
-        packed_product_at_f(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+        packed_product_at_f(C, ldc, A, panels, M, n_panels, K, accumulate)
     else:
-        packed_product_at_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+        packed_product_at_d(C, ldc, A, panels, M, n_panels, K, accumulate)
+
+
+cdef inline void _pack_rows8(floating* out, const floating* A, Py_ssize_t lda, Py_ssize_t M,
+                             Py_ssize_t K) noexcept nogil:
+    # out[8b*K + 8k + i] = A[k*lda + 8b + i]: rows [0, M) of A (K, M) in blocks of 8
+    if floating is float:
+        fl_pack_rows8_f(out, A, lda, M, K)
+    else:
+        fl_pack_rows8_d(out, A, lda, M, K)
 
 
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
@@ -460,6 +474,10 @@ cdef inline Py_ssize_t _dx_block(Py_ssize_t rows) noexcept nogil:
     return max(16, (rows + 16 * DX_BLOCKS - 1) // (16 * DX_BLOCKS) * 16)
 
 
+cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
+    return (n + multiple - 1) // multiple * multiple
+
+
 cdef inline Py_ssize_t _grad_columns(size_t itemsize) noexcept nogil:
     # Columns of x or h_prev per panel block (a multiple of 16: every panel width)
     return max(16, GRAD_PANEL_BYTES // <Py_ssize_t>itemsize // GRAD_DEPTH // 16 * 16)
@@ -492,52 +510,62 @@ cdef void _pack_rows_of(LSTMWork* w, floating* panels, bint h_prev, Py_ssize_t r
 
 
 cdef void _weight_gradient(LSTMWork* w, bint h_prev, Py_ssize_t g0, Py_ssize_t g1,
+                           Py_ssize_t r0, Py_ssize_t kc, const floating* a_rows,
                            floating* panels, floating* edge, floating* kind) noexcept nogil:
-    # dW[g0:g1] += dgates[:, g0:g1].T @ rows for dW = dW_ih, rows = x, or dW = dW_hh,
-    # rows = h_prev: our packed products, over blocks of columns and of rows (depth), the
-    # rows packed into this thread's panels and dgates read in place (transposed). Whole
-    # panels go straight into dW; a ragged last one into edge (g1 - g0, lanes), then added.
-    cdef Py_ssize_t lanes = _lanes(kind), G = 4 * w.H, TB = w.T * w.B
-    cdef Py_ssize_t N = w.H if h_prev else w.n_in, NC = _grad_columns(sizeof(floating))
-    cdef Py_ssize_t c0, nc, r0, kc, full, g, c
+    # dW[g0:g1] += dgates[r0:r0+kc, g0:g1].T @ rows[r0:r0+kc] for dW = dW_ih, rows = x, or
+    # dW = dW_hh, rows = h_prev: our packed products, the rows packed into this thread's
+    # panels in blocks of columns, dgates given in a_rows (fl_pack_rows8). Whole panels go
+    # straight into dW; a ragged last one into edge (g1 - g0, lanes), added by _add_edge.
+    cdef Py_ssize_t lanes = _lanes(kind), N = w.H if h_prev else w.n_in
+    cdef Py_ssize_t NC = _grad_columns(sizeof(floating)), c0 = 0, nc, full
     cdef floating* dW = (<floating*>w.dW_hh if h_prev else <floating*>w.dW_ih) + g0 * N
-    cdef const floating* dgates = <const floating*>w.dgates + g0
-    c0 = 0
     while c0 < N:
         nc = min(NC, N - c0)
         full = nc // lanes
-        r0 = 0
-        while r0 < TB:
-            kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
-            _pack_rows_of(w, panels, h_prev, r0, kc, c0, nc, kind)
-            if full > 0:
-                _product_at(dW + c0, N, dgates + r0 * G, G, panels, g1 - g0, full, kc, 1)
-            if nc % lanes:
-                _product_at(edge, lanes, dgates + r0 * G, G, panels + full * kc * lanes, g1 - g0,
-                            1, kc, 0 if r0 == 0 else 1)
-            r0 += kc
+        _pack_rows_of(w, panels, h_prev, r0, kc, c0, nc, kind)
+        if full > 0:
+            _product_at(dW + c0, N, a_rows, panels, g1 - g0, full, kc, 1)
         if nc % lanes:
-            for g in range(g1 - g0):
-                for c in range(nc % lanes):
-                    dW[g * N + c0 + full * lanes + c] += edge[g * lanes + c]
+            _product_at(edge, lanes, a_rows, panels + full * kc * lanes, g1 - g0, 1, kc,
+                        0 if r0 == 0 else 1)
         c0 += nc
+
+
+cdef void _add_edge(floating* dW, Py_ssize_t N, const floating* edge, Py_ssize_t rows,
+                    floating* kind) noexcept nogil:
+    # dW[:rows, N - N % lanes:] += edge[:rows, :N % lanes]
+    cdef Py_ssize_t lanes = _lanes(kind), start = N - N % lanes, g, c
+    for g in range(rows):
+        for c in range(N % lanes):
+            dW[g * N + start + c] += edge[g * lanes + c]
 
 
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
     # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
-    # gate axis (_weight_gradient); every element sums the rows in the same order for any
-    # thread count, so the results do not depend on the threads, bit for bit. dx:
-    # DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
+    # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
+    # once (fl_pack_rows8), then _weight_gradient for x and h_prev. Every element sums the
+    # rows in the same order for any thread count, so the results do not depend on the
+    # threads, bit for bit. dx: DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
-    cdef Py_ssize_t g0, g1, r0, r1, r, g, block, x_rows = _dx_block(TB)
+    cdef Py_ssize_t g0, g1, r0, r1, r, g, kc, block, x_rows = _dx_block(TB)
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
-    cdef floating* panels = <floating*>w.grad + part * w.grad_panels_size
-    cdef floating* edge = <floating*>w.grad + parts * w.grad_panels_size
+    cdef floating* a_rows = <floating*>w.grad + part * w.grad_panels_size
+    cdef floating* panels = a_rows + _padded(G, 8) * GRAD_DEPTH
+    cdef floating* edge_ih = <floating*>w.grad + parts * w.grad_panels_size
+    cdef floating* edge_hh = edge_ih + G * lanes
     _split(G, parts, part, &g0, &g1)
+    r0 = 0
+    while g1 > g0 and r0 < TB:
+        kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
+        # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows
+        _pack_rows8(a_rows, dgates + r0 * G + g0, G, g1 - g0, kc)
+        _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes, kind)
+        _weight_gradient(w, True, g0, g1, r0, kc, a_rows, panels, edge_hh + g0 * lanes, kind)
+        r0 += kc
     if g1 > g0:
-        _weight_gradient(w, False, g0, g1, panels, edge + g0 * lanes, kind)
-        _weight_gradient(w, True, g0, g1, panels, edge + g0 * lanes, kind)
+        _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, kind)
+        _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, kind)
     if db != NULL:
         # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
         for r in range(TB):
@@ -880,10 +908,11 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
     w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
     n_threads = fl_team_size(n_threads, _expected_ns(&w, 2))
-    # weight gradients: each thread's panels, then a (4H, lanes) edge
-    w.grad_panels_size = GRAD_DEPTH * _grad_columns(sizeof(floating))
+    # weight gradients: each thread's packed dgates block and panels, then two (4H, lanes)
+    # edges
+    w.grad_panels_size = GRAD_DEPTH * (_padded(4 * w.H, 8) + _grad_columns(sizeof(floating)))
     _scratch(&w, n_threads, w.H, sizeof(floating),
-             n_threads * w.grad_panels_size + 4 * w.H * (64 // sizeof(floating)))
+             n_threads * w.grad_panels_size + 2 * 4 * w.H * (64 // sizeof(floating)))
     fl_team_init(&w.team, n_threads, w.T + 1)
     cdef int blas_previous
     with nogil:
@@ -978,10 +1007,9 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
 
 def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
                            const floating[:, ::1] W, bint accumulate):
-    """C (+)= A_T.T @ W.T through packing and the transposed-A product of the instruction set
-    in use (:func:`set_packed_isa`): the weight-gradient product (a test twin).
-
-    C (M, N), A_T (K, M), W (N, K).
+    """C (+)= A_T.T @ W.T through packing (A_T in blocks of 8 rows, W in panels) and the
+    weight-gradient product of the instruction set in use (:func:`set_packed_isa`); a
+    test twin. C (M, N), A_T (K, M), W (N, K).
     """
     cdef Py_ssize_t K = A_T.shape[0], M = A_T.shape[1], N = W.shape[0], lanes, n_panels, p
     _check_shapes("packed_product_at_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
@@ -991,11 +1019,13 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     n_panels = (N + lanes - 1) // lanes
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] panels = np.zeros(max(1, n_panels * lanes * K), dtype)
+    cdef floating[::1] a_rows = np.zeros((M + 7) // 8 * 8 * K, dtype)
     cdef floating[:, ::1] result = np.zeros((M, n_panels * lanes), dtype)
     for p in range(n_panels):
         _pack(&panels[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
+    _pack_rows8(&a_rows[0], &A_T[0, 0], M, M, K)
     result[:, :N] = C
-    _product_at(&result[0, 0], result.shape[1], &A_T[0, 0], M, &panels[0], M, n_panels, K,
+    _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M, n_panels, K,
                 accumulate)
     C[:, :] = result[:, :N]
 

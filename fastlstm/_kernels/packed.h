@@ -144,6 +144,25 @@ static void pack_panel_d(double *panel, const double *src, ptrdiff_t col_stride,
         pack_panel_d_scalar(panel, src, col_stride, k_stride, K, ncols);
 }
 
+/* Rows [0, M) of A (K, M), row stride lda, in blocks of 8 rows for packed_product_at:
+ * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. */
+#define FL_DEFINE_PACK_ROWS8(REAL, NAME)                                                     \
+static void NAME(REAL *out, const REAL *A, ptrdiff_t lda, ptrdiff_t M, ptrdiff_t K)           \
+{                                                                                            \
+    for (ptrdiff_t b = 0; b < M; b += 8) {                                                   \
+        const int n = M - b < 8 ? (int)(M - b) : 8;                                          \
+        REAL *dst = out + b * K;                                                             \
+        for (ptrdiff_t k = 0; k < K; k++) {                                                  \
+            memcpy(dst + 8 * k, A + k * lda + b, n * sizeof(REAL));                          \
+            if (n < 8)                                                                       \
+                memset(dst + 8 * k + n, 0, (8 - n) * sizeof(REAL));                          \
+        }                                                                                    \
+    }                                                                                        \
+}
+FL_DEFINE_PACK_ROWS8(float, fl_pack_rows8_f)
+FL_DEFINE_PACK_ROWS8(double, fl_pack_rows8_d)
+#undef FL_DEFINE_PACK_ROWS8
+
 /* Micro-kernels and drivers, one set per (REAL, instruction set). */
 typedef float fl_v32_f __attribute__((vector_size(32)));
 typedef float fl_v16_f __attribute__((vector_size(16)));
@@ -214,26 +233,31 @@ static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, p
     packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
 }
 
-/* C (M, n_panels * lanes) (+)= A.T @ panels, A stored (K, M) with row stride lda, with the
- * best instruction set (see packed_product_at in packed_impl.h). */
-static inline void packed_product_at_f(float *C, ptrdiff_t ldc, const float *A, ptrdiff_t lda,
+/* C (M, n_panels * lanes) (+)= A.T @ panels, A (K, M) packed by fl_pack_rows8, with the
+ * instruction set of fl_packed_isa (see packed_product_at in packed_impl.h). */
+typedef void (*fl_product_at_f_t)(float *, ptrdiff_t, const float *, const float *, ptrdiff_t,
+                                  ptrdiff_t, ptrdiff_t, int);
+typedef void (*fl_product_at_d_t)(double *, ptrdiff_t, const double *, const double *,
+                                  ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+
+static inline void packed_product_at_f(float *C, ptrdiff_t ldc, const float *A,
                                        const float *panels, ptrdiff_t M, ptrdiff_t n_panels,
                                        ptrdiff_t K, int accumulate)
 {
-    static const fl_product_f_t by_isa[3] = {packed_product_at_f_portable,
-                                             packed_product_at_f_avx2,
-                                             packed_product_at_f_avx512};
-    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    static const fl_product_at_f_t by_isa[3] = {packed_product_at_f_portable,
+                                                packed_product_at_f_avx2,
+                                                packed_product_at_f_avx512};
+    by_isa[fl_packed_isa()](C, ldc, A, panels, M, n_panels, K, accumulate);
 }
 
-static inline void packed_product_at_d(double *C, ptrdiff_t ldc, const double *A, ptrdiff_t lda,
+static inline void packed_product_at_d(double *C, ptrdiff_t ldc, const double *A,
                                        const double *panels, ptrdiff_t M, ptrdiff_t n_panels,
                                        ptrdiff_t K, int accumulate)
 {
-    static const fl_product_d_t by_isa[3] = {packed_product_at_d_portable,
-                                             packed_product_at_d_avx2,
-                                             packed_product_at_d_avx512};
-    by_isa[fl_packed_isa()](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    static const fl_product_at_d_t by_isa[3] = {packed_product_at_d_portable,
+                                                packed_product_at_d_avx2,
+                                                packed_product_at_d_avx512};
+    by_isa[fl_packed_isa()](C, ldc, A, panels, M, n_panels, K, accumulate);
 }
 
 #endif

@@ -125,13 +125,14 @@ FL_TARGET static void FL_NAME(packed_product)(
     }
 }
 
-/* C (M, n_panels * LANES) (+)= A.T @ panels for A stored (K, M) by rows (stride lda): the
- * weight-gradient product, C[g, j] (+)= sum_k A[k, g] W[j, k], with K a short depth block.
- * NumPy: C[:, :N] (+)= A.T @ W.T. Rows go in blocks of FL_MC, so a block of A (K x FL_MC)
- * stays in cache while every panel pair streams past it. */
+/* C (M, n_panels * LANES) (+)= A.T @ panels for A (K, M), K a short depth block: the
+ * weight-gradient product, C[g, j] (+)= sum_k A[k, g] W[j, k]. NumPy: C[:, :N] (+)= A.T @ W.T.
+ * A comes packed in blocks of 8 rows (fl_pack_rows8 in packed.h): rows [8b, 8b + 8) at
+ * depth k in A[8b * K + 8k : ... + 8], so every depth reads one contiguous run. Rows go in
+ * blocks of FL_MC, so a block of A stays in cache while every panel pair streams past it. */
 FL_TARGET static void FL_NAME(packed_product_at)(
-    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels, ptrdiff_t M,
-    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+    REAL *C, ptrdiff_t ldc, const REAL *A, const REAL *panels, ptrdiff_t M, ptrdiff_t n_panels,
+    ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
     const ptrdiff_t panel_stride = K * LANES;
@@ -140,13 +141,11 @@ FL_TARGET static void FL_NAME(packed_product_at)(
         for (ptrdiff_t p = 0; p < n_panels; p += 2) {
             const int nv = n_panels - p >= 2 ? 2 : 1;
             const REAL *P = panels + p * panel_stride;
-            ptrdiff_t m = m0;
-            for (; m + FL_MR <= m1; m += FL_MR)
-                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m, lda, P, panel_stride,
-                                   K, accumulate, FL_MR, nv, 1);
-            if (m < m1)
-                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m, lda, P, panel_stride,
-                                   K, accumulate, (int)(m1 - m), nv, 1);
+            for (ptrdiff_t m = m0; m < m1; m += FL_MR) {   /* FL_MR divides 8 */
+                const int mr = m1 - m < FL_MR ? (int)(m1 - m) : FL_MR;
+                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + (m / 8) * 8 * K + m % 8, 8,
+                                   P, panel_stride, K, accumulate, mr, nv, 1);
+            }
         }
     }
 }

@@ -152,8 +152,8 @@ def test_packed_product_matches_numpy(isa, dtype, shape):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 17, 5), (9, 40, 300), (70, 33, 129),
                                    (130, 64, 20)], ids=str)
 def test_transposed_product_matches_numpy(isa, dtype, shape):
-    """The weight-gradient product (A stored transposed) on every register block height,
-    more rows than one row block (FL_MC = 64), ragged panels."""
+    """The weight-gradient product (A transposed, packed in blocks of 8 rows) on every
+    register block height, more rows than one row block (FL_MC = 64), ragged panels."""
     M, N, K = shape
     rng = np.random.default_rng(0)
     A_T, W, C = (rng.standard_normal(s).astype(dtype) for s in ((K, M), (N, K), (M, N)))
