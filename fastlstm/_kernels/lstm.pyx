@@ -644,6 +644,10 @@ def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
 cdef enum:
     POOL_BLOCKS = 2
 
+cdef inline size_t _aligned_bytes(size_t size) noexcept nogil:
+    return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
 cdef void* _pool_block[POOL_BLOCKS]
 cdef size_t _pool_size[POOL_BLOCKS]
 
@@ -660,7 +664,7 @@ cdef void* _take_block(size_t size, size_t* capacity) except NULL:
         block, capacity[0] = _pool_block[best], _pool_size[best]
         _pool_block[best] = NULL
         return block
-    capacity[0] = (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+    capacity[0] = _aligned_bytes(size)
     block = aligned_alloc(ALIGNMENT, capacity[0])
     if block == NULL:
         raise MemoryError(f"fastlstm: cannot allocate a kernel workspace of {size} bytes")
@@ -706,10 +710,6 @@ def release_workspaces():
 def pooled_workspace_bytes():
     """Bytes of kernel workspace kept for reuse now."""
     return sum(_pool_size[i] for i in range(POOL_BLOCKS) if _pool_block[i] != NULL)
-
-
-cdef inline size_t _aligned_bytes(size_t size) noexcept nogil:
-    return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
 cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize,
@@ -975,27 +975,38 @@ def setting_from_environment(str variable, setter):
 setting_from_environment("FASTLSTM_ISA", set_packed_isa)
 
 
+cdef tuple _twin_operands(floating[:, ::1] C, const floating[:, ::1] W, str function):
+    """A twin's W (N, K) in zero-padded panels, and C (M, N) copied into a result padded to
+    whole panels; checks C against W."""
+    cdef Py_ssize_t N = W.shape[0], K = W.shape[1], lanes = 64 // sizeof(floating), p
+    cdef Py_ssize_t n_panels = (N + lanes - 1) // lanes
+    _check_shapes(function, [("C", C.shape[1], N)])
+    import numpy as np
+    dtype = np.float32 if floating is float else np.float64
+    panels = np.zeros(max(1, n_panels * lanes * K), dtype)
+    cdef floating[::1] view = panels
+    for p in range(n_panels):
+        _pack(&view[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
+    result = np.zeros((C.shape[0], n_panels * lanes), dtype)
+    result[:, :N] = C
+    return panels, result
+
+
 def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
                         const floating[:, ::1] W, bint accumulate, str isa):
     """C (+)= A @ W.T through packing and the micro-kernels of `isa` (a test twin).
 
     C (M, N), A (M, K), W (N, K); `isa` one of :data:`ISAS` this CPU supports.
     """
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = W.shape[0], lanes, n_panels, p
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = W.shape[0]
     if isa not in supported_isas():
         raise ValueError(f"isa: expected one of {supported_isas()} on this CPU, got {isa!r}")
     cdef int level = ISAS.index(isa)
-    _check_shapes("packed_product_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
-                                          ("W", W.shape[1], K)])
-    import numpy as np
-    lanes = 64 // sizeof(floating)
-    n_panels = (N + lanes - 1) // lanes
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] panels = np.zeros(max(1, n_panels * lanes * K), dtype)
-    cdef floating[:, ::1] result = np.zeros((M, n_panels * lanes), dtype)
-    for p in range(n_panels):
-        _pack(&panels[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
-    result[:, :N] = C
+    _check_shapes("packed_product_twin", [("C", C.shape[0], M), ("W", W.shape[1], K)])
+    panels_array, result_array = _twin_operands(C, W, "packed_product_twin")
+    cdef floating[::1] panels = panels_array
+    cdef floating[:, ::1] result = result_array
+    cdef Py_ssize_t n_panels = result.shape[1] // (64 // sizeof(floating))
     if floating is float:
         packed_product_isa_f(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
                              M, n_panels, K, accumulate)
@@ -1011,22 +1022,16 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     weight-gradient product of the instruction set in use (:func:`set_packed_isa`); a
     test twin. C (M, N), A_T (K, M), W (N, K).
     """
-    cdef Py_ssize_t K = A_T.shape[0], M = A_T.shape[1], N = W.shape[0], lanes, n_panels, p
-    _check_shapes("packed_product_at_twin", [("C", C.shape[0], M), ("C", C.shape[1], N),
-                                             ("W", W.shape[1], K)])
+    cdef Py_ssize_t K = A_T.shape[0], M = A_T.shape[1], N = W.shape[0]
+    _check_shapes("packed_product_at_twin", [("C", C.shape[0], M), ("W", W.shape[1], K)])
+    panels_array, result_array = _twin_operands(C, W, "packed_product_at_twin")
     import numpy as np
-    lanes = 64 // sizeof(floating)
-    n_panels = (N + lanes - 1) // lanes
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] panels = np.zeros(max(1, n_panels * lanes * K), dtype)
-    cdef floating[::1] a_rows = np.zeros((M + 7) // 8 * 8 * K, dtype)
-    cdef floating[:, ::1] result = np.zeros((M, n_panels * lanes), dtype)
-    for p in range(n_panels):
-        _pack(&panels[p * K * lanes], &W[p * lanes, 0], K, 1, K, <int>min(lanes, N - p * lanes))
+    cdef floating[::1] panels = panels_array
+    cdef floating[:, ::1] result = result_array
+    cdef floating[::1] a_rows = np.zeros(_padded(M, 8) * K, result_array.dtype)
     _pack_rows8(&a_rows[0], &A_T[0, 0], M, M, K)
-    result[:, :N] = C
-    _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M, n_panels, K,
-                accumulate)
+    _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M,
+                result.shape[1] // (64 // sizeof(floating)), K, accumulate)
     C[:, :] = result[:, :N]
 
 
