@@ -608,9 +608,34 @@ def build_call(framework: str, case: Case, threads: int | None, seed: int = 0) -
     return BUILDERS[framework](case, params, x, grad_out, threads)
 
 
+def _status_mib(field: str) -> float:
+    """A ``/proc/self/status`` size field (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def call_memory_mib(call: Call) -> float | None:
+    """Memory one call of ``call`` takes on top of what the process held before it: the
+    peak resident set during the call minus the resident set before, in MiB. Covers
+    whatever the framework allocates and keeps (workspaces, caches) as well as the call's
+    temporaries. None where the peak cannot be reset (Linux ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")    # the peak resident set starts again from now
+        before = _status_mib("VmRSS")
+    except OSError:
+        return None
+    call()
+    return max(0.0, _status_mib("VmHWM") - before)
+
+
 def prepare(spec: dict[str, Any]) -> tuple[Call | None, dict[str, Any]]:
     """Build the call ``spec`` times; return it and the fields every round's result shares
-    (framework, threads, status, version, thread pools; ``kernel_path`` of a
+    (framework, threads, status, version, thread pools; ``memory_mib`` of the first call,
+    see :func:`call_memory_mib`, except under competing load; ``kernel_path`` of a
     reduced-precision fastlstm), or None and the result saying why it cannot be built
     (status ``absent`` or ``error``)."""
     framework, threads = spec["framework"], spec["threads"]
@@ -625,6 +650,8 @@ def prepare(spec: dict[str, Any]) -> tuple[Call | None, dict[str, Any]]:
             raise ValueError(reason)
         with _blas_limit(threads) if framework == "numpy" else nullcontext():
             call = build_call(framework, case, threads, spec.get("seed", 0))
+            if not spec.get("busy"):
+                base["memory_mib"] = call_memory_mib(call)
         if framework == "fastlstm" and case.dtype != "float32":
             base["kernel_path"] = _import("fastlstm.quantized").quantized_path(case.dtype)
     except Absent as exc:

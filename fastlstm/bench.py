@@ -701,7 +701,7 @@ def to_markdown(report: Report) -> str:
     lstm_rows = [row for row in report["rows"]
                  if not row["busy"] and row["case"]["mode"] != "fit"]
     lines += (_table_lines(lstm_rows, limits) + _scaling_lines(report) + _fit_lines(report)
-              + _busy_lines(report) + _note_lines(report))
+              + _memory_lines(report) + _busy_lines(report) + _note_lines(report))
     return "\n".join(lines) + "\n"
 
 
@@ -807,6 +807,32 @@ def _fit_lines(report: Report) -> list[str]:
         versus = (_ratio(torch["median_s"] / result["median_s"])
                   if torch and framework != "torch" and result["status"] == "ok" else "—")
         lines.append(f"| {framework} | {_threads_label(threads)} | {_cell(result)} | {versus} |")
+    return lines
+
+
+def _memory_lines(report: Report) -> list[str]:
+    """Per case and mode at the run's thread count: each framework's memory for one call
+    (the worker's ``memory_mib``)."""
+    n = report["machine"]["threads"]
+    rows = [row for row in report["rows"] if not row["busy"] and row["threads"] == n
+            and any(r.get("memory_mib") is not None for r in row["results"].values())]
+    if not rows:
+        return []
+    frameworks = [f for f in FRAMEWORKS if any(f in row["results"] for row in rows)]
+    lines = ["", "## Memory of one call", "",
+             "The peak resident set of the framework's process during its first call, minus "
+             "its resident set just before (parameters and inputs already built): what a "
+             "call allocates and what the framework keeps for the next (workspaces, caches), "
+             "in MiB.", "",
+             "| case | mode | " + " | ".join(frameworks) + " |",
+             "|---|---|" + "---|" * len(frameworks)]
+    for row in rows:
+        cells = []
+        for framework in frameworks:
+            mib = row["results"].get(framework, {}).get("memory_mib")
+            cells.append("—" if mib is None else f"{mib:.0f}")
+        case = row["case"]
+        lines.append(f"| {case['name']} | {case['mode']} | " + " | ".join(cells) + " |")
     return lines
 
 

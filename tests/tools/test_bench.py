@@ -15,8 +15,9 @@ import pytest
 from conftest import assert_close, require
 
 from fastlstm import bench, reference
-from fastlstm._bench_worker import (BUILDERS, FRAMEWORKS, Case, Timing, build_call, is_settled,
-                                    make_data, make_params, make_tokens, measure, summary)
+from fastlstm._bench_worker import (BUILDERS, FRAMEWORKS, Case, Timing, build_call,
+                                    call_memory_mib, is_settled, make_data, make_params,
+                                    make_tokens, measure, summary)
 
 TINY_TIMING = Timing(warmup_min_s=0.0, warmup_max_s=0.0, budget_s=0.01, min_repeats=2,
                      max_repeats=3, min_repeat_s=0.0)
@@ -562,6 +563,35 @@ def test_markdown_sections_scaling_fit_and_busy():
     notes = sections["Notes"]
     assert "1 of 14 warm-ups stopped at the 1 s cap" in notes
     assert "kept 0.5-0.5 cores busy (on average) during 1 of 14 measurements" in notes
+
+
+def test_call_memory_is_the_peak_a_call_adds_to_the_process():
+    """A call that fills and frees 80 MB reports about 80 MB (76.3 MiB), however much the
+    process held at its peak before."""
+    before = np.ones(20_000_000)    # an earlier peak of 160 MB
+    del before
+    mib = call_memory_mib(lambda: np.ones(10_000_000).sum())
+    if not os.path.exists("/proc/self/clear_refs"):
+        assert mib is None
+        return
+    assert 70 < mib < 100
+
+
+def test_markdown_memory_section_lists_each_framework_at_the_runs_threads():
+    train = Case("S3", "train", *bench.S_SHAPES["S3"])
+    rows = [(bench.Entry(train, 2, ("fastlstm", "torch")),
+             dict(fastlstm=dict(_ok(0.3), memory_mib=160.4),
+                  torch=dict(_ok(0.4), memory_mib=248.0))),
+            (bench.Entry(train, 1, ("fastlstm",)), dict(fastlstm=dict(_ok(0.6), memory_mib=150.0))),
+            (bench.Entry(train, None, ("fastlstm",), busy=2), dict(fastlstm=_ok(0.7)))]
+    report = dict(
+        machine=dict(cpu_model="test CPU", usable_cores=2, simd=[], threads=2,
+                     load_average=[0.0] * 3, load_average_end=[0.0] * 3,
+                     versions=dict(python="3")),
+        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={},
+        rows=[bench.summarize(entry, results) for entry, results in rows])
+    memory = _sections(bench.to_markdown(report))["Memory of one call"].splitlines()
+    assert [line for line in memory if line.startswith("| S")] == ["| S3 | train | 160 | 248 |"]
 
 
 def test_round_orders_alternate_the_order_given_and_its_reverse():
