@@ -1,9 +1,13 @@
 """Maths shared by the PyTorch-style modules, the Keras-style layers and ``fl.LSTM``.
 
-Plain functions on NumPy arrays, one place for each: the affine map and its gradient,
-the embedding lookup's index check and gradient scatter, and the inverted-dropout mask.
+Plain functions on NumPy arrays, one place for each: the affine map and its gradient (its
+products on the kernels' OpenMP threads), the embedding lookup's index check and gradient
+scatter, and the inverted-dropout mask.
 """
 import numpy as np
+
+from ._kernels import lstm as _lstm
+from ._threads import get_num_threads
 
 
 def as_index_array(x, size, name="x"):
@@ -22,20 +26,29 @@ def as_index_array(x, size, name="x"):
 
 
 def linear(x, weight, bias):
-    """``x @ weight.T + bias`` over the last axis; weight (out, in), bias (out,) or None."""
-    out = x @ weight.T
+    """``x @ weight.T + bias`` over the last axis; weight (out, in), bias (out,) or None;
+    x and weight of one dtype (float32 or float64), weight C-contiguous."""
+    rows = np.ascontiguousarray(x).reshape(-1, weight.shape[1])
+    out = np.empty((rows.shape[0], weight.shape[0]), weight.dtype)
+    _lstm.matmul(out, rows, weight, False, True, False, get_num_threads())
     if bias is not None:
         out += bias
-    return out
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
-    """Add dweight (out, in) and dbias (or skip it if None) of :func:`linear`; return dx."""
-    rows = grad_out.reshape(-1, weight.shape[0])
-    grad_weight += rows.T @ x.reshape(-1, weight.shape[1])
+    """Add dweight (out, in) and dbias (or skip it if None) of :func:`linear`; return dx.
+
+    grad_weight is C-contiguous, like weight."""
+    threads = get_num_threads()
+    rows = np.ascontiguousarray(grad_out).reshape(-1, weight.shape[0])
+    _lstm.matmul(grad_weight, rows, np.ascontiguousarray(x).reshape(-1, weight.shape[1]), True,
+                 False, True, threads)
     if grad_bias is not None:
         grad_bias += rows.sum(axis=0)
-    return grad_out @ weight
+    dx = np.empty((rows.shape[0], weight.shape[1]), weight.dtype)
+    _lstm.matmul(dx, rows, weight, False, False, False, threads)
+    return dx.reshape(grad_out.shape[:-1] + (weight.shape[1],))
 
 
 def embedding_backward(grad_weight, indices, grad_out, skip_index=None):

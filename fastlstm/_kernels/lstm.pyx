@@ -8,7 +8,8 @@ W_hh rows (all four gates of its units) are packed once per call into panels
 (``packed.h``), which stay in that thread's cache. Per time step a thread multiplies
 h_{t-1} by its panels, runs the fused cell pass for its units (``cell.h``), and meets the
 others at one barrier (``openmp.pxd``), which hands every slice to thread 0 when another
-thread loses its core to other load.
+thread loses its core to other load. The products of the other layers (:func:`matmul`) run
+on the same threads, under the same backoff.
 """
 from cython cimport floating
 from cython.parallel cimport parallel
@@ -1033,6 +1034,82 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M,
                 result.shape[1] // (64 // sizeof(floating)), K, accumulate)
     C[:, :] = result[:, :N]
+
+
+# ---------------------------------------------------------------- products of other layers
+# The products of the Dense / Linear layers run on the OpenMP threads, as the LSTM kernels
+# do: each thread takes a block of C's rows on single-threaded BLAS, so no second thread
+# pool spins beside the kernels' team. They live here to share the kernels' thread
+# backoff (the openmp.pxd state is per extension module). Products under MATMUL_MIN_WORK
+# multiply-adds run on the calling thread: opening a parallel region costs about a
+# microsecond.
+cdef enum:
+    MATMUL_MIN_WORK = 1 << 20
+    MATMUL_ROW_ALIGN = 8
+
+
+cdef void _matmul_rows(floating* c, const floating* a, const floating* b, int m, int n, int k,
+                       int lda, int ldb, int ldc, bint trans_a, bint trans_b, floating beta,
+                       int part, int parts) noexcept nogil:
+    # rows [r0, r1) of C, part `part` of `parts` in blocks of MATMUL_ROW_ALIGN rows
+    cdef int blocks = (m + MATMUL_ROW_ALIGN - 1) // MATMUL_ROW_ALIGN
+    cdef int r0 = min(m, blocks * part // parts * MATMUL_ROW_ALIGN)
+    cdef int r1 = min(m, blocks * (part + 1) // parts * MATMUL_ROW_ALIGN)
+    if r1 > r0:
+        gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a + (r0 if trans_a else r0 * lda),
+             lda, b, ldb, beta, c + r0 * ldc, ldc)
+
+
+def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] b,
+           bint trans_a, bint trans_b, bint accumulate, int n_threads):
+    """c (+)= op(a) @ op(b) on up to ``n_threads`` OpenMP threads (row blocks of c, each on
+    single-threaded BLAS); op transposes when its flag is set. c (m, n), op(a) (m, k),
+    op(b) (k, n); all float32 or all float64, C-contiguous.
+
+    A product too small to share, or one asked for while the LSTM kernels' threads are
+    backing off after a lost core, runs on the calling thread; so does every product after
+    one of these whose thread lost its core (the same backoff as the kernels').
+    """
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    if ((a.shape[1] if trans_a else a.shape[0]) != m
+            or (b.shape[1] if trans_b else b.shape[0]) != k
+            or (b.shape[0] if trans_b else b.shape[1]) != n):
+        raise ValueError(f"matmul: expected c (m, n), op(a) (m, k), op(b) (k, n), got c "
+                         f"({c.shape[0]}, {c.shape[1]}), a ({a.shape[0]}, {a.shape[1]}) "
+                         f"(transposed: {bool(trans_a)}), b ({b.shape[0]}, {b.shape[1]}) "
+                         f"(transposed: {bool(trans_b)})")
+    if m == 0 or n == 0:
+        return
+    cdef floating beta = 1 if accumulate else 0
+    cdef long long work = <long long>m * n * k
+    cdef long long expected_ns = 2 * work // 50       # at a modest 50 GFLOP/s
+    cdef long long started
+    cdef fl_team_t team
+    cdef int previous, parts
+    if k == 0:
+        if not accumulate:
+            c[:, :] = 0
+        return
+    if work < MATMUL_MIN_WORK or m < 2 * MATMUL_ROW_ALIGN:
+        n_threads = 1
+    n_threads = fl_team_size(max(1, n_threads), expected_ns)
+    fl_team_init(&team, n_threads, 0)
+    with nogil:
+        previous = blas_threads_limit(1)
+        if n_threads == 1:
+            _matmul_rows(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
+                         c.shape[1], trans_a, trans_b, beta, 0, 1)
+        else:
+            started = fl_now_ns()
+            with parallel(num_threads=n_threads):
+                parts = fl_omp_team_size()
+                team.n = parts
+                _matmul_rows(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
+                             c.shape[1], trans_a, trans_b, beta, fl_omp_thread_id(), parts)
+            fl_team_judge_call(&team, fl_now_ns() - started, expected_ns)
+            fl_team_report(&team)
+        blas_threads_restore(previous)
 
 
 # ---------------------------------------------------------------- streaming

@@ -175,6 +175,49 @@ def test_packed_product_rejects_an_unknown_isa():
         lstm_kernels.packed_product_twin(x, x, x, False, "sse9")
 
 
+# ---------------------------------------------------------------- products of other layers
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False),
+                                              (True, True)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (17, 1, 2), (300, 45, 129),
+                                   (2048, 80, 128)], ids=str)
+def test_matmul_matches_numpy_on_every_thread_count(dtype, trans_a, trans_b, shape):
+    """c (+)= op(a) @ op(b): the large shapes are split in row blocks (ragged at 300) across
+    threads, the small run on one; float32 within BLAS rounding, float64 to 1e-12."""
+    m, n, k = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    product = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    lstm_kernels.set_adaptive_threads(False)    # a fixed team, whatever the machine does
+    try:
+        for threads in (1, 2, 3):
+            for accumulate in (False, True):
+                result = c.copy()
+                lstm_kernels.matmul(result, a, b, trans_a, trans_b, accumulate, threads)
+                assert_close(f"threads={threads} accumulate={accumulate}", result,
+                             product + (c if accumulate else 0), tol)
+    finally:
+        lstm_kernels.set_adaptive_threads(True)
+
+
+def test_matmul_with_no_depth_and_bad_shapes():
+    c = np.ones((4, 3), np.float32)
+    lstm_kernels.matmul(c, np.zeros((4, 0), np.float32), np.zeros((0, 3), np.float32),
+                        False, False, True, 2)
+    assert (c == 1).all()           # accumulate: c + 0
+    lstm_kernels.matmul(c, np.zeros((4, 0), np.float32), np.zeros((0, 3), np.float32),
+                        False, False, False, 2)
+    assert (c == 0).all()
+    with pytest.raises(ValueError, match=r"matmul: expected c \(m, n\), op\(a\) \(m, k\)"):
+        lstm_kernels.matmul(c, np.zeros((4, 2), np.float32), np.zeros((3, 3), np.float32),
+                            False, False, False, 1)
+    with pytest.raises(ValueError, match="dtype mismatch"):    # one dtype for all three
+        lstm_kernels.matmul(c, np.zeros((4, 2)), np.zeros((2, 3)), False, False, False, 1)
+
+
 # ---------------------------------------------------------------- workspace pool
 def test_workspaces_are_kept_for_the_next_call_and_released_on_request():
     lstm_kernels.release_workspaces()
