@@ -89,6 +89,10 @@ def test_bench_quick_runs_and_writes_its_files(tmp_path, monkeypatch, capsys):
     print(captured.out)
     assert status == 0
     main_table, busy = captured.out.split("## Busy machine: 1 competing processes")
+    memory = main_table.split("## Memory of one call")[1]
+    main_table = main_table.split("## Memory of one call")[0]
+    assert [line.split(" | ")[:2] for line in memory.splitlines() if line.startswith("| T")] == [
+        ["| T1", "forward"], ["| T2", "forward"]]
     rows = [line for line in main_table.splitlines() if line.startswith("| T")]
     assert [line.split(" | ")[:2] for line in rows] == [["| T1", "forward"], ["| T2", "forward"]]
     assert "| fastlstm | numpy | vs numpy |" in main_table
