@@ -205,11 +205,14 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         target = sparse_targets(y_true, y_pred)
         rows = y_pred.reshape(-1, y_pred.shape[-1])
         index = np.arange(rows.shape[0]), target.reshape(-1)
-        if self.from_logits:
-            log_p = log_softmax(rows)
-            grad = np.exp(log_p)
+        if self.from_logits:   # log_softmax and softmax from one exp of the shifted logits
+            shifted = rows - rows.max(axis=-1, keepdims=True)
+            grad = np.exp(shifted)
+            total = grad.sum(axis=-1, keepdims=True)
+            log_p = shifted[index] - np.log(total[:, 0])
+            grad /= total
             grad[index] -= 1
-            return -log_p[index].reshape(target.shape), grad.reshape(y_pred.shape)
+            return -log_p.reshape(target.shape), grad.reshape(y_pred.shape)
         p, inside = clip_probabilities(rows[index])
         grad = np.zeros_like(rows)
         grad[index] = -inside / p
