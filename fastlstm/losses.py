@@ -42,16 +42,24 @@ def sigmoid(z):
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def _shifted_exp(z):
+    """(shifted, e, total) over the last axis: z minus its max (for stability), exp of
+    that, and its sum (keepdims); log_softmax = shifted - log(total), softmax = e / total."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return shifted, e, e.sum(axis=-1, keepdims=True)
+
+
 def log_softmax(z):
     """log(softmax(z)) over the last axis, shifted by the max for stability."""
-    shifted = z - z.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    shifted, _, total = _shifted_exp(z)
+    return shifted - np.log(total)
 
 
 def softmax(z):
     """softmax(z) over the last axis."""
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    _, e, total = _shifted_exp(z)
+    return e / total
 
 
 def as_prediction(y_pred):
@@ -206,9 +214,7 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         rows = y_pred.reshape(-1, y_pred.shape[-1])
         index = np.arange(rows.shape[0]), target.reshape(-1)
         if self.from_logits:   # log_softmax and softmax from one exp of the shifted logits
-            shifted = rows - rows.max(axis=-1, keepdims=True)
-            grad = np.exp(shifted)
-            total = grad.sum(axis=-1, keepdims=True)
+            shifted, grad, total = _shifted_exp(rows)
             log_p = shifted[index] - np.log(total[:, 0])
             grad /= total
             grad[index] -= 1

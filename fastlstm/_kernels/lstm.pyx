@@ -1103,8 +1103,9 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
         else:
             started = fl_now_ns()
             with parallel(num_threads=n_threads):
-                parts = fl_omp_team_size()
-                team.n = parts
+                parts = fl_omp_team_size()      # OpenMP may give fewer than asked
+                if fl_omp_thread_id() == 0:
+                    team.n = parts
                 _matmul_rows(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
                              c.shape[1], trans_a, trans_b, beta, fl_omp_thread_id(), parts)
             fl_team_judge_call(&team, fl_now_ns() - started, expected_ns)

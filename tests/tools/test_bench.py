@@ -508,6 +508,16 @@ def _ok(median, settled=True, other_cores=0.0):
                 settled=settled, other_cores=other_cores)
 
 
+def _report(rows):
+    """A 2-thread quick-run report of (Entry, results) rows."""
+    return dict(
+        machine=dict(cpu_model="test CPU", usable_cores=2, simd=[], threads=2,
+                     load_average=[0.0] * 3, load_average_end=[0.0] * 3,
+                     versions=dict(python="3")),
+        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={},
+        rows=[bench.summarize(entry, results) for entry, results in rows])
+
+
 def test_markdown_sections_scaling_fit_and_busy():
     """Thread scaling has S3 forward and train and the fit; fit and busy rows have their own
     sections and stay out of the LSTM table."""
@@ -530,12 +540,7 @@ def test_markdown_sections_scaling_fit_and_busy():
          dict(fastlstm=_ok(2.0), torch=_ok(3.0))),
         (bench.Entry(fit, 1, ("fastlstm",), busy=2), dict(fastlstm=_ok(1.0))),
     ]
-    report = dict(
-        machine=dict(cpu_model="test CPU", usable_cores=2, simd=[], threads=2,
-                     load_average=[0.0] * 3, load_average_end=[0.0] * 3,
-                     versions=dict(python="3")),
-        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={},
-        rows=[bench.summarize(entry, results) for entry, results in rows])
+    report = _report(rows)
     sections = _sections(bench.to_markdown(report))
     print("\n## ".join(sections.values()))
 
@@ -584,12 +589,7 @@ def test_markdown_memory_section_lists_each_framework_at_the_runs_threads():
                   torch=dict(_ok(0.4), memory_mib=248.0))),
             (bench.Entry(train, 1, ("fastlstm",)), dict(fastlstm=dict(_ok(0.6), memory_mib=150.0))),
             (bench.Entry(train, None, ("fastlstm",), busy=2), dict(fastlstm=_ok(0.7)))]
-    report = dict(
-        machine=dict(cpu_model="test CPU", usable_cores=2, simd=[], threads=2,
-                     load_average=[0.0] * 3, load_average_end=[0.0] * 3,
-                     versions=dict(python="3")),
-        timing=asdict(bench.QUICK_TIMING), wall_time_s=1.0, frameworks={},
-        rows=[bench.summarize(entry, results) for entry, results in rows])
+    report = _report(rows)
     memory = _sections(bench.to_markdown(report))["Memory of one call"].splitlines()
     assert [line for line in memory if line.startswith("| S")] == ["| S3 | train | 160 | 248 |"]
 
