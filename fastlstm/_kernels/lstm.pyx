@@ -56,10 +56,10 @@ cdef extern from "packed.h":
     void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, const double* panels,
                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
                              int accumulate) noexcept nogil
-    void fl_pack_rows8_f(float* out, const float* A, Py_ssize_t lda, Py_ssize_t M,
-                         Py_ssize_t K) noexcept nogil
-    void fl_pack_rows8_d(double* out, const double* A, Py_ssize_t lda, Py_ssize_t M,
-                         Py_ssize_t K) noexcept nogil
+    void fl_pack_rows8_f(float* out, float* sums, const float* A, Py_ssize_t lda,
+                         Py_ssize_t M, Py_ssize_t K) noexcept nogil
+    void fl_pack_rows8_d(double* out, double* sums, const double* A, Py_ssize_t lda,
+                         Py_ssize_t M, Py_ssize_t K) noexcept nogil
     int fl_packed_isa() noexcept nogil
     int fl_cpu_isa() noexcept nogil
     int fl_forced_isa
@@ -242,13 +242,14 @@ cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
         packed_product_at_d(C, ldc, A, panels, M, n_panels, K, accumulate)
 
 
-cdef inline void _pack_rows8(floating* out, const floating* A, Py_ssize_t lda, Py_ssize_t M,
-                             Py_ssize_t K) noexcept nogil:
-    # out[8b*K + 8k + i] = A[k*lda + 8b + i]: rows [0, M) of A (K, M) in blocks of 8
+cdef inline void _pack_rows8(floating* out, floating* sums, const floating* A, Py_ssize_t lda,
+                             Py_ssize_t M, Py_ssize_t K) noexcept nogil:
+    # out[8b*K + 8k + i] = A[k*lda + 8b + i]: rows [0, M) of A (K, M) in blocks of 8; and,
+    # unless sums is NULL, sums[:M] += A[:, :M].sum(axis=0), adding the rows in order
     if floating is float:
-        fl_pack_rows8_f(out, A, lda, M, K)
+        fl_pack_rows8_f(out, sums, A, lda, M, K)
     else:
-        fl_pack_rows8_d(out, A, lda, M, K)
+        fl_pack_rows8_d(out, sums, A, lda, M, K)
 
 
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
@@ -544,11 +545,11 @@ cdef void _add_edge(floating* dW, Py_ssize_t N, const floating* edge, Py_ssize_t
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
     # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
     # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
-    # once (fl_pack_rows8), then _weight_gradient for x and h_prev. Every element sums the
-    # rows in the same order for any thread count, so the results do not depend on the
-    # threads, bit for bit. dx: DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
+    # once (fl_pack_rows8, which adds its rows to db), then _weight_gradient for x and
+    # h_prev. Every element sums the rows in the same order for any thread count, so the
+    # results do not depend on the threads, bit for bit. dx: DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
-    cdef Py_ssize_t g0, g1, r0, r1, r, g, kc, block, x_rows = _dx_block(TB)
+    cdef Py_ssize_t g0, g1, r0, r1, kc, block, x_rows = _dx_block(TB)
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
     cdef floating* a_rows = <floating*>w.grad + part * w.grad_panels_size
@@ -559,19 +560,15 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
     r0 = 0
     while g1 > g0 and r0 < TB:
         kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
-        # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows
-        _pack_rows8(a_rows, dgates + r0 * G + g0, G, g1 - g0, kc)
+        # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows; db[g0:g1] += their sum
+        _pack_rows8(a_rows, db + g0 if db != NULL else NULL, dgates + r0 * G + g0, G, g1 - g0,
+                    kc)
         _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes, kind)
         _weight_gradient(w, True, g0, g1, r0, kc, a_rows, panels, edge_hh + g0 * lanes, kind)
         r0 += kc
     if g1 > g0:
         _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, kind)
         _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, kind)
-    if db != NULL:
-        # db[g0:g1] += dgates[:, g0:g1].sum(axis=0)
-        for r in range(TB):
-            for g in range(g0, g1):
-                db[g] += dgates[r * G + g]
     block = part
     while block * x_rows < TB:
         r0 = block * x_rows
@@ -1030,7 +1027,7 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     cdef floating[::1] panels = panels_array
     cdef floating[:, ::1] result = result_array
     cdef floating[::1] a_rows = np.zeros(_padded(M, 8) * K, result_array.dtype)
-    _pack_rows8(&a_rows[0], &A_T[0, 0], M, M, K)
+    _pack_rows8(&a_rows[0], NULL, &A_T[0, 0], M, M, K)
     _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M,
                 result.shape[1] // (64 // sizeof(floating)), K, accumulate)
     C[:, :] = result[:, :N]

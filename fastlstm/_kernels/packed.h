@@ -151,22 +151,45 @@ static void pack_panel_d(double *panel, const double *src, ptrdiff_t col_stride,
 }
 
 /* Rows [0, M) of A (K, M), row stride lda, in blocks of 8 rows for packed_product_at:
- * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. */
+ * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. With sums, also
+ * sums[i] += A[k, i], added in the order of k (NumPy: sums += A[:, :M].sum(axis=0)).
+ * Blocks go 8 at a time (64 columns), so each depth reads whole cache lines of A and the
+ * 8 running sums hide the add latency. */
 #define FL_DEFINE_PACK_ROWS8(REAL, NAME)                                                     \
-static void NAME(REAL *out, const REAL *A, ptrdiff_t lda, ptrdiff_t M, ptrdiff_t K)           \
+static void NAME(REAL *out, REAL *sums, const REAL *A, ptrdiff_t lda, ptrdiff_t M,             \
+                 ptrdiff_t K)                                                                \
 {                                                                                            \
-    for (ptrdiff_t b = 0; b < M; b += 8) {                                                   \
+    typedef REAL v8 __attribute__((vector_size(8 * sizeof(REAL))));                          \
+    ptrdiff_t b = 0;                                                                         \
+    for (; b + 64 <= M; b += 64) {                                                           \
+        v8 acc[8];                                                                           \
+        if (sums)                                                                            \
+            memcpy(acc, sums + b, sizeof acc);                                               \
+        for (ptrdiff_t k = 0; k < K; k++) {                                                  \
+            for (int q = 0; q < 8; q++) {                                                    \
+                v8 v;                                                                        \
+                memcpy(&v, A + k * lda + b + 8 * q, sizeof v);                               \
+                acc[q] += v;                                                                 \
+                memcpy(out + (b + 8 * q) * K + 8 * k, &v, sizeof v);                         \
+            }                                                                                \
+        }                                                                                    \
+        if (sums)                                                                            \
+            memcpy(sums + b, acc, sizeof acc);                                               \
+    }                                                                                        \
+    for (; b < M; b += 8) {                                                                  \
         const int n = M - b < 8 ? (int)(M - b) : 8;                                          \
         REAL *dst = out + b * K;                                                             \
-        if (n == 8) {           /* a constant size: one vector move per k, not a call */     \
-            for (ptrdiff_t k = 0; k < K; k++)                                                \
-                memcpy(dst + 8 * k, A + k * lda + b, 8 * sizeof(REAL));                      \
-            continue;                                                                        \
-        }                                                                                    \
+        v8 acc = {0};                                                                        \
+        if (sums)                                                                            \
+            memcpy(&acc, sums + b, n * sizeof(REAL));                                        \
         for (ptrdiff_t k = 0; k < K; k++) {                                                  \
-            memcpy(dst + 8 * k, A + k * lda + b, n * sizeof(REAL));                          \
-            memset(dst + 8 * k + n, 0, (8 - n) * sizeof(REAL));                              \
+            v8 v = {0};                                                                      \
+            memcpy(&v, A + k * lda + b, n * sizeof(REAL));                                   \
+            acc += v;                                                                        \
+            memcpy(dst + 8 * k, &v, sizeof v);                                               \
         }                                                                                    \
+        if (sums)                                                                            \
+            memcpy(sums + b, &acc, n * sizeof(REAL));                                        \
     }                                                                                        \
 }
 FL_DEFINE_PACK_ROWS8(float, fl_pack_rows8_f)
