@@ -36,6 +36,7 @@ import math
 
 import numpy as np
 
+from ._kernels import update as _update
 from ._kernels.lstm import weights_changed
 from ._registry import Registry
 from .callbacks import ReduceLROnPlateau
@@ -71,6 +72,17 @@ def _as_parameters(params):
     return result
 
 
+def _fused(kernel, arrays, *scalars):
+    """``kernel(*flat arrays, *scalars)``: an update of fastlstm._kernels.update on flat views
+    of ``arrays`` (data, gradient, state) in data's dtype; an array that is not C-contiguous
+    goes through a contiguous copy, written back after."""
+    flat = [np.ascontiguousarray(a, dtype=arrays[0].dtype).reshape(-1) for a in arrays]
+    kernel(*flat, *scalars)
+    for array, copy in zip(arrays[:1] + arrays[2:], flat[:1] + flat[2:]):   # not the gradient
+        if not array.flags.c_contiguous:
+            array[...] = copy.reshape(array.shape)
+
+
 def _positive_or_none(value, name):
     return None if value is None else check_float(value, name, 0.0, math.inf, low_open=True)
 
@@ -96,7 +108,6 @@ class Optimizer:
         self.params = []
         self.iterations = 0
         self.state = []
-        self._work = {}         # parameter index -> scratch arrays of an update (not state)
         if params is not None:
             self.set_parameters(params)
 
@@ -116,14 +127,6 @@ class Optimizer:
             raise ValueError("params: got an empty parameter list")
         self.iterations = 0
         self.state = [{} for _ in self.params]
-        self._work = {}
-
-    def _scratch(self, index, data):
-        """Two work arrays shaped like parameter ``index``'s ``data``, kept between steps."""
-        pair = self._work.get(index)
-        if pair is None or pair[0].shape != data.shape or pair[0].dtype != data.dtype:
-            pair = self._work[index] = (np.empty_like(data), np.empty_like(data))
-        return pair
 
     def zero_grad(self):
         """Zero the gradient arrays in place."""
@@ -269,16 +272,9 @@ class Adam(Optimizer):
         if not state:
             state["m"] = np.zeros_like(data)
             state["v"] = np.zeros_like(data)
-        m, v = state["m"], state["v"]
-        m *= beta1
-        m += (1 - beta1) * grad
-        v *= beta2
-        v += (1 - beta2) * (grad * grad)
         t = self.iterations
-        step_size = self.lr / (1 - beta1 ** t)
-        denom = np.sqrt(v / (1 - beta2 ** t))
-        denom += self.eps
-        data -= data.dtype.type(step_size) * (m / denom)
+        _fused(_update.adam, (data, grad, state["m"], state["v"]), beta1, beta2,
+               self.lr / (1 - beta1 ** t), 1 - beta2 ** t, self.eps)
 
     def get_config(self):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps}
@@ -421,26 +417,12 @@ class KerasAdam(KerasOptimizer):
             state["m"], state["v"] = np.zeros_like(data), np.zeros_like(data)
             if self.amsgrad:
                 state["v_hat"] = np.zeros_like(data)
-        m, v = state["m"], state["v"]
-        # the same operations in the same order as Keras, in two scratch arrays
-        step, denom = self._scratch(index, data)
-        np.subtract(grad, m, out=step)
-        step *= data.dtype.type(1 - self.beta_1)
-        m += step                                   # m += (grad - m) * (1 - beta_1)
-        np.multiply(grad, grad, out=step)
-        step -= v
-        step *= data.dtype.type(1 - self.beta_2)
-        v += step                                   # v += (grad^2 - v) * (1 - beta_2)
-        if self.amsgrad:
-            np.maximum(state["v_hat"], v, out=state["v_hat"])
-            v = state["v_hat"]
         t = self.iterations
         alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        np.multiply(m, data.dtype.type(alpha), out=step)
-        np.sqrt(v, out=denom)
-        denom += data.dtype.type(self.epsilon)
-        step /= denom
-        data -= step                                # data -= m * alpha / (sqrt(v) + eps)
+        # Keras' operations in Keras' order, fused (see fastlstm._kernels.update)
+        _fused(_update.keras_adam, (data, grad, state["m"], state["v"],
+                                    state.get("v_hat", data[:0])),
+               self.beta_1, self.beta_2, alpha, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
