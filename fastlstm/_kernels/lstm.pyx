@@ -467,8 +467,14 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
 
 cdef enum:
     DX_BLOCKS = 4       # dx products, whatever the thread count
+    DX_COLUMNS = 256    # columns of dx per packed block of W_ih (fits a part's a_rows)
     GRAD_DEPTH = 512    # rows (steps x batch) per depth block of the weight-gradient products
     GRAD_PANEL_BYTES = 1 << 19  # one block's panels (GRAD_DEPTH x columns) stay in L2
+
+
+cdef inline Py_ssize_t _edge_rows(floating* kind) noexcept nogil:
+    # Rows of a ragged dx panel at a time: what a part's panel block holds
+    return GRAD_DEPTH * _grad_columns(sizeof(floating)) // _lanes(kind)
 
 
 cdef inline Py_ssize_t _dx_block(Py_ssize_t rows) noexcept nogil:
@@ -542,14 +548,55 @@ cdef void _add_edge(floating* dW, Py_ssize_t N, const floating* edge, Py_ssize_t
             dW[g * N + start + c] += edge[g * lanes + c]
 
 
+cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, floating* edge,
+                          floating* kind) noexcept nogil:
+    # dx (+)= dgates @ W_ih, packed: W_ih's columns in panels (DX_COLUMNS at a time), row
+    # blocks of _dx_block rows (a function of the shape) dealt round-robin; a ragged last
+    # panel goes through edge (EDGE_ROWS x lanes). Each row of dx sums in the same order on
+    # any thread, so dx does not depend on the threads, bit for bit.
+    cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
+    cdef Py_ssize_t x_rows = _dx_block(TB), edge_rows = _edge_rows(kind)
+    cdef Py_ssize_t c0 = 0, nc, full, u, block, r0, r1, m0, m1, r, c
+    cdef const floating* dgates = <const floating*>w.dgates
+    cdef floating* dx = <floating*>w.dx
+    cdef floating* out
+    cdef int accumulate = 1 if w.accumulate_dx else 0
+    while c0 < n_in:
+        nc = min(<Py_ssize_t>DX_COLUMNS, n_in - c0)
+        full = nc // lanes
+        for u in range((nc + lanes - 1) // lanes):
+            # panel u: columns c0 + u*lanes + c of W_ih (4H, in).  NumPy: W_ih[:, cols].T
+            _pack(panels + u * G * lanes, <const floating*>w.W_ih + c0 + u * lanes, 1, n_in, G,
+                  <int>min(lanes, nc - u * lanes))
+        block = part
+        while block * x_rows < TB:
+            r0, r1 = block * x_rows, min(TB, (block + 1) * x_rows)
+            # dx[r0:r1, c0:c0 + nc] (+)= dgates[r0:r1] @ W_ih[:, c0:c0 + nc]
+            if full > 0:
+                _product(dx + r0 * n_in + c0, n_in, dgates + r0 * G, G, panels, r1 - r0, full,
+                         G, accumulate)
+            m0 = r0
+            while nc % lanes and m0 < r1:
+                m1 = min(r1, m0 + edge_rows)
+                _product(edge, lanes, dgates + m0 * G, G, panels + full * G * lanes, m1 - m0, 1,
+                         G, 0)
+                for r in range(m1 - m0):
+                    out = dx + (m0 + r) * n_in + c0 + full * lanes
+                    for c in range(nc % lanes):
+                        out[c] = out[c] + edge[r * lanes + c] if accumulate else edge[r * lanes + c]
+                m0 = m1
+            block += parts
+        c0 += nc
+
+
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
     # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
     # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
     # once (fl_pack_rows8, which adds its rows to db), then _weight_gradient for x and
     # h_prev. Every element sums the rows in the same order for any thread count, so the
-    # results do not depend on the threads, bit for bit. dx: DX_BLOCKS BLAS calls of the same shape, dealt round-robin.
+    # results do not depend on the threads, bit for bit. Then dx (_input_gradient).
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
-    cdef Py_ssize_t g0, g1, r0, r1, kc, block, x_rows = _dx_block(TB)
+    cdef Py_ssize_t g0, g1, r0, kc
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* db = <floating*>w.db
     cdef floating* a_rows = <floating*>w.grad + part * w.grad_panels_size
@@ -569,15 +616,8 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
     if g1 > g0:
         _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, kind)
         _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, kind)
-    block = part
-    while block * x_rows < TB:
-        r0 = block * x_rows
-        r1 = min(TB, r0 + x_rows)
-        # dx[r0:r1] (+)= dgates[r0:r1] @ W_ih
-        gemm(False, False, <int>(r1 - r0), <int>n_in, <int>G, 1, dgates + r0 * G, <int>G,
-             <const floating*>w.W_ih, <int>n_in, 1 if w.accumulate_dx else 0,
-             <floating*>w.dx + r0 * n_in, <int>n_in)
-        block += parts
+    # this part's blocks are free now: W_ih's panels in a_rows, the edge in panels
+    _input_gradient(w, part, parts, a_rows, panels, kind)
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:

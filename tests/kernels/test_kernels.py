@@ -74,6 +74,12 @@ def test_kernels_match_reference(config, size, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dx_rows_past_one_edge_block_match_reference(dtype):
+    # T*B / 4 > 8192 rows per dx block with a ragged panel (in = 3): the edge goes in parts
+    run_both({}, (260, 128, 3, 1), dtype, None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
 def test_kernels_match_reference_with_lengths(config, dtype):
     run_both(config, (7, 4, 3, 20), dtype, [7, 1, 4, 6])
