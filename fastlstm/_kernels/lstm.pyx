@@ -952,12 +952,9 @@ def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
     _scratch(&w, n_threads, w.H, sizeof(floating),
              n_threads * w.grad_panels_size + 2 * 4 * w.H * (64 // sizeof(floating)))
     fl_team_init(&w.team, n_threads, w.T + 1)
-    cdef int blas_previous
-    with nogil:
-        blas_previous = blas_threads_limit(1)
+    with nogil:     # no BLAS in the backward either: every product is packed
         with parallel(num_threads=n_threads):
             _backward_thread(&w, <floating*>NULL)
-        blas_threads_restore(blas_previous)
         fl_team_report(&w.team)
     return _finish(&w)
 
