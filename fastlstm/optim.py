@@ -73,13 +73,20 @@ def _as_parameters(params):
 
 
 def _fused(kernel, arrays, *scalars):
-    """``kernel(*flat arrays, *scalars)``: an update of fastlstm._kernels.update on flat views
-    of ``arrays`` (data, gradient, state) in data's dtype; an array that is not C-contiguous
-    goes through a contiguous copy, written back after."""
-    flat = [np.ascontiguousarray(a, dtype=arrays[0].dtype).reshape(-1) for a in arrays]
+    """``kernel(*flat arrays, *scalars)``: an elementwise update of fastlstm._kernels.update
+    over ``arrays`` (data, gradient, state; an empty array stays empty). Arrays laid out
+    alike in one block (a Keras kernel is a transposed view) pass as flat views in memory
+    order; otherwise each goes through a C-ordered copy in data's dtype, written back."""
+    data = arrays[0]
+    if (data.flags.c_contiguous or data.flags.f_contiguous) and all(
+            a.size == 0 or (a.strides == data.strides and a.dtype == data.dtype)
+            for a in arrays):
+        kernel(*(a.ravel(order="K") for a in arrays), *scalars)
+        return
+    flat = [np.ascontiguousarray(a, dtype=data.dtype).reshape(-1) for a in arrays]
     kernel(*flat, *scalars)
     for array, copy in zip(arrays[:1] + arrays[2:], flat[:1] + flat[2:]):   # not the gradient
-        if not array.flags.c_contiguous:
+        if not np.shares_memory(array, copy):
             array[...] = copy.reshape(array.shape)
 
 

@@ -75,13 +75,16 @@ def test_update_sizes_and_dtypes_are_checked():
 
 
 @pytest.mark.parametrize("optimizer", [fl.optim.Adam, fl.optim.KerasAdam])
-def test_optimizer_updates_a_fortran_ordered_parameter(optimizer):
-    # a parameter laid out column-major goes through a contiguous copy, written back
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+def test_optimizer_updates_a_fortran_ordered_parameter(optimizer, grad_dtype):
+    # a transposed parameter (a Keras kernel) with a gradient laid out alike goes through
+    # flat views in memory order; with a float64 gradient, through copies written back
     rng = np.random.default_rng(2)
     grad = rng.standard_normal((5, 3)).astype(np.float32)
     start = rng.standard_normal((5, 3)).astype(np.float32)
     data_c, data_f = start.copy(), np.asfortranarray(start)
-    grads = [np.zeros_like(data_c), np.zeros_like(data_f, dtype=np.float64)]  # cast to data's
+    grads = [np.zeros_like(data_c), np.zeros_like(data_f, dtype=grad_dtype)]
+    assert grads[1].flags.f_contiguous
     opts = [optimizer([("w", d, g)], learning_rate=0.1) for d, g in zip((data_c, data_f), grads)]
     for _ in range(3):
         for g, opt in zip(grads, opts):
@@ -89,4 +92,5 @@ def test_optimizer_updates_a_fortran_ordered_parameter(optimizer):
             opt.step()
     assert data_f.flags.f_contiguous and data_f.dtype == np.float32
     np.testing.assert_array_equal(data_f, data_c)
+    np.testing.assert_array_equal(opts[1].state[0]["v"], opts[0].state[0]["v"])
     assert np.abs(data_c - start).min() > 0.01
