@@ -19,7 +19,8 @@ expected = sys.argv[1]
 package_dir = os.path.dirname(fl.__file__)
 assert "site-packages" in package_dir, f"fastlstm imported from {package_dir}, not site-packages"
 for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi",
-             "_kernels/quant.pyi", "_kernels/probe.pyi", "_kernels/update.pyi"):
+             "_kernels/quant.pyi", "_kernels/probe.pyi", "_kernels/update.pyi",
+             "_kernels/layers.pyi"):
     assert os.path.exists(os.path.join(package_dir, name)), f"{name} is not installed"
 
 openmp = _openmp.openmp_enabled()

@@ -6,6 +6,7 @@ scatter, and the inverted-dropout mask.
 """
 import numpy as np
 
+from ._kernels import layers as _layers
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 
@@ -54,20 +55,13 @@ def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
 def embedding_backward(grad_weight, indices, grad_out, skip_index=None):
     """Add each row of ``grad_out`` (indices.shape + (dim,)) to ``grad_weight[index]``.
 
-    Rows of ``skip_index`` (a padding index) receive nothing.
+    Rows of ``skip_index`` (a padding index) receive nothing. grad_weight is C-contiguous.
     """
-    rows = grad_out.reshape(-1, grad_weight.shape[1])
-    flat = indices.reshape(-1)
-    if skip_index is not None:
-        keep = flat != skip_index
-        rows, flat = rows[keep], flat[keep]
-    if not flat.size:
-        return
-    # sort by index and sum each run (np.add.at is 5x slower)
-    order = np.argsort(flat, kind="stable")
-    flat = flat[order]
-    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-    grad_weight[flat[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+    dim = grad_weight.shape[1]
+    _layers.embedding_backward(
+        grad_weight, np.ascontiguousarray(indices, dtype=np.int64).reshape(-1),
+        np.ascontiguousarray(grad_out, dtype=grad_weight.dtype).reshape(-1, dim),
+        -1 if skip_index is None else skip_index)
 
 
 def dropout_mask(rng, shape, rate, dtype):

@@ -1,0 +1,6 @@
+# Type stub of the compiled layer kernels (layers.pyx).
+import numpy as np
+
+def embedding_backward(
+    grad_weight: np.ndarray, indices: np.ndarray, grad_out: np.ndarray, skip_index: int,
+) -> None: ...
