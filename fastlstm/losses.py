@@ -31,6 +31,8 @@ indices shaped like ``y_pred`` without its class axis (or with a trailing axis o
 import numpy as np
 
 from ._functional import as_index_array
+from ._kernels import layers as _layers
+from ._kernels import lstm as _lstm
 from ._registry import Registry
 from .validation import as_real_array, check_bool
 
@@ -213,12 +215,14 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         target = sparse_targets(y_true, y_pred)
         rows = y_pred.reshape(-1, y_pred.shape[-1])
         index = np.arange(rows.shape[0]), target.reshape(-1)
-        if self.from_logits:   # log_softmax and softmax from one exp of the shifted logits
-            shifted, grad, total = _shifted_exp(rows)
-            log_p = shifted[index] - np.log(total[:, 0])
-            grad /= total
-            grad[index] -= 1
-            return -log_p.reshape(target.shape), grad.reshape(y_pred.shape)
+        if self.from_logits:   # one pass: log_softmax and softmax from one exp per logit
+            logits = np.ascontiguousarray(rows, dtype=np.promote_types(rows.dtype, np.float32))
+            losses, grad = np.empty(logits.shape[0], logits.dtype), np.empty_like(logits)
+            _layers.sparse_softmax_cross_entropy(losses, grad, logits,
+                                                 np.ascontiguousarray(index[1]),
+                                                 _lstm.packed_isa())
+            return (losses.reshape(target.shape).astype(y_pred.dtype, copy=False),
+                    grad.reshape(y_pred.shape).astype(y_pred.dtype, copy=False))
         p, inside = clip_probabilities(rows[index])
         grad = np.zeros_like(rows)
         grad[index] = -inside / p

@@ -1,5 +1,6 @@
 /* Activations and the fused LSTM cell pass (forward and backward) over one batch row and
- * a slice of n hidden units.
+ * a slice of n hidden units; with the same exponential, the sparse softmax cross-entropy
+ * of the layers around the LSTM (xent_impl.h).
  *
  * Gate blocks are laid out i | f | g | o. Loops run over chunks of FL_CHUNK units held in
  * local arrays so gcc vectorises them. The float pass uses a polynomial exp for the
@@ -11,6 +12,7 @@
 #define FASTLSTM_POINTWISE_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -88,14 +90,36 @@ static inline void cell_backward_f(float *dz, float *dc, float *dpeep, const flo
 #endif
 }
 
+/* The sparse softmax cross-entropy (xent_impl.h) with instruction set `isa` (as in
+ * fl_packed_isa; the caller checks that the CPU has it). */
+static inline void sparse_softmax_xent_f(int isa, float *loss, float *grad, const float *z,
+                                         const int64_t *target, ptrdiff_t rows, ptrdiff_t C)
+{
+#if FL_CELL_ISAS
+    typedef void (*pass_t)(float *, float *, const float *, const int64_t *, ptrdiff_t,
+                           ptrdiff_t);
+    static const pass_t by_isa[3] = {sparse_softmax_xent_f_portable,
+                                     sparse_softmax_xent_f_avx2, sparse_softmax_xent_f_avx512};
+    by_isa[isa](loss, grad, z, target, rows, C);
+#else
+    (void)isa;
+    sparse_softmax_xent_f_portable(loss, grad, z, target, rows, C);
+#endif
+}
+
 #define REAL double
 #define FL_NAME(name) name##_d
 #define FL_SIGMOID fl_sigmoid
 #define FL_TANH tanh
+#define FL_EXP exp
+#define FL_LOG log
 #include "cell_impl.h"
+#include "xent_impl.h"
 #undef REAL
 #undef FL_NAME
 #undef FL_SIGMOID
 #undef FL_TANH
+#undef FL_EXP
+#undef FL_LOG
 
 #endif

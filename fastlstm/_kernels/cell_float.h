@@ -58,7 +58,12 @@ static inline __attribute__((always_inline)) float FL_NAME(tanhf)(float x)
 
 #define FL_SIGMOID FL_NAME(sigmoidf)
 #define FL_TANH FL_NAME(tanhf)
+#define FL_EXP FL_NAME(expf)
+#define FL_LOG logf
 #include "cell_impl.h"
+#include "xent_impl.h"
 #undef FL_SIGMOID
 #undef FL_TANH
+#undef FL_EXP
+#undef FL_LOG
 #undef FL_NAME

@@ -1,5 +1,6 @@
 /* Template body of cell.h: FL_NAME names, FL_SIGMOID and FL_TANH the activations of REAL
- * (float: once per instruction set, by cell_float.h; double: once). */
+ * (float: once per instruction set, by cell_float.h; double: once). unused: a module may
+ * include cell.h for the cross-entropy alone. */
 
 /* Forward cell for one row. zx, act: 4 gate blocks at stride H (act may alias zx: the
  * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;
@@ -73,7 +74,7 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     }
 }
 
-static void FL_NAME(cell_forward)(
+__attribute__((unused)) static void FL_NAME(cell_forward)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
     REAL clip, int n, int H, int zh_stride)
@@ -154,7 +155,7 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
     }
 }
 
-static void FL_NAME(cell_backward)(
+__attribute__((unused)) static void FL_NAME(cell_backward)(
     REAL *dz, REAL *dc, REAL *dpeep,
     const REAL *dh, const REAL *act, const unsigned char *clipped,
     const REAL *c, const REAL *c_prev, const REAL *peep, int n, int H)

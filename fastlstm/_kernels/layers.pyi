@@ -4,3 +4,6 @@ import numpy as np
 def embedding_backward(
     grad_weight: np.ndarray, indices: np.ndarray, grad_out: np.ndarray, skip_index: int,
 ) -> None: ...
+def sparse_softmax_cross_entropy(
+    loss: np.ndarray, grad: np.ndarray, logits: np.ndarray, target: np.ndarray, isa: str,
+) -> None: ...

@@ -2,9 +2,21 @@
 """Kernels of the layers around the LSTM: one pass where NumPy took several.
 
 The embedding gradient is a scatter-add; NumPy's fastest equivalent sorted the indices and
-summed each run of equal ones.
+summed each run of equal ones. The sparse softmax cross-entropy runs the cell pass's
+exponential (``cell.h``) on the CPU's best instruction set.
 """
 from libc.stdint cimport int64_t
+
+from .lstm import ISAS, supported_isas
+
+
+cdef extern from "cell.h":
+    void sparse_softmax_xent_f(int isa, float* loss, float* grad, const float* z,
+                               const int64_t* target, Py_ssize_t rows,
+                               Py_ssize_t C) noexcept nogil
+    void sparse_softmax_xent_d(double* loss, double* grad, const double* z,
+                               const int64_t* target, Py_ssize_t rows,
+                               Py_ssize_t C) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -34,3 +46,42 @@ def embedding_backward(floating[:, ::1] grad_weight, const int64_t[::1] indices,
                 continue
             for j in range(D):
                 grad_weight[index, j] += grad_out[n, j]
+
+
+def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
+                                 const floating[:, ::1] logits, const int64_t[::1] target,
+                                 str isa):
+    """Per row r of logits (rows, C): loss[r] = -log softmax(logits[r])[target[r]] and
+    grad[r] = softmax(logits[r]) - onehot(target[r]), from one exp of the logits shifted by
+    their max (a row holding a NaN gets NaN). NumPy::
+
+        shifted = logits - logits.max(-1, keepdims=True)
+        loss = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(rows), target]
+
+    isa is the instruction set of the float pass: one of
+    ``fastlstm._kernels.lstm.supported_isas()`` (the LSTM kernels' is ``packed_isa()``).
+    """
+    cdef Py_ssize_t r, rows = logits.shape[0], C = logits.shape[1]
+    cdef int isa_index
+    if isa not in supported_isas():
+        raise ValueError(f"sparse_softmax_cross_entropy: isa: expected one of "
+                         f"{supported_isas()}, got {isa!r}")
+    isa_index = ISAS.index(isa)
+    if loss.shape[0] != rows or target.shape[0] != rows:
+        raise ValueError(f"sparse_softmax_cross_entropy: loss and target: expected {rows} "
+                         f"rows (those of logits), got {loss.shape[0]} and {target.shape[0]}")
+    if grad.shape[0] != rows or grad.shape[1] != C:
+        raise ValueError(f"sparse_softmax_cross_entropy: grad: expected shape ({rows}, {C}), "
+                         f"got ({grad.shape[0]}, {grad.shape[1]})")
+    for r in range(rows):
+        if not 0 <= target[r] < C:
+            raise ValueError(f"sparse_softmax_cross_entropy: target: expected values in "
+                             f"[0, {C}), got {target[r]}")
+    if rows == 0 or C == 0:
+        return
+    with nogil:
+        if floating is float:
+            sparse_softmax_xent_f(isa_index, &loss[0], &grad[0, 0], &logits[0, 0], &target[0],
+                                  rows, C)
+        else:
+            sparse_softmax_xent_d(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C)

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from fastlstm import _functional as F
-from fastlstm._kernels import layers
+from fastlstm._kernels import layers, lstm
+
+ISAS = lstm.supported_isas()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -32,3 +34,47 @@ def test_embedding_backward_checks_indices_and_shapes():
         layers.embedding_backward(grad_weight, np.array([0, 1]), np.ones((2, 3), np.float32),
                                   -1)
     assert not grad_weight.any()
+
+
+def softmax_cross_entropy_float64(logits, target):
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    rows = np.arange(len(target))
+    grad = e / e.sum(axis=-1, keepdims=True)
+    grad[rows, target] -= 1
+    return np.log(e.sum(axis=-1)) - shifted[rows, target], grad
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("classes", [1, 15, 16, 17, 80])
+def test_sparse_softmax_cross_entropy_matches_float64(isa, dtype, classes):
+    rng = np.random.default_rng(classes)
+    logits = (rng.standard_normal((37, classes)) * 4).astype(dtype)
+    logits[0] += 1000                                   # the shift keeps exp finite
+    target = rng.integers(0, classes, 37)
+    loss, grad = np.empty(37, dtype), np.empty_like(logits)
+    layers.sparse_softmax_cross_entropy(loss, grad, logits, target, isa)
+    want_loss, want_grad = softmax_cross_entropy_float64(logits, target)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(loss, want_loss, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)
+
+
+def test_sparse_softmax_cross_entropy_nan_row_and_bad_input():
+    logits = np.zeros((3, 4), np.float32)
+    logits[1, 2] = np.nan
+    loss, grad = np.empty(3, np.float32), np.empty_like(logits)
+    layers.sparse_softmax_cross_entropy(loss, grad, logits, np.array([0, 1, 3]), ISAS[-1])
+    assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
+    np.testing.assert_allclose(loss[[0, 2]], np.log(4), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"target: expected values in \[0, 4\), got 4"):
+        layers.sparse_softmax_cross_entropy(loss, grad, logits, np.array([0, 4, 1]), ISAS[-1])
+    with pytest.raises(ValueError, match=r"grad: expected shape \(3, 4\), got \(3, 5\)"):
+        layers.sparse_softmax_cross_entropy(loss, np.empty((3, 5), np.float32), logits,
+                                            np.array([0, 1, 2]), ISAS[-1])
+    with pytest.raises(ValueError, match="loss and target: expected 3 rows"):
+        layers.sparse_softmax_cross_entropy(np.empty(2, np.float32), grad, logits,
+                                            np.array([0, 1, 2]), ISAS[-1])
+    with pytest.raises(ValueError, match="isa: expected one of"):
+        layers.sparse_softmax_cross_entropy(loss, grad, logits, np.array([0, 1, 2]), "sse9")
