@@ -7,7 +7,7 @@ exponential (``cell.h``) on the CPU's best instruction set.
 """
 from libc.stdint cimport int64_t
 
-from .lstm import ISAS, supported_isas
+from .lstm import ISAS as _ISAS, supported_isas as _supported_isas
 
 
 cdef extern from "cell.h":
@@ -63,10 +63,10 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     """
     cdef Py_ssize_t r, rows = logits.shape[0], C = logits.shape[1]
     cdef int isa_index
-    if isa not in supported_isas():
+    if isa not in _supported_isas():
         raise ValueError(f"sparse_softmax_cross_entropy: isa: expected one of "
-                         f"{supported_isas()}, got {isa!r}")
-    isa_index = ISAS.index(isa)
+                         f"{_supported_isas()}, got {isa!r}")
+    isa_index = _ISAS.index(isa)
     if loss.shape[0] != rows or target.shape[0] != rows:
         raise ValueError(f"sparse_softmax_cross_entropy: loss and target: expected {rows} "
                          f"rows (those of logits), got {loss.shape[0]} and {target.shape[0]}")
