@@ -214,15 +214,15 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     def _rows(self, y_true, y_pred):
         target = sparse_targets(y_true, y_pred)
         rows = y_pred.reshape(-1, y_pred.shape[-1])
-        index = np.arange(rows.shape[0]), target.reshape(-1)
         if self.from_logits:   # one pass: log_softmax and softmax from one exp per logit
             logits = np.ascontiguousarray(rows, dtype=np.promote_types(rows.dtype, np.float32))
             losses, grad = np.empty(logits.shape[0], logits.dtype), np.empty_like(logits)
             _layers.sparse_softmax_cross_entropy(losses, grad, logits,
-                                                 np.ascontiguousarray(index[1]),
+                                                 np.ascontiguousarray(target.reshape(-1)),
                                                  _lstm.packed_isa())
             return (losses.reshape(target.shape).astype(y_pred.dtype, copy=False),
                     grad.reshape(y_pred.shape).astype(y_pred.dtype, copy=False))
+        index = np.arange(rows.shape[0]), target.reshape(-1)
         p, inside = clip_probabilities(rows[index])
         grad = np.zeros_like(rows)
         grad[index] = -inside / p

@@ -23,6 +23,17 @@ ctypedef fused floating:
     double
 
 
+cdef int _check_indices(str function, str name, const int64_t[::1] indices,
+                        Py_ssize_t size) except -1:
+    # ValueError for the first index outside [0, size)
+    cdef Py_ssize_t n
+    for n in range(indices.shape[0]):
+        if not 0 <= indices[n] < size:
+            raise ValueError(f"{function}: {name}: expected values in [0, {size}), got "
+                             f"{indices[n]}")
+    return 0
+
+
 def embedding_backward(floating[:, ::1] grad_weight, const int64_t[::1] indices,
                        const floating[:, ::1] grad_out, Py_ssize_t skip_index):
     """Add row n of grad_out to row indices[n] of grad_weight, in the order of n, except
@@ -35,10 +46,7 @@ def embedding_backward(floating[:, ::1] grad_weight, const int64_t[::1] indices,
     if grad_out.shape[0] != N or grad_out.shape[1] != D:
         raise ValueError(f"embedding_backward: grad_out: expected shape ({N}, {D}), got "
                          f"({grad_out.shape[0]}, {grad_out.shape[1]})")
-    for n in range(N):
-        if not 0 <= indices[n] < V:
-            raise ValueError(f"embedding_backward: indices: expected values in [0, {V}), "
-                             f"got {indices[n]}")
+    _check_indices("embedding_backward", "indices", indices, V)
     with nogil:
         for n in range(N):
             index = indices[n]
@@ -61,7 +69,7 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     isa is the instruction set of the float pass: one of
     ``fastlstm._kernels.lstm.supported_isas()`` (the LSTM kernels' is ``packed_isa()``).
     """
-    cdef Py_ssize_t r, rows = logits.shape[0], C = logits.shape[1]
+    cdef Py_ssize_t rows = logits.shape[0], C = logits.shape[1]
     cdef int isa_index
     if isa not in _supported_isas():
         raise ValueError(f"sparse_softmax_cross_entropy: isa: expected one of "
@@ -73,10 +81,7 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     if grad.shape[0] != rows or grad.shape[1] != C:
         raise ValueError(f"sparse_softmax_cross_entropy: grad: expected shape ({rows}, {C}), "
                          f"got ({grad.shape[0]}, {grad.shape[1]})")
-    for r in range(rows):
-        if not 0 <= target[r] < C:
-            raise ValueError(f"sparse_softmax_cross_entropy: target: expected values in "
-                             f"[0, {C}), got {target[r]}")
+    _check_indices("sparse_softmax_cross_entropy", "target", target, C)
     if rows == 0 or C == 0:
         return
     with nogil:

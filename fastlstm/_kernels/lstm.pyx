@@ -540,12 +540,15 @@ cdef void _weight_gradient(LSTMWork* w, bint h_prev, Py_ssize_t g0, Py_ssize_t g
 
 
 cdef void _add_edge(floating* dW, Py_ssize_t N, const floating* edge, Py_ssize_t rows,
-                    floating* kind) noexcept nogil:
-    # dW[:rows, N - N % lanes:] += edge[:rows, :N % lanes]
+                    bint accumulate, floating* kind) noexcept nogil:
+    # dW[:rows, N - N % lanes:] (+)= edge[:rows, :N % lanes]
     cdef Py_ssize_t lanes = _lanes(kind), start = N - N % lanes, g, c
     for g in range(rows):
         for c in range(N % lanes):
-            dW[g * N + start + c] += edge[g * lanes + c]
+            if accumulate:
+                dW[g * N + start + c] += edge[g * lanes + c]
+            else:
+                dW[g * N + start + c] = edge[g * lanes + c]
 
 
 cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, floating* edge,
@@ -556,10 +559,9 @@ cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, fl
     # any thread, so dx does not depend on the threads, bit for bit.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
     cdef Py_ssize_t x_rows = _dx_block(TB), edge_rows = _edge_rows(kind)
-    cdef Py_ssize_t c0 = 0, nc, full, u, block, r0, r1, m0, m1, r, c
+    cdef Py_ssize_t c0 = 0, nc, full, u, block, r0, r1, m0, m1
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* dx = <floating*>w.dx
-    cdef floating* out
     cdef int accumulate = 1 if w.accumulate_dx else 0
     while c0 < n_in:
         nc = min(<Py_ssize_t>DX_COLUMNS, n_in - c0)
@@ -580,10 +582,8 @@ cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, fl
                 m1 = min(r1, m0 + edge_rows)
                 _product(edge, lanes, dgates + m0 * G, G, panels + full * G * lanes, m1 - m0, 1,
                          G, 0)
-                for r in range(m1 - m0):
-                    out = dx + (m0 + r) * n_in + c0 + full * lanes
-                    for c in range(nc % lanes):
-                        out[c] = out[c] + edge[r * lanes + c] if accumulate else edge[r * lanes + c]
+                # a ragged panel is the last one of dx (DX_COLUMNS is whole panels)
+                _add_edge(dx + m0 * n_in, n_in, edge, m1 - m0, accumulate, kind)
                 m0 = m1
             block += parts
         c0 += nc
@@ -614,8 +614,10 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
         _weight_gradient(w, True, g0, g1, r0, kc, a_rows, panels, edge_hh + g0 * lanes, kind)
         r0 += kc
     if g1 > g0:
-        _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, kind)
-        _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, kind)
+        _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, True,
+                  kind)
+        _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, True,
+                  kind)
     # this part's blocks are free now: W_ih's panels in a_rows, the edge in panels
     _input_gradient(w, part, parts, a_rows, panels, kind)
 
@@ -1072,41 +1074,44 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
 
 # ---------------------------------------------------------------- products of other layers
 # The products of the Dense / Linear layers run on the OpenMP threads, as the LSTM kernels
-# do: each thread takes a block of C's rows on single-threaded BLAS, so no second thread
-# pool spins beside the kernels' team. They live here to share the kernels' thread
-# backoff (the openmp.pxd state is per extension module). Products under MATMUL_MIN_WORK
-# multiply-adds run on the calling thread: opening a parallel region costs about a
-# microsecond.
+# do: each thread takes a block of C (rows, or columns) on single-threaded BLAS, so no
+# second thread pool spins beside the kernels' team. They live here to share the kernels'
+# thread backoff (the openmp.pxd state is per extension module). Products under
+# MATMUL_MIN_WORK multiply-adds run on the calling thread: opening a parallel region costs
+# about a microsecond.
 cdef enum:
     MATMUL_MIN_WORK = 1 << 20
     MATMUL_ROW_ALIGN = 8
 
 
-cdef void _matmul_rows(floating* c, const floating* a, const floating* b, int m, int n, int k,
+cdef inline bint _matmul_splits_columns(bint trans_a, bint trans_b) noexcept nogil:
+    # A.T @ B (a weight gradient: few rows, a deep sum) is shared by columns: two threads'
+    # BLAS calls on half the rows each took 1.2x the time of the same on half the columns
+    return trans_a and not trans_b
+
+
+cdef void _matmul_part(floating* c, const floating* a, const floating* b, int m, int n, int k,
                        int lda, int ldb, int ldc, bint trans_a, bint trans_b, floating beta,
                        int part, int parts) noexcept nogil:
-    # rows [r0, r1) of C, part `part` of `parts` in blocks of MATMUL_ROW_ALIGN rows; for
-    # A.T @ B (a weight gradient: few rows, a deep sum), columns: two threads' BLAS calls
-    # on half the rows each took 1.2x the time of the same on half the columns
-    cdef int blocks = (m + MATMUL_ROW_ALIGN - 1) // MATMUL_ROW_ALIGN
-    cdef int r0 = min(m, blocks * part // parts * MATMUL_ROW_ALIGN)
-    cdef int r1 = min(m, blocks * (part + 1) // parts * MATMUL_ROW_ALIGN)
-    if trans_a and not trans_b:
-        blocks = (n + MATMUL_ROW_ALIGN - 1) // MATMUL_ROW_ALIGN
-        r0 = min(n, blocks * part // parts * MATMUL_ROW_ALIGN)
-        r1 = min(n, blocks * (part + 1) // parts * MATMUL_ROW_ALIGN)
-        if r1 > r0:
-            gemm(trans_a, trans_b, m, r1 - r0, k, <floating>1, a, lda, b + r0, ldb, beta,
-                 c + r0, ldc)
+    # part `part` of `parts` of C, in blocks of MATMUL_ROW_ALIGN rows (or columns)
+    cdef bint columns = _matmul_splits_columns(trans_a, trans_b)
+    cdef int size = n if columns else m
+    cdef int blocks = (size + MATMUL_ROW_ALIGN - 1) // MATMUL_ROW_ALIGN
+    cdef int i0 = min(size, blocks * part // parts * MATMUL_ROW_ALIGN)
+    cdef int i1 = min(size, blocks * (part + 1) // parts * MATMUL_ROW_ALIGN)
+    if i1 <= i0:
         return
-    if r1 > r0:
-        gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a + (r0 if trans_a else r0 * lda),
-             lda, b, ldb, beta, c + r0 * ldc, ldc)
+    if columns:     # C[:, i0:i1] (+)= A.T @ B[:, i0:i1]
+        gemm(trans_a, trans_b, m, i1 - i0, k, <floating>1, a, lda, b + i0, ldb, beta, c + i0,
+             ldc)
+    else:           # C[i0:i1] (+)= op(A)[i0:i1] @ op(B)
+        gemm(trans_a, trans_b, i1 - i0, n, k, <floating>1, a + (i0 if trans_a else i0 * lda),
+             lda, b, ldb, beta, c + i0 * ldc, ldc)
 
 
 def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] b,
            bint trans_a, bint trans_b, bint accumulate, int n_threads):
-    """c (+)= op(a) @ op(b) on up to ``n_threads`` OpenMP threads (row blocks of c, each on
+    """c (+)= op(a) @ op(b) on up to ``n_threads`` OpenMP threads (blocks of c, each on
     single-threaded BLAS); op transposes when its flag is set. c (m, n), op(a) (m, k),
     op(b) (k, n); all float32 or all float64, C-contiguous.
 
@@ -1135,14 +1140,15 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
         if not accumulate:
             c[:, :] = 0
         return
-    if work < MATMUL_MIN_WORK or (n if trans_a and not trans_b else m) < 2 * MATMUL_ROW_ALIGN:
+    if work < MATMUL_MIN_WORK or (
+            (n if _matmul_splits_columns(trans_a, trans_b) else m) < 2 * MATMUL_ROW_ALIGN):
         n_threads = 1
     n_threads = fl_team_size(max(1, n_threads), expected_ns)
     fl_team_init(&team, n_threads, 0)
     with nogil:
         previous = blas_threads_limit(1)
         if n_threads == 1:
-            _matmul_rows(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
+            _matmul_part(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
                          c.shape[1], trans_a, trans_b, beta, 0, 1)
         else:
             started = fl_now_ns()
@@ -1150,7 +1156,7 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
                 parts = fl_omp_team_size()      # OpenMP may give fewer than asked
                 if fl_omp_thread_id() == 0:
                     team.n = parts
-                _matmul_rows(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
+                _matmul_part(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
                              c.shape[1], trans_a, trans_b, beta, fl_omp_thread_id(), parts)
             fl_team_judge_call(&team, fl_now_ns() - started, expected_ns)
             fl_team_report(&team)
