@@ -339,10 +339,26 @@ class Embedding(Layer):
         return tuple(input_shape) + (self.output_dim,)
 
     def forward(self, x):
+        self._looked_up = False
         return self._module(x)
 
+    def lookup(self, x):
+        """The lookup of ``x`` left unbuilt, for an ``LSTM`` layer to read next (see
+        :meth:`fastlstm.modules.Embedding.lookup`); ``backward(None)`` follows it."""
+        if not self.built:
+            self.build(self.input_shape or np.shape(x)[1:])
+        self._looked_up = self.training
+        return self._module.lookup(x)
+
     def backward(self, grad_out):
-        """Accumulate dembeddings; returns None (indices have no gradient)."""
+        """Accumulate dembeddings; returns None (indices have no gradient).
+
+        After :meth:`lookup`, the LSTM has added them and ``grad_out`` is None."""
+        if self.__dict__.pop("_looked_up", False):
+            if grad_out is not None:
+                raise ValueError("grad_out: expected None after Embedding.lookup (the LSTM "
+                                 "that read it adds dembeddings), got an array")
+            return None
         return self._module.backward(grad_out)
 
     def get_config(self):
@@ -564,9 +580,23 @@ class LSTM(Layer):
                              f"{array.tolist()}")
         return None if np.all(array == T) else array.astype(np.int64)
 
+    @property
+    def reads_lookups(self):
+        """Whether ``forward`` takes an :meth:`Embedding.lookup` now (no input dropout)."""
+        return not (self.training and self.dropout > 0)
+
     def forward(self, x, lengths=None):
-        # x is (B, T, in); out is (B, T, width) or (B, width)
-        x = self._check_input(x, 3, "inputs")
+        # x is (B, T, in) or an embedding lookup of that shape; out is (B, T, width) or
+        # (B, width)
+        lookup = isinstance(x, modules.Lookup)
+        if lookup and not self.reads_lookups:
+            raise ValueError("x: an embedding lookup reaches an LSTM with input dropout; "
+                             "pass the looked-up array")
+        if not lookup:
+            x = self._check_input(x, 3, "inputs")
+        elif x.ndim != 3 or x.shape[-1] != self.built_input_shape[-1]:
+            raise ValueError(f"x: {self.name or self.default_name} expects inputs of shape "
+                             f"(batch, time, {self.built_input_shape[-1]}), got {x.shape}")
         B, T, _ = x.shape
         lengths = self._check_lengths(lengths, B, T)
         mask = None
@@ -593,7 +623,7 @@ class LSTM(Layer):
                     x[rows], (h0[:, rows], c0[:, rows]), lengths[rows])
         if self.stateful:
             self._state = (h_n.copy(), c_n.copy())
-        self._keep((mask, T, lengths, rows))
+        self._keep((mask, T, lengths, rows, lookup))
         y = self._keras_sequence(out, lengths) if self.return_sequences else \
             _directions_last(h_n)
         y = self._merge(y)
@@ -605,12 +635,13 @@ class LSTM(Layer):
         return [y, *states]
 
     def backward(self, grad_out, grad_state=None):
-        """Backward of the last train-mode call; returns dx (B, T, in).
+        """Backward of the last train-mode call; returns dx (B, T, in) (None for an
+        embedding lookup, whose gradient the embedding receives).
 
         With ``return_state``, ``grad_state`` holds the gradients of the returned states in
         their order (h, c per direction); any may be None.
         """
-        mask, T, lengths, rows = self._take()
+        mask, T, lengths, rows, lookup = self._take()
         grad = self._unmerge(as_real_array(grad_out, "grad_out", self.dtype))
         D, H = self._num_directions, self.units
         B = grad.shape[0]
@@ -632,11 +663,14 @@ class LSTM(Layer):
         if rows is None:
             dx, _ = self._module.backward(grad_seq, (grad_h, grad_c))
         else:
-            dx = np.zeros(grad_seq.shape[:2] + (self._module.input_size,), self.dtype)
+            dx = None if lookup else np.zeros(grad_seq.shape[:2] + (self._module.input_size,),
+                                              self.dtype)
             if len(rows):
-                dx[rows], _ = self._module.backward(grad_seq[rows],
-                                                    (grad_h[:, rows], grad_c[:, rows]))
-        return dx if mask is None else dx * mask
+                dx_rows, _ = self._module.backward(grad_seq[rows],
+                                                   (grad_h[:, rows], grad_c[:, rows]))
+                if dx is not None:
+                    dx[rows] = dx_rows
+        return dx if mask is None or dx is None else dx * mask
 
     def _keras_sequence(self, out, lengths):
         """The kernels' outputs (B, T, D*H), aligned with the input steps and zero past each

@@ -7,7 +7,7 @@ from . import _functional as F
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 from . import _limits
-from .modules import Module
+from .modules import Lookup, Module
 from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
@@ -194,6 +194,25 @@ class LSTM(Module):
                              f"shape {x.shape}")
         return np.ascontiguousarray(x), unbatched
 
+    def _lookup_input(self, lookup):
+        """(table, time-major tokens (T*B,), T, B, unbatched) of an embedding Lookup, or
+        None when projecting the looked-up rows is cheaper than projecting the table."""
+        indices = lookup.indices
+        if indices.ndim not in (1, 2) or lookup.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected an embedding lookup of shape (T, B, "
+                             f"{self.input_size}), (B, T, {self.input_size}) or (T, "
+                             f"{self.input_size}), got {lookup.shape}")
+        table = lookup.embedding.weight
+        if table.dtype != self.dtype or 2 * len(table) > indices.size or indices.size == 0:
+            return None
+        unbatched = indices.ndim == 1
+        if unbatched:
+            indices = indices[:, None]
+        elif self.batch_first:
+            indices = indices.T
+        steps, batch = indices.shape
+        return table, indices.astype(np.intp).reshape(-1), steps, batch, unbatched
+
     def _state_input(self, hx, batch, unbatched):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if hx is None:
@@ -236,7 +255,10 @@ class LSTM(Module):
         Parameters
         ----------
         x : array-like
-            (T, B, input_size), (B, T, input_size) with ``batch_first``, or (T, input_size).
+            (T, B, input_size), (B, T, input_size) with ``batch_first``, or (T, input_size);
+            or an embedding's :meth:`~fastlstm.modules.Embedding.lookup`, whose table rows
+            the first layer then projects once each (``backward`` adds the embedding's
+            gradient and returns None for it).
         hx : tuple of array-like, optional
             (h0, c0), each (D*num_layers, B, H) (or (D*num_layers, H) unbatched); zeros if None.
         lengths : array-like of int, optional
@@ -249,12 +271,18 @@ class LSTM(Module):
         (h_n, c_n) : tuple of ndarray
             Each (D*num_layers, B, H), taken at each sequence's last valid step.
         """
-        x, unbatched = self._time_major_input(x)
-        steps, batch = x.shape[0], x.shape[1]
+        lookup = x if isinstance(x, Lookup) else None
+        fused = None if lookup is None else self._lookup_input(lookup)
+        if fused is not None:
+            x, tokens, steps, batch, unbatched = fused
+        else:
+            x, unbatched = self._time_major_input(x)
+            tokens, (steps, batch) = None, x.shape[:2]
         h0, c0 = self._state_input(hx, batch, unbatched)
         lengths = self._lengths_input(lengths, steps, batch)
-        out, h_n, c_n, kept = self._forward(x, h0, c0, lengths, self.training)
+        out, h_n, c_n, kept = self._forward(x, tokens, h0, c0, lengths, self.training)
         if self.training:
+            kept["lookup"] = lookup
             kept["out_shape"] = (steps, out.shape[2]) if unbatched else (
                 (batch, steps, out.shape[2]) if self.batch_first else out.shape)
             self._kept = kept
@@ -300,16 +328,18 @@ class LSTM(Module):
         _limits.check_index(f"{what}: T * B * max(input_size, 4 * hidden_size)",
                             steps * batch * max(n_in, D * H, 4 * H))
         per_step = batch * (n_in + 2 * D * H)              # x, two layers' outputs
-        if training:   # kept gates, hidden and cell states (and clip masks) of every layer
-            per_step += L * batch * D * (6 * H + H) + batch * 4 * H
+        if training:   # kept gates (dgates in place), hidden and cell states of every layer
+            per_step += L * batch * D * (6 * H + H)
         nbytes = steps * per_step * self.dtype.itemsize
         if training and self.clip is not None:
             nbytes += steps * L * batch * D * 4 * H
         _limits.check_memory(f"{what}: the {'training' if training else 'inference'} buffers",
                              nbytes)
 
-    def _forward(self, x, h0, c0, lengths, training):
-        steps, batch = x.shape[0], x.shape[1]
+    def _forward(self, x, tokens, h0, c0, lengths, training):
+        # x: (T, B, in) time-major, or with tokens (T*B,) a table (rows, in) they index
+        steps, batch = (x.shape[0], x.shape[1]) if tokens is None else (
+            len(tokens) // h0.shape[1], h0.shape[1])
         H, D, dtype = self.hidden_size, self.num_directions, self.dtype
         self._check_call_size(steps, batch, training)
         n_threads = self._kernel_threads(batch)
@@ -317,10 +347,18 @@ class LSTM(Module):
         c_n = np.empty_like(c0)
         if training:
             x = self._reuse("x", x.shape, dtype, like=x)
-        kept = dict(x=x, h0=h0, c0=c0, lengths=lengths, layers=[], n_threads=n_threads)
+        kept = dict(x=x, tokens=tokens, steps=steps, batch=batch, h0=h0, c0=c0,
+                    lengths=lengths, layers=[], n_threads=n_threads)
         layer_input = kept["x"]
         for layer in range(self.num_layers):
-            out = np.empty((steps, batch, D * H), dtype=dtype)
+            rows = layer_input.reshape(-1, layer_input.shape[-1])
+            layer_tokens = _EMPTY_INDEX if layer > 0 or tokens is None else tokens
+            if layer == self.num_layers - 1 and self.batch_first:
+                # written through strides in the caller's layout: _format_output's
+                # transpose of it is a view
+                out = np.empty((batch, steps, D * H), dtype=dtype).transpose(1, 0, 2)
+            else:
+                out = np.empty((steps, batch, D * H), dtype=dtype)
             record = dict(input=layer_input, directions=[], mask=None)
             calls = []
             for direction in range(D):
@@ -337,8 +375,8 @@ class LSTM(Module):
                                    cells=np.empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
                 calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
-                    buffers["hidden"], buffers["cells"], buffers["clipped"], layer_input,
-                    h0[index], c0[index], W_ih, W_hh, bias, peep,
+                    buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
+                    layer_tokens, h0[index], c0[index], W_ih, W_hh, bias, peep,
                     _EMPTY_INDEX if lengths is None else lengths,
                     direction == 1 or self.reverse, training, self.clip or 0.0))
                 record["directions"].append(buffers)
@@ -386,20 +424,26 @@ class LSTM(Module):
         if kept is None:
             raise RuntimeError("backward: no train-mode call to backpropagate through (call the "
                                "module in train mode first; each call supports one backward)")
-        x = kept["x"]
-        steps, batch = x.shape[0], x.shape[1]
+        steps, batch = kept["steps"], kept["batch"]
         H, D, L, dtype = self.hidden_size, self.num_directions, self.num_layers, self.dtype
         grad = self._grad_output(grad_out, steps, batch)
         dh0, dc0 = self._grad_state(grad_state, batch)
         self._kept = None
         lengths = kept["lengths"]
-        dgates = self._reuse("dgates", (steps * batch * 4 * H,), dtype)
         for layer in reversed(range(L)):
             record = kept["layers"][layer]
             if record["mask"] is not None:
                 grad = grad * record["mask"]
             layer_input = record["input"]
-            dx = np.empty_like(layer_input)
+            rows = layer_input.reshape(-1, layer_input.shape[-1])
+            tokens = kept["tokens"] if layer == 0 else None
+            if tokens is None:   # dx (T, B, in), through its rows
+                dx = np.empty((steps, batch, rows.shape[1]), dtype)
+                dx_rows, dtable = dx.reshape(-1, rows.shape[1]), np.empty((0, 4 * H), dtype)
+            else:                # dL/dtable = sum over directions of dtable @ W_ih
+                dx = np.zeros(rows.shape, dtype)
+                dx_rows = np.empty((0, rows.shape[1]), dtype)
+                dtable = self._reuse("dtable", (len(rows), 4 * H), dtype)
             for direction in range(D):
                 index = layer * D + direction
                 suffix, W_ih, W_hh, _, peep = self._direction_params(layer, direction)
@@ -407,12 +451,16 @@ class LSTM(Module):
                 db = np.zeros(4 * H, dtype=dtype) if self.bias else np.empty(0, dtype)
                 dpeep = self._peephole_grad_blocks.get((layer, direction), np.empty(0, dtype))
                 _lstm.lstm_backward(
-                    dx, direction == 1, dh0[index], dc0[index], self._grads["weight_ih" + suffix],
-                    self._grads["weight_hh" + suffix], db, dpeep, dgates, grad, direction * H,
-                    buffers["gates"], buffers["hidden"], buffers["cells"], buffers["clipped"],
-                    layer_input, kept["h0"][index], kept["c0"][index], W_ih, W_hh, peep,
+                    dx_rows, direction == 1, dtable, dh0[index], dc0[index],
+                    self._grads["weight_ih" + suffix], self._grads["weight_hh" + suffix], db,
+                    dpeep, grad, direction * H, buffers["gates"], buffers["hidden"],
+                    buffers["cells"], buffers["clipped"], rows,
+                    _EMPTY_INDEX if tokens is None else tokens, kept["h0"][index],
+                    kept["c0"][index], W_ih, W_hh, peep,
                     _EMPTY_INDEX if lengths is None else lengths, direction == 1 or self.reverse,
                     kept["n_threads"])
+                if tokens is not None:
+                    _lstm.matmul(dx, dtable, W_ih, False, False, True, kept["n_threads"])
                 if self.bias:
                     self._grads["bias_ih" + suffix] += db
                     self._grads["bias_hh" + suffix] += db
@@ -425,11 +473,12 @@ class LSTM(Module):
         if grad.shape != kept_shape:
             raise ValueError(f"grad_out: expected shape {kept_shape} (the output of the last "
                              f"train-mode call), got {grad.shape}")
+        grad = np.ascontiguousarray(grad)
         if grad.ndim == 2:
             grad = grad[:, None, :]
-        elif self.batch_first:
+        elif self.batch_first:   # the kernels read it through strides
             grad = grad.transpose(1, 0, 2)
-        return np.ascontiguousarray(grad)
+        return grad
 
     def _grad_state(self, grad_state, batch):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
@@ -452,10 +501,22 @@ class LSTM(Module):
         return grads
 
     def _format_backward(self, dx, dh0, dc0, kept):
-        if len(kept["out_shape"]) == 2:
-            return dx[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
-        if self.batch_first:
+        """dx in the caller's layout, and the states' gradients; for an embedding lookup,
+        dx (of the table or of the rows) goes to the embedding and None comes back."""
+        unbatched = len(kept["out_shape"]) == 2
+        if unbatched:
+            dh0, dc0 = dh0[:, 0, :], dc0[:, 0, :]
+        lookup = kept["lookup"]
+        if lookup is not None and kept["tokens"] is not None:
+            lookup.add_grad(dx)
+            return None, (dh0, dc0)
+        if unbatched:
+            dx = dx[:, 0, :]
+        elif self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        if lookup is not None:
+            lookup.add_grad_rows(dx)
+            return None, (dh0, dc0)
         return dx, (dh0, dc0)
 
     # ------------------------------------------------------------------ streaming

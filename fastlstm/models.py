@@ -166,8 +166,17 @@ class Sequential(Module):
             kwargs = {"lengths": lengths} if layer.takes_lengths else {}
             if logits and index == len(self.layers) - 1:
                 kwargs["logits"] = True
-            x, lengths = layer(x, **kwargs), out_lengths
+            if self._feeds_lookup(index):   # the LSTM projects the table, not every row
+                x, lengths = layer.lookup(x), out_lengths
+            else:
+                x, lengths = layer(x, **kwargs), out_lengths
         return x, lengths
+
+    def _feeds_lookup(self, index):
+        """Whether layer ``index`` is an Embedding read next by an LSTM that takes lookups."""
+        following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+        return (isinstance(self.layers[index], layers_module.Embedding)
+                and isinstance(following, layers_module.LSTM) and following.reads_lookups)
 
     def backward(self, grad_out):
         """Backpropagate ``grad_out`` through the layers of the last train-mode call."""

@@ -327,6 +327,14 @@ class Embedding(Module):
         self._keep(indices)
         return self.weight[indices]
 
+    def lookup(self, indices):
+        """``weight[indices]`` left unbuilt, for a :class:`fastlstm.LSTM` to read.
+
+        The LSTM projects each row of ``weight`` once instead of each looked-up row, and adds
+        dweight itself (its ``backward`` returns None); keeps nothing here.
+        """
+        return Lookup(self, F.as_index_array(indices, self.num_embeddings, "indices"))
+
     def backward(self, grad_out):
         """Accumulate dweight (rows of the kept indices); returns None."""
         indices = self._take()
@@ -340,6 +348,52 @@ class Embedding(Module):
     def extra_repr(self):
         padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}{padding}, dtype={self.dtype.name}"
+
+
+class Lookup:
+    """``embedding.weight[indices]``, not yet built (:meth:`Embedding.lookup`).
+
+    Array-like: ``shape``, ``dtype``, ``np.asarray`` builds it, and indexing the leading
+    axes selects indices. Gradients reach ``embedding.grads["weight"]`` through
+    :meth:`add_grad` (per table row) or :meth:`add_grad_rows` (per looked-up row).
+    """
+
+    def __init__(self, embedding, indices):
+        self.embedding, self.indices = embedding, indices
+
+    @property
+    def shape(self):
+        return self.indices.shape + (self.embedding.embedding_dim,)
+
+    @property
+    def ndim(self):
+        return self.indices.ndim + 1
+
+    @property
+    def dtype(self):
+        return self.embedding.weight.dtype
+
+    def __getitem__(self, key):
+        return Lookup(self.embedding, self.indices[key])
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self.embedding.weight[self.indices]
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def add_grad(self, grad_table):
+        """Add dL/dweight (num_embeddings, dim), skipping the padding row."""
+        grad = self.embedding.grads["weight"]
+        padding = self.embedding.padding_idx
+        if padding is None:
+            grad += grad_table
+        else:
+            keep = np.arange(len(grad)) != padding
+            grad[keep] += grad_table[keep]
+
+    def add_grad_rows(self, grad_rows):
+        """Add dL/d(the looked-up rows), shaped like ``self``."""
+        F.embedding_backward(self.embedding.grads["weight"], self.indices, grad_rows,
+                             self.embedding.padding_idx)
 
 
 class Dropout(Module):

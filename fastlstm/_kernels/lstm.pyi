@@ -14,17 +14,18 @@ class ForwardCall: ...
 def prepare_forward(
     out: np.ndarray, out_col: int, h_n: np.ndarray, c_n: np.ndarray, gates: np.ndarray,
     hidden: np.ndarray, cells: np.ndarray, clipped: np.ndarray, x: np.ndarray,
-    h0: np.ndarray, c0: np.ndarray, W_ih: np.ndarray, W_hh: np.ndarray, bias: np.ndarray,
-    peep: np.ndarray, lengths: np.ndarray, reverse: bool, training: bool, clip: float,
+    tokens: np.ndarray, h0: np.ndarray, c0: np.ndarray, W_ih: np.ndarray, W_hh: np.ndarray,
+    bias: np.ndarray, peep: np.ndarray, lengths: np.ndarray, reverse: bool, training: bool,
+    clip: float,
 ) -> ForwardCall: ...
 def run_forward(calls: list[ForwardCall], n_threads: int) -> bool: ...
 def lstm_backward(
-    dx: np.ndarray, accumulate_dx: bool, dh: np.ndarray, dc: np.ndarray,
+    dx: np.ndarray, accumulate_dx: bool, dtable: np.ndarray, dh: np.ndarray, dc: np.ndarray,
     dW_ih: np.ndarray, dW_hh: np.ndarray, db: np.ndarray, dpeep: np.ndarray,
-    dgates: np.ndarray, grad_out: np.ndarray, grad_col: int, gates: np.ndarray,
+    grad_out: np.ndarray, grad_col: int, gates: np.ndarray,
     hidden: np.ndarray, cells: np.ndarray, clipped: np.ndarray, x: np.ndarray,
-    h0: np.ndarray, c0: np.ndarray, W_ih: np.ndarray, W_hh: np.ndarray, peep: np.ndarray,
-    lengths: np.ndarray, reverse: bool, n_threads: int,
+    tokens: np.ndarray, h0: np.ndarray, c0: np.ndarray, W_ih: np.ndarray, W_hh: np.ndarray,
+    peep: np.ndarray, lengths: np.ndarray, reverse: bool, n_threads: int,
 ) -> bool: ...
 
 ISAS: tuple[str, str, str]

@@ -159,15 +159,17 @@ cdef struct LSTMWork:
     # The workspace of one layer and direction: sizes, then every buffer the passes touch.
     # Sizes and flags
     Py_ssize_t T, B, n_in, H
-    Py_ssize_t out_stride           # row stride of out (D*H): this direction's h_t at out_col
-    Py_ssize_t grad_stride          # row stride of grad_out
+    Py_ssize_t out_t, out_b         # strides of out's step and batch axes (in elements)
+    Py_ssize_t grad_t, grad_b       # strides of grad_out's step and batch axes
     Py_ssize_t slice_units          # hidden units per slice (multiple of SLICE_ALIGN)
     int n_slices
     bint reverse, training, accumulate_dx
     Py_ssize_t chunk                # steps whose x @ W_ih.T is projected at once (CHUNK_ROWS)
     double clip                     # <= 0: no clipping
+    Py_ssize_t n_rows               # rows of x: T*B, or the table's rows with tokens
     # IN
-    void* x                         # (T, B, n_in)
+    void* x                         # (n_rows, n_in): the rows t*B + b, or a table
+    const Py_ssize_t* tokens        # (T*B,) or NULL: row t*B + b of the input is x[tokens[.]]
     void* h0                        # (B, H)
     void* c0                        # (B, H)
     void* W_ih                      # (4H, n_in)
@@ -175,9 +177,9 @@ cdef struct LSTMWork:
     void* bias                      # (4H,) or NULL: b_ih + b_hh
     void* peep                      # (3H,) or NULL: p_i | p_f | p_o
     Py_ssize_t* lengths             # (B,) or NULL
-    void* grad_out                  # (T, B, grad_stride), this direction's columns first
+    void* grad_out                  # (T, B, >= H) strided, this direction's columns first
     # OUT of the forward (IN of the backward)
-    void* out                       # (T, B, out_stride)
+    void* out                       # (T, B, >= H) strided: this direction's h_t at out_col
     void* h_n                       # (B, H)
     void* c_n                       # (B, H)
     void* gates                     # (T, B, 4H): x-projection + bias, then activated gates
@@ -185,14 +187,16 @@ cdef struct LSTMWork:
     void* cells                     # same as hidden
     unsigned char* clipped          # (T, B, 4H) clip mask (training with clip) or NULL
     # OUT of the backward
-    void* dx                        # (T, B, n_in), overwritten or accumulated
+    void* dx                        # (T*B, n_in), overwritten or accumulated; NULL with tokens
+    void* dtable                    # with tokens, (n_rows, 4H): dgates summed per table row
     void* dh                        # (B, H): IN dL/dh_n, OUT dL/dh0
     void* dc                        # (B, H): IN dL/dc_n, OUT dL/dc0
     void* dW_ih                     # (4H, n_in) accumulated
     void* dW_hh                     # (4H, H) accumulated
     void* db                        # (4H,) accumulated, or NULL
     void* dpeep                     # (3H,) accumulated, or NULL
-    void* dgates                    # (T, B, 4H) pre-activation gradients
+    void* dgates                    # (T, B, 4H) pre-activation gradients: the gates
+                                    # buffer, each step's row overwritten once read
     # Scratch: one block from the workspace pool, holding packed then z
     void* block
     size_t block_size                # bytes of block
@@ -201,8 +205,11 @@ cdef struct LSTMWork:
                                     # chunk of steps, (chunk, B, 4 nj_pad)
     void* grad                      # backward: n_threads x grad_panels_size (a packed block
                                     # of dgates, panels of x or h_prev), two (4H, lanes) edges
+    void* table                     # forward with tokens: n_slices x table_size, each slice's
+                                    # x @ W_ih[rows].T, (n_rows, 4 nj_pad)
     Py_ssize_t slice_panels         # elements of packed weights per slice
     Py_ssize_t z_size               # elements of z per slice
+    Py_ssize_t table_size           # elements of table per slice
     Py_ssize_t grad_panels_size     # elements of one thread's weight-gradient scratch
     fl_team_t team
 
@@ -307,13 +314,17 @@ cdef void _pack_forward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil
     _pack_gate_rows(panels, <const floating*>w.W_ih, H, n_in, j0, nj, kind)
     _pack_gate_rows(panels + 4 * blocks * lanes * n_in, <const floating*>w.W_hh, H, H, j0, nj,
                     kind)
+    if w.tokens != NULL:
+        # table[v] = x[v] @ W_ih[rows].T: each table row projected once per call
+        _product(<floating*>w.table + s * w.table_size, 4 * blocks * lanes,
+                 <const floating*>w.x, n_in, panels, w.n_rows, 4 * blocks, n_in, 0)
 
 
 cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kind) noexcept nogil:
     # One time step for the units of slice s: z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T
     # from the packed panels, then the cell pass.
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
-    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low, r
     cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
     cdef Py_ssize_t slot = t if w.training else step % 2
     cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
@@ -338,7 +349,13 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
     first = step - step % w.chunk
     count = min(w.chunk, w.T - first)
     t_low = w.T - first - count if w.reverse else first
-    if step == first:
+    if step == first and w.tokens != NULL:
+        # z[r] = table[tokens[t_low*B + r]]: the chunk's projections, looked up
+        for r in range(count * B):
+            memcpy(z + r * 4 * nj_pad,
+                   <floating*>w.table + s * w.table_size + w.tokens[t_low * B + r] * 4 * nj_pad,
+                   4 * nj_pad * sizeof(floating))
+    elif step == first:
         # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
         # rows, so each W_ih panel is read once per chunk instead of once per step
         _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
@@ -350,7 +367,7 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
             _cell_forward(gates + row * G + j0 if w.training else NULL,
-                          c_t + b * H + j0, h_t + b * H + j0, out + row * w.out_stride + j0,
+                          c_t + b * H + j0, h_t + b * H + j0, out + t * w.out_t + b * w.out_b + j0,
                           w.clipped + row * G + j0 if w.clipped != NULL else NULL,
                           bias + j0, z + b * 4 * nj_pad, c_prev + b * H + j0,
                           peep + j0 if peep != NULL else NULL, <floating>w.clip, <int>nj,
@@ -358,7 +375,7 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
         else:   # past this sequence's end: carry the state, output zeros
             memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
             memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
-            memset(out + row * w.out_stride + j0, 0, nj * sizeof(floating))
+            memset(out + t * w.out_t + b * w.out_b + j0, 0, nj * sizeof(floating))
 
 
 cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
@@ -437,7 +454,7 @@ cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind)
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
             for j in range(j0, j0 + nj):
-                dh[b * H + j] += grad_out[row * w.grad_stride + j]
+                dh[b * H + j] += grad_out[t * w.grad_t + b * w.grad_b + j]
             _cell_backward(dgates + row * G + j0, <floating*>w.dc + b * H + j0,
                            dpeep + j0 if dpeep != NULL else NULL, dh + b * H + j0,
                            <const floating*>w.gates + row * G + j0,
@@ -589,29 +606,61 @@ cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, fl
         c0 += nc
 
 
+cdef void _table_gradient(LSTMWork* w, Py_ssize_t g0, Py_ssize_t g1,
+                          floating* kind) noexcept nogil:
+    # dtable[:, g0:g1] = dgates[:, g0:g1] summed per token, the rows in order.
+    # NumPy: dtable[:, g0:g1] = 0; np.add.at(dtable[:, g0:g1], tokens, dgates[:, g0:g1])
+    cdef Py_ssize_t G = 4 * w.H, r, v, j
+    cdef floating* dtable = <floating*>w.dtable
+    cdef const floating* dgates = <const floating*>w.dgates
+    cdef floating* row
+    cdef const floating* src
+    for v in range(w.n_rows):
+        memset(dtable + v * G + g0, 0, (g1 - g0) * sizeof(floating))
+    for r in range(w.T * w.B):
+        row = dtable + w.tokens[r] * G
+        src = dgates + r * G
+        for j in range(g0, g1):
+            row[j] += src[j]
+
+
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
     # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
     # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
     # once (fl_pack_rows8, which adds its rows to db), then _weight_gradient for x and
     # h_prev. Every element sums the rows in the same order for any thread count, so the
     # results do not depend on the threads, bit for bit. Then dx (_input_gradient).
+    # With tokens, dgates is first summed per table row (_table_gradient), dW_ih comes from
+    # those sums and the table, and the caller computes dtable @ W_ih.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
     cdef Py_ssize_t g0, g1, r0, kc
     cdef const floating* dgates = <const floating*>w.dgates
+    cdef const floating* dtable = <const floating*>w.dtable
     cdef floating* db = <floating*>w.db
     cdef floating* a_rows = <floating*>w.grad + part * w.grad_panels_size
     cdef floating* panels = a_rows + _padded(G, 8) * GRAD_DEPTH
     cdef floating* edge_ih = <floating*>w.grad + parts * w.grad_panels_size
     cdef floating* edge_hh = edge_ih + G * lanes
     _split(G, parts, part, &g0, &g1)
+    if w.tokens != NULL and g1 > g0:
+        _table_gradient(w, g0, g1, kind)
     r0 = 0
     while g1 > g0 and r0 < TB:
         kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
         # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows; db[g0:g1] += their sum
         _pack_rows8(a_rows, db + g0 if db != NULL else NULL, dgates + r0 * G + g0, G, g1 - g0,
                     kc)
-        _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes, kind)
+        if w.tokens == NULL:
+            _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes,
+                             kind)
         _weight_gradient(w, True, g0, g1, r0, kc, a_rows, panels, edge_hh + g0 * lanes, kind)
+        r0 += kc
+    r0 = 0
+    while w.tokens != NULL and g1 > g0 and r0 < w.n_rows:
+        # dW_ih[g0:g1] += dtable[r0:r0+kc, g0:g1].T @ table[r0:r0+kc]
+        kc = min(<Py_ssize_t>GRAD_DEPTH, w.n_rows - r0)
+        _pack_rows8(a_rows, NULL, dtable + r0 * G + g0, G, g1 - g0, kc)
+        _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes, kind)
         r0 += kc
     if g1 > g0:
         _add_edge(<floating*>w.dW_ih + g0 * n_in, n_in, edge_ih + g0 * lanes, g1 - g0, True,
@@ -619,7 +668,8 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
         _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, True,
                   kind)
     # this part's blocks are free now: W_ih's panels in a_rows, the edge in panels
-    _input_gradient(w, part, parts, a_rows, panels, kind)
+    if w.tokens == NULL:
+        _input_gradient(w, part, parts, a_rows, panels, kind)
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
@@ -674,6 +724,14 @@ def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
     for b in range(lengths.shape[0]):
         if lengths[b] < 1 or lengths[b] > T:
             raise ValueError(f"lengths: expected values in [1, {T}], got {lengths[b]}")
+
+
+def _check_tokens(const Py_ssize_t[::1] tokens, Py_ssize_t rows):
+    cdef Py_ssize_t r
+    for r in range(tokens.shape[0]):
+        if tokens[r] < 0 or tokens[r] >= rows:
+            raise ValueError(f"tokens: expected values in [0, {rows}) (the rows of x), got "
+                             f"{tokens[r]}")
 
 
 # ---------------------------------------------------------------- workspace pool
@@ -753,23 +811,28 @@ def pooled_workspace_bytes():
 
 
 cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize,
-                  Py_ssize_t grad_elements=0) except -1:
+                  Py_ssize_t grad_elements=0, bint table=False) except -1:
     """Slices and per-slice scratch: panels `depth` deep for all gates, product results,
-    then `grad_elements` for the weight gradients (w.grad)."""
+    then `grad_elements` for the weight gradients (w.grad), then (with `table`) each slice's
+    projected table (w.table)."""
     cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
     cdef Py_ssize_t slice_pad
-    cdef size_t packed_bytes, z_bytes
+    cdef size_t packed_bytes, z_bytes, grad_bytes
     w.n_slices = max(1, min(n_threads, <int>blocks))
     w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
     slice_pad = w.slice_units   # already a multiple of every panel width
     w.slice_panels = 4 * slice_pad * depth
     w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
+    w.table_size = w.n_rows * 4 * slice_pad if table else 0
     packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
     z_bytes = _aligned_bytes(w.n_slices * w.z_size * itemsize)
-    w.block = _take_block(packed_bytes + z_bytes + grad_elements * itemsize, &w.block_size)
+    grad_bytes = _aligned_bytes(grad_elements * itemsize)
+    w.block = _take_block(packed_bytes + z_bytes + grad_bytes
+                          + w.n_slices * w.table_size * itemsize, &w.block_size)
     w.packed = w.block
     w.z = <char*>w.block + packed_bytes
     w.grad = <char*>w.z + z_bytes
+    w.table = <char*>w.grad + grad_bytes
     return 0
 
 
@@ -783,27 +846,34 @@ cdef class ForwardCall:
     cdef bint double
 
 
-def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
+def prepare_forward(floating[:, :, :] out, Py_ssize_t out_col,
                     floating[:, ::1] h_n, floating[:, ::1] c_n,
                     floating[::1] gates, floating[::1] hidden, floating[::1] cells,
                     unsigned char[::1] clipped,
-                    const floating[:, :, ::1] x, const floating[:, ::1] h0,
+                    const floating[:, ::1] x, const Py_ssize_t[::1] tokens,
+                    const floating[:, ::1] h0,
                     const floating[:, ::1] c0, const floating[:, ::1] W_ih,
                     const floating[:, ::1] W_hh, const floating[::1] bias,
                     const floating[::1] peep, const Py_ssize_t[::1] lengths,
                     bint reverse, bint training, double clip):
     """Check the arrays of one layer and direction, time-major; return a ForwardCall.
 
-    out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end).
+    out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end);
+    its step and batch axes may have any strides (a batch-first array, transposed).
+    x (T*B, in) holds the input rows t*B + b; or, with tokens (T*B,) not empty, x is a table
+    and row t*B + b of the input is x[tokens[t*B + b]] (an embedding lookup, projected once
+    per table row instead of once per step).
     Training: gates (T*B*4H,) keeps the activated gates, hidden/cells (T*B*H,) the states,
     clipped (T*B*4H,) the clip mask (empty without clip). Inference: gates and clipped are
     empty, hidden/cells are (2*B*H,) rings. bias (4H,) is b_ih + b_hh (zeros without
     biases); empty peep/lengths arrays mean absent.
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], H = W_hh.shape[1], steps
+    cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = W_hh.shape[1], steps
     steps = T if training else 2
     _check_shapes("prepare_forward", [
-        ("out", out.shape[0], T), ("out", out.shape[1], B), ("out", out.shape[2] >= out_col + H, True),
+        ("out", out.shape[2] >= out_col + H, True), ("out: last stride", out.shape[2] == 1 or out.strides[2] == out.itemsize, True),
+        ("x", x.shape[0], x.shape[0] if tokens.shape[0] > 0 else T * B),
+        ("tokens", tokens.shape[0] in (0, T * B), True),
         ("out_col", out_col >= 0, True), ("h_n", h_n.shape[0], B), ("h_n", h_n.shape[1], H),
         ("c_n", c_n.shape[0], B), ("c_n", c_n.shape[1], H),
         ("gates", gates.shape[0], T * B * 4 * H if training else 0),
@@ -811,19 +881,24 @@ def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
         ("clipped", clipped.shape[0], T * B * 4 * H if training and clip > 0 else 0),
         ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
         ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H),
-        ("W_ih", W_ih.shape[1], x.shape[2]), ("W_hh", W_hh.shape[0], 4 * H),
+        ("W_ih", W_ih.shape[1], x.shape[1]), ("W_hh", W_hh.shape[0], 4 * H),
         ("bias", bias.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True),
+        ("lengths", lengths.shape[0] in (0, B), True),
+        ("T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0, True),
         # BLAS and the cell pass index with C ints
-        ("T * B * max(in, 4H)", T * B * max(x.shape[2], 4 * H) < 2 ** 31, True)])
+        ("T * B * max(in, 4H)", max(T * B, x.shape[0]) * max(x.shape[1], 4 * H) < 2 ** 31,
+         True)])
     _check_lengths(lengths, T)
+    _check_tokens(tokens, x.shape[0])
     cdef ForwardCall call = ForwardCall()
     cdef LSTMWork* w = &call.w
     memset(w, 0, sizeof(LSTMWork))
-    w.T, w.B, w.n_in, w.H = x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1]
-    w.out_stride = out.shape[2]
+    w.T, w.B, w.n_in, w.H = T, B, x.shape[1], H
+    w.n_rows = x.shape[0]
+    w.tokens = &tokens[0] if tokens.shape[0] > 0 else NULL
+    w.out_t, w.out_b = out.strides[0] // out.itemsize, out.strides[1] // out.itemsize
     w.reverse, w.training, w.clip = reverse, training, clip
-    w.x, w.h0, w.c0 = <void*>&x[0, 0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
+    w.x, w.h0, w.c0 = <void*>&x[0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
     w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
     w.bias = <void*>&bias[0]
     w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
@@ -833,8 +908,8 @@ def prepare_forward(floating[:, :, ::1] out, Py_ssize_t out_col,
     w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
     w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
     w.chunk = max(1, min(w.T, CHUNK_ROWS // w.B))
-    call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, h0, c0, W_ih, W_hh, bias,
-                   peep, lengths)
+    call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, tokens, h0, c0, W_ih, W_hh,
+                   bias, peep, lengths)
     call.double = floating is double
     return call
 
@@ -862,7 +937,8 @@ def run_forward(list calls, int n_threads):
         n_threads = fl_team_size(n_threads, 2 * _expected_ns(&first.w, 1))
         if n_threads >= 2:
             for call in (first, second):
-                _scratch(&(<ForwardCall>call).w, 1, depth, first.arrays[0].itemsize)
+                _scratch(&(<ForwardCall>call).w, 1, depth, first.arrays[0].itemsize, 0,
+                         (<ForwardCall>call).w.tokens != NULL)
                 fl_team_init(&(<ForwardCall>call).w.team, 1, first.w.T + 1)
             with nogil:
                 with parallel(num_threads=2):
@@ -885,7 +961,7 @@ def run_forward(list calls, int n_threads):
 cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     cdef LSTMWork* w = &call.w
     n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
-    _scratch(w, n_threads, w.n_in + w.H, call.arrays[0].itemsize)
+    _scratch(w, n_threads, w.n_in + w.H, call.arrays[0].itemsize, 0, w.tokens != NULL)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):
@@ -894,57 +970,76 @@ cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     return _finish(w)
 
 
-def lstm_backward(floating[:, :, ::1] dx, bint accumulate_dx,
+def lstm_backward(floating[:, ::1] dx, bint accumulate_dx, floating[:, ::1] dtable,
                   floating[:, ::1] dh, floating[:, ::1] dc,
                   floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db,
-                  floating[::1] dpeep, floating[::1] dgates,
-                  const floating[:, :, ::1] grad_out, Py_ssize_t grad_col,
-                  const floating[::1] gates, const floating[::1] hidden,
+                  floating[::1] dpeep,
+                  const floating[:, :, :] grad_out, Py_ssize_t grad_col,
+                  floating[::1] gates, const floating[::1] hidden,
                   const floating[::1] cells, const unsigned char[::1] clipped,
-                  const floating[:, :, ::1] x, const floating[:, ::1] h0,
+                  const floating[:, ::1] x, const Py_ssize_t[::1] tokens,
+                  const floating[:, ::1] h0,
                   const floating[:, ::1] c0, const floating[:, ::1] W_ih,
                   const floating[:, ::1] W_hh, const floating[::1] peep,
                   const Py_ssize_t[::1] lengths, bint reverse, int n_threads):
     """Backward of a training-mode forward (:func:`prepare_forward`) for one layer and direction.
 
-    dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; dW_ih, dW_hh, db,
-    dpeep accumulate; dx is overwritten, or accumulated into when accumulate_dx.
-    grad_out columns [grad_col, grad_col + H) are this direction's output gradient.
+    dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; gates holds the
+    forward's activated gates on entry and dL/d(pre-activations) on return (each step's row
+    is overwritten once read, so the pass writes no second buffer); dW_ih, dW_hh, db,
+    dpeep accumulate; dx (T*B, in) is overwritten, or accumulated into when accumulate_dx.
+    grad_out columns [grad_col, grad_col + H) are this direction's output gradient (its step
+    and batch axes strided like out's in :func:`prepare_forward`). x and
+    tokens as in :func:`prepare_forward`; with tokens, dx is empty and dtable (rows of x,
+    4H) receives dgates summed per table row (dx of the lookup is dtable @ W_ih).
     Returns True when another thread lost its core and the call finished on one thread.
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], H = W_hh.shape[1], n_in = x.shape[2]
+    cdef Py_ssize_t T = grad_out.shape[0], B = grad_out.shape[1], H = W_hh.shape[1]
+    cdef Py_ssize_t n_in = x.shape[1]
+    cdef bint lookup = tokens.shape[0] > 0
     _check_shapes("lstm_backward", [
-        ("dx", dx.shape[0], T), ("dx", dx.shape[1], B), ("dx", dx.shape[2], n_in),
+        ("x", x.shape[0], x.shape[0] if lookup else T * B),
+        ("tokens", tokens.shape[0] in (0, T * B), True),
+        ("dx", dx.shape[0], 0 if lookup else T * B), ("dx", dx.shape[1], n_in),
+        ("dtable", dtable.shape[0], x.shape[0] if lookup else 0),
+        ("dtable", dtable.shape[1], 4 * H),
         ("dh", dh.shape[0], B), ("dh", dh.shape[1], H), ("dc", dc.shape[0], B),
         ("dc", dc.shape[1], H), ("dW_ih", dW_ih.shape[0], 4 * H), ("dW_ih", dW_ih.shape[1], n_in),
         ("dW_hh", dW_hh.shape[0], 4 * H), ("dW_hh", dW_hh.shape[1], H),
         ("db", db.shape[0] in (0, 4 * H), True), ("dpeep", dpeep.shape[0], peep.shape[0]),
-        ("dgates", dgates.shape[0] >= T * B * 4 * H, True),
         ("grad_out", grad_out.shape[0], T), ("grad_out", grad_out.shape[1], B),
         ("grad_out", grad_out.shape[2] >= grad_col + H, True), ("grad_col", grad_col >= 0, True),
+        ("grad_out: last stride", grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize, True),
         ("gates", gates.shape[0], T * B * 4 * H), ("hidden", hidden.shape[0], T * B * H),
         ("cells", cells.shape[0], T * B * H), ("clipped", clipped.shape[0] in (0, T * B * 4 * H), True),
         ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
         ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H), ("W_ih", W_ih.shape[1], n_in),
         ("W_hh", W_hh.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True), ("T, B, H", T > 0 and B > 0 and H > 0, True),
+        ("lengths", lengths.shape[0] in (0, B), True),
+        ("T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0, True),
         # BLAS and the cell pass index with C ints
-        ("T * B * max(in, 4H)", T * B * max(x.shape[2], 4 * H) < 2 ** 31, True)])
+        ("T * B * max(in, 4H)", max(T * B, x.shape[0]) * max(n_in, 4 * H) < 2 ** 31, True)])
     _check_lengths(lengths, T)
+    _check_tokens(tokens, x.shape[0])
     cdef LSTMWork w
     memset(&w, 0, sizeof(w))
-    w.T, w.B, w.n_in, w.H = x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1]
-    w.grad_stride = grad_out.shape[2]
+    w.T, w.B, w.n_in, w.H = T, B, n_in, H
+    w.n_rows = x.shape[0]
+    w.tokens = &tokens[0] if lookup else NULL
+    w.grad_t = grad_out.strides[0] // grad_out.itemsize
+    w.grad_b = grad_out.strides[1] // grad_out.itemsize
     w.reverse, w.training, w.accumulate_dx = reverse, True, accumulate_dx
-    w.x, w.h0, w.c0 = <void*>&x[0, 0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
+    w.x, w.h0, w.c0 = <void*>&x[0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
     w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
     w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
     w.lengths = <Py_ssize_t*>&lengths[0] if lengths.shape[0] > 0 else NULL
     w.grad_out = <void*>&grad_out[0, 0, grad_col]
     w.gates, w.hidden, w.cells = <void*>&gates[0], <void*>&hidden[0], <void*>&cells[0]
     w.clipped = <unsigned char*>&clipped[0] if clipped.shape[0] > 0 else NULL
-    w.dx, w.dh, w.dc = <void*>&dx[0, 0, 0], <void*>&dh[0, 0], <void*>&dc[0, 0]
-    w.dW_ih, w.dW_hh, w.dgates = <void*>&dW_ih[0, 0], <void*>&dW_hh[0, 0], <void*>&dgates[0]
+    w.dx = NULL if lookup else <void*>&dx[0, 0]
+    w.dtable = <void*>&dtable[0, 0] if lookup else NULL
+    w.dh, w.dc = <void*>&dh[0, 0], <void*>&dc[0, 0]
+    w.dW_ih, w.dW_hh, w.dgates = <void*>&dW_ih[0, 0], <void*>&dW_hh[0, 0], <void*>&gates[0]
     w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
     w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
     n_threads = fl_team_size(n_threads, _expected_ns(&w, 2))
