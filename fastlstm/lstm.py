@@ -356,9 +356,9 @@ class LSTM(Module):
             if layer == self.num_layers - 1 and self.batch_first:
                 # written through strides in the caller's layout: _format_output's
                 # transpose of it is a view
-                out = np.empty((batch, steps, D * H), dtype=dtype).transpose(1, 0, 2)
+                out = aligned_empty((batch, steps, D * H), dtype).transpose(1, 0, 2)
             else:
-                out = np.empty((steps, batch, D * H), dtype=dtype)
+                out = aligned_empty((steps, batch, D * H), dtype)
             record = dict(input=layer_input, directions=[], mask=None)
             calls = []
             for direction in range(D):
@@ -371,8 +371,9 @@ class LSTM(Module):
                         ("cells", steps * batch * H, dtype),
                         ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
                 else:          # inference keeps nothing: per-call rings, safe from many threads
-                    buffers = dict(gates=np.empty(0, dtype), hidden=np.empty(2 * batch * H, dtype),
-                                   cells=np.empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
+                    buffers = dict(gates=np.empty(0, dtype),
+                                   hidden=aligned_empty(2 * batch * H, dtype),
+                                   cells=aligned_empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
                 calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
                     buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
@@ -396,7 +397,7 @@ class LSTM(Module):
         """
         buffer = self._workspace.get(key)
         if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
-            buffer = self._workspace[key] = np.empty(shape, dtype)
+            buffer = self._workspace[key] = aligned_empty(shape, dtype)
         if like is not None:
             np.copyto(buffer, like)
         return buffer
@@ -438,7 +439,7 @@ class LSTM(Module):
             rows = layer_input.reshape(-1, layer_input.shape[-1])
             tokens = kept["tokens"] if layer == 0 else None
             if tokens is None:   # dx (T, B, in), through its rows
-                dx = np.empty((steps, batch, rows.shape[1]), dtype)
+                dx = aligned_empty((steps, batch, rows.shape[1]), dtype)
                 dx_rows, dtable = dx.reshape(-1, rows.shape[1]), np.empty((0, 4 * H), dtype)
             else:                # dL/dtable = sum over directions of dtable @ W_ih
                 dx = np.zeros(rows.shape, dtype)
