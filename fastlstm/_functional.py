@@ -1,14 +1,33 @@
 """Maths shared by the PyTorch-style modules, the Keras-style layers and ``fl.LSTM``.
 
-Plain functions on NumPy arrays, one place for each: the affine map and its gradient (its
-products on the kernels' OpenMP threads), the embedding lookup's index check and gradient
-scatter, and the inverted-dropout mask.
+Plain functions on NumPy arrays, one place for each: arrays on cache-line boundaries, the
+affine map and its gradient (its products on the kernels' OpenMP threads), the embedding
+lookup's index check and gradient scatter, and the inverted-dropout mask.
 """
 import numpy as np
 
 from ._kernels import layers as _layers
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
+
+
+_ALIGNMENT = 64   # bytes: whole cache lines, so vector stores of a row never split two
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = np.empty(count * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
+    offset = -raw.ctypes.data % _ALIGNMENT
+    return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def aligned_zeros(shape, dtype):
+    """Zeros, as :func:`aligned_empty`."""
+    array = aligned_empty(shape, dtype)
+    array[...] = 0
+    return array
 
 
 def as_index_array(x, size, name="x"):
@@ -30,7 +49,7 @@ def linear(x, weight, bias):
     """``x @ weight.T + bias`` over the last axis; weight (out, in), bias (out,) or None;
     x and weight of one dtype (float32 or float64), weight C-contiguous."""
     rows = np.ascontiguousarray(x).reshape(-1, weight.shape[1])
-    out = np.empty((rows.shape[0], weight.shape[0]), weight.dtype)
+    out = aligned_empty((rows.shape[0], weight.shape[0]), weight.dtype)
     _lstm.matmul(out, rows, weight, False, True, False, get_num_threads())
     if bias is not None:
         out += bias
@@ -47,7 +66,7 @@ def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
                  False, True, threads)
     if grad_bias is not None:
         grad_bias += rows.sum(axis=0)
-    dx = np.empty((rows.shape[0], weight.shape[1]), weight.dtype)
+    dx = aligned_empty((rows.shape[0], weight.shape[1]), weight.dtype)
     _lstm.matmul(dx, rows, weight, False, False, False, threads)
     return dx.reshape(grad_out.shape[:-1] + (weight.shape[1],))
 

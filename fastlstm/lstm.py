@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from . import _functional as F
+from ._functional import aligned_empty, aligned_zeros
 from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 from . import _limits
@@ -14,16 +15,6 @@ _EMPTY_INDEX = np.empty(0, dtype=np.intp)
 # Below this many multiply-adds per time step (B * 4H * (in + H)) a second thread costs more
 # in per-step barriers than it saves; threads also own at least one block of units each.
 _MIN_WORK_PER_THREAD = 1 << 13
-_ALIGNMENT = 64   # bytes: whole cache lines, so vector loads of weight rows never split
-
-
-def aligned_empty(shape, dtype):
-    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    raw = np.empty(count * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
-    offset = -raw.ctypes.data % _ALIGNMENT
-    return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 
 
@@ -216,7 +207,7 @@ class LSTM(Module):
     def _state_input(self, hx, batch, unbatched):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if hx is None:
-            zeros = np.zeros(shape, dtype=self.dtype)
+            zeros = aligned_zeros(shape, self.dtype)
             return zeros, zeros
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx: expected a tuple (h0, c0), got {type(hx).__name__}")
@@ -343,8 +334,8 @@ class LSTM(Module):
         H, D, dtype = self.hidden_size, self.num_directions, self.dtype
         self._check_call_size(steps, batch, training)
         n_threads = self._kernel_threads(batch)
-        h_n = np.empty_like(h0)
-        c_n = np.empty_like(c0)
+        h_n = aligned_empty(h0.shape, h0.dtype)
+        c_n = aligned_empty(c0.shape, c0.dtype)
         if training:
             x = self._reuse("x", x.shape, dtype, like=x)
         kept = dict(x=x, tokens=tokens, steps=steps, batch=batch, h0=h0, c0=c0,
@@ -484,7 +475,7 @@ class LSTM(Module):
     def _grad_state(self, grad_state, batch):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         unbatched = len(self._kept["out_shape"]) == 2
-        grads = [np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)]
+        grads = [aligned_zeros(shape, self.dtype), aligned_zeros(shape, self.dtype)]
         if grad_state is None:
             return grads
         if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
