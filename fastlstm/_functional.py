@@ -4,6 +4,8 @@ Plain functions on NumPy arrays, one place for each: arrays on cache-line bounda
 affine map and its gradient (its products on the kernels' OpenMP threads), the embedding
 lookup's index check and gradient scatter, and the inverted-dropout mask.
 """
+import math
+
 import numpy as np
 
 from ._kernels import layers as _layers
@@ -17,7 +19,7 @@ _ALIGNMENT = 64   # bytes: whole cache lines, so vector stores of a row never sp
 def aligned_empty(shape, dtype):
     """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
+    count = math.prod(shape) if isinstance(shape, tuple) else int(shape)
     raw = np.empty(count * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
     offset = -raw.ctypes.data % _ALIGNMENT
     return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
@@ -28,6 +30,18 @@ def aligned_zeros(shape, dtype):
     array = aligned_empty(shape, dtype)
     array[...] = 0
     return array
+
+
+_ONES = {}
+
+
+def _ones(n, dtype):
+    """A read-only row of n ones (kept per dtype, grown as needed)."""
+    ones = _ONES.get(dtype)
+    if ones is None or len(ones) < n:
+        ones = _ONES[dtype] = np.ones(max(n, 1024), dtype)
+        ones.flags.writeable = False
+    return ones[:n]
 
 
 def as_index_array(x, size, name="x"):
@@ -50,9 +64,9 @@ def linear(x, weight, bias):
     x and weight of one dtype (float32 or float64), weight C-contiguous."""
     rows = np.ascontiguousarray(x).reshape(-1, weight.shape[1])
     out = aligned_empty((rows.shape[0], weight.shape[0]), weight.dtype)
-    _lstm.matmul(out, rows, weight, False, True, False, get_num_threads())
     if bias is not None:
-        out += bias
+        np.copyto(out, bias)
+    _lstm.matmul(out, rows, weight, False, True, bias is not None, get_num_threads())
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
@@ -64,8 +78,9 @@ def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
     rows = np.ascontiguousarray(grad_out).reshape(-1, weight.shape[0])
     _lstm.matmul(grad_weight, rows, np.ascontiguousarray(x).reshape(-1, weight.shape[1]), True,
                  False, True, threads)
-    if grad_bias is not None:
-        grad_bias += rows.sum(axis=0)
+    if grad_bias is not None:   # the column sums, as a product: ones (1, rows) @ rows
+        _lstm.matmul(grad_bias.reshape(1, -1), _ones(len(rows), rows.dtype)[None], rows, False,
+                     False, True, threads)
     dx = aligned_empty((rows.shape[0], weight.shape[1]), weight.dtype)
     _lstm.matmul(dx, rows, weight, False, False, False, threads)
     return dx.reshape(grad_out.shape[:-1] + (weight.shape[1],))

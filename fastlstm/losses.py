@@ -33,6 +33,7 @@ import numpy as np
 from ._functional import as_index_array
 from ._kernels import layers as _layers
 from ._kernels import lstm as _lstm
+from ._threads import get_num_threads
 from ._registry import Registry
 from .validation import as_real_array, check_bool
 
@@ -219,7 +220,7 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
             losses, grad = np.empty(logits.shape[0], logits.dtype), np.empty_like(logits)
             _layers.sparse_softmax_cross_entropy(losses, grad, logits,
                                                  np.ascontiguousarray(target.reshape(-1)),
-                                                 _lstm.packed_isa())
+                                                 _lstm.packed_isa(), get_num_threads())
             return (losses.reshape(target.shape).astype(y_pred.dtype, copy=False),
                     grad.reshape(y_pred.shape).astype(y_pred.dtype, copy=False))
         index = np.arange(rows.shape[0]), target.reshape(-1)

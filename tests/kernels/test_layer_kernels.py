@@ -61,6 +61,23 @@ def test_sparse_softmax_cross_entropy_matches_float64(isa, dtype, classes):
     np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 409, 2048])
+def test_sparse_softmax_cross_entropy_is_the_same_on_two_threads(dtype, rows):
+    """Rows split between threads (from 2**15 logits up): the results are bit for bit
+    those of one thread."""
+    rng = np.random.default_rng(rows)
+    logits = rng.standard_normal((rows, 80)).astype(dtype)
+    target = rng.integers(0, 80, rows)
+    results = []
+    for threads in (1, 2):
+        loss, grad = np.empty(rows, dtype), np.empty_like(logits)
+        layers.sparse_softmax_cross_entropy(loss, grad, logits, target, ISAS[-1], threads)
+        results.append((loss, grad))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_sparse_softmax_cross_entropy_nan_row_and_bad_input():
     logits = np.zeros((3, 4), np.float32)
     logits[1, 2] = np.nan
