@@ -56,9 +56,11 @@ cdef extern from "packed.h":
     void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, const double* panels,
                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
                              int accumulate) noexcept nogil
-    void fl_pack_rows8_f(float* out, float* sums, const float* A, Py_ssize_t lda,
+    void fl_pack_rows8_f(float* out, float* sums, float* table, const Py_ssize_t* tokens,
+                         Py_ssize_t ldt, const float* A, Py_ssize_t lda,
                          Py_ssize_t M, Py_ssize_t K) noexcept nogil
-    void fl_pack_rows8_d(double* out, double* sums, const double* A, Py_ssize_t lda,
+    void fl_pack_rows8_d(double* out, double* sums, double* table, const Py_ssize_t* tokens,
+                         Py_ssize_t ldt, const double* A, Py_ssize_t lda,
                          Py_ssize_t M, Py_ssize_t K) noexcept nogil
     int fl_packed_isa() noexcept nogil
     int fl_cpu_isa() noexcept nogil
@@ -249,14 +251,16 @@ cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
         packed_product_at_d(C, ldc, A, panels, M, n_panels, K, accumulate)
 
 
-cdef inline void _pack_rows8(floating* out, floating* sums, const floating* A, Py_ssize_t lda,
-                             Py_ssize_t M, Py_ssize_t K) noexcept nogil:
+cdef inline void _pack_rows8(floating* out, floating* sums, floating* table,
+                             const Py_ssize_t* tokens, Py_ssize_t ldt, const floating* A,
+                             Py_ssize_t lda, Py_ssize_t M, Py_ssize_t K) noexcept nogil:
     # out[8b*K + 8k + i] = A[k*lda + 8b + i]: rows [0, M) of A (K, M) in blocks of 8; and,
-    # unless sums is NULL, sums[:M] += A[:, :M].sum(axis=0), adding the rows in order
+    # unless sums is NULL, sums[:M] += A[:, :M].sum(axis=0), adding the rows in order; and,
+    # unless table is NULL, table[tokens[k]*ldt + i] += A[k, i], the rows in order
     if floating is float:
-        fl_pack_rows8_f(out, sums, A, lda, M, K)
+        fl_pack_rows8_f(out, sums, table, tokens, ldt, A, lda, M, K)
     else:
-        fl_pack_rows8_d(out, sums, A, lda, M, K)
+        fl_pack_rows8_d(out, sums, table, tokens, ldt, A, lda, M, K)
 
 
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
@@ -606,50 +610,35 @@ cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, fl
         c0 += nc
 
 
-cdef void _table_gradient(LSTMWork* w, Py_ssize_t g0, Py_ssize_t g1,
-                          floating* kind) noexcept nogil:
-    # dtable[:, g0:g1] = dgates[:, g0:g1] summed per token, the rows in order.
-    # NumPy: dtable[:, g0:g1] = 0; np.add.at(dtable[:, g0:g1], tokens, dgates[:, g0:g1])
-    cdef Py_ssize_t G = 4 * w.H, r, v, j
-    cdef floating* dtable = <floating*>w.dtable
-    cdef const floating* dgates = <const floating*>w.dgates
-    cdef floating* row
-    cdef const floating* src
-    for v in range(w.n_rows):
-        memset(dtable + v * G + g0, 0, (g1 - g0) * sizeof(floating))
-    for r in range(w.T * w.B):
-        row = dtable + w.tokens[r] * G
-        src = dgates + r * G
-        for j in range(g0, g1):
-            row[j] += src[j]
-
-
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
     # Whole-sequence products after the loop. dW_ih, dW_hh and db: this part's rows of the
     # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
     # once (fl_pack_rows8, which adds its rows to db), then _weight_gradient for x and
     # h_prev. Every element sums the rows in the same order for any thread count, so the
     # results do not depend on the threads, bit for bit. Then dx (_input_gradient).
-    # With tokens, dgates is first summed per table row (_table_gradient), dW_ih comes from
+    # With tokens, the packing also sums dgates per table row (dtable), dW_ih comes from
     # those sums and the table, and the caller computes dtable @ W_ih.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
-    cdef Py_ssize_t g0, g1, r0, kc
+    cdef Py_ssize_t g0, g1, r0, kc, v
     cdef const floating* dgates = <const floating*>w.dgates
-    cdef const floating* dtable = <const floating*>w.dtable
+    cdef floating* dtable = <floating*>w.dtable
     cdef floating* db = <floating*>w.db
     cdef floating* a_rows = <floating*>w.grad + part * w.grad_panels_size
     cdef floating* panels = a_rows + _padded(G, 8) * GRAD_DEPTH
     cdef floating* edge_ih = <floating*>w.grad + parts * w.grad_panels_size
     cdef floating* edge_hh = edge_ih + G * lanes
     _split(G, parts, part, &g0, &g1)
-    if w.tokens != NULL and g1 > g0:
-        _table_gradient(w, g0, g1, kind)
+    for v in range(w.n_rows if w.tokens != NULL and g1 > g0 else 0):
+        memset(dtable + v * G + g0, 0, (g1 - g0) * sizeof(floating))
     r0 = 0
     while g1 > g0 and r0 < TB:
         kc = min(<Py_ssize_t>GRAD_DEPTH, TB - r0)
-        # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows; db[g0:g1] += their sum
-        _pack_rows8(a_rows, db + g0 if db != NULL else NULL, dgates + r0 * G + g0, G, g1 - g0,
-                    kc)
+        # a_rows: dgates[r0:r0+kc, g0:g1] in blocks of 8 gate rows; db[g0:g1] += their sum;
+        # with tokens, dtable[tokens[r], g0:g1] += dgates[r, g0:g1]
+        _pack_rows8(a_rows, db + g0 if db != NULL else NULL,
+                    dtable + g0 if w.tokens != NULL else NULL,
+                    w.tokens + r0 if w.tokens != NULL else NULL, G, dgates + r0 * G + g0, G,
+                    g1 - g0, kc)
         if w.tokens == NULL:
             _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes,
                              kind)
@@ -659,7 +648,7 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
     while w.tokens != NULL and g1 > g0 and r0 < w.n_rows:
         # dW_ih[g0:g1] += dtable[r0:r0+kc, g0:g1].T @ table[r0:r0+kc]
         kc = min(<Py_ssize_t>GRAD_DEPTH, w.n_rows - r0)
-        _pack_rows8(a_rows, NULL, dtable + r0 * G + g0, G, g1 - g0, kc)
+        _pack_rows8(a_rows, NULL, NULL, NULL, 0, dtable + r0 * G + g0, G, g1 - g0, kc)
         _weight_gradient(w, False, g0, g1, r0, kc, a_rows, panels, edge_ih + g0 * lanes, kind)
         r0 += kc
     if g1 > g0:

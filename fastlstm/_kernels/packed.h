@@ -152,12 +152,14 @@ static void pack_panel_d(double *panel, const double *src, ptrdiff_t col_stride,
 
 /* Rows [0, M) of A (K, M), row stride lda, in blocks of 8 rows for packed_product_at:
  * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. With sums, also
- * sums[i] += A[k, i], added in the order of k (NumPy: sums += A[:, :M].sum(axis=0)).
+ * sums[i] += A[k, i], added in the order of k (NumPy: sums += A[:, :M].sum(axis=0)). With
+ * table, also table[tokens[k] * ldt + i] += A[k, i], in the order of k (NumPy:
+ * np.add.at(table[:, :M], tokens[:K], A[:K, :M])).
  * Blocks go 8 at a time (64 columns), so each depth reads whole cache lines of A and the
  * 8 running sums hide the add latency. */
 #define FL_DEFINE_PACK_ROWS8(REAL, NAME)                                                     \
-static void NAME(REAL *out, REAL *sums, const REAL *A, ptrdiff_t lda, ptrdiff_t M,             \
-                 ptrdiff_t K)                                                                \
+static void NAME(REAL *out, REAL *sums, REAL *table, const ptrdiff_t *tokens, ptrdiff_t ldt,  \
+                 const REAL *A, ptrdiff_t lda, ptrdiff_t M, ptrdiff_t K)                     \
 {                                                                                            \
     typedef REAL v8 __attribute__((vector_size(8 * sizeof(REAL))));                          \
     ptrdiff_t b = 0;                                                                         \
@@ -166,11 +168,18 @@ static void NAME(REAL *out, REAL *sums, const REAL *A, ptrdiff_t lda, ptrdiff_t 
         if (sums)                                                                            \
             memcpy(acc, sums + b, sizeof acc);                                               \
         for (ptrdiff_t k = 0; k < K; k++) {                                                  \
+            REAL *row = table ? table + tokens[k] * ldt + b : NULL;                          \
             for (int q = 0; q < 8; q++) {                                                    \
                 v8 v;                                                                        \
                 memcpy(&v, A + k * lda + b + 8 * q, sizeof v);                               \
                 acc[q] += v;                                                                 \
                 memcpy(out + (b + 8 * q) * K + 8 * k, &v, sizeof v);                         \
+                if (row) {                                                                   \
+                    v8 t;                                                                    \
+                    memcpy(&t, row + 8 * q, sizeof t);                                       \
+                    t += v;                                                                  \
+                    memcpy(row + 8 * q, &t, sizeof t);                                       \
+                }                                                                            \
             }                                                                                \
         }                                                                                    \
         if (sums)                                                                            \
@@ -187,6 +196,9 @@ static void NAME(REAL *out, REAL *sums, const REAL *A, ptrdiff_t lda, ptrdiff_t 
             memcpy(&v, A + k * lda + b, n * sizeof(REAL));                                   \
             acc += v;                                                                        \
             memcpy(dst + 8 * k, &v, sizeof v);                                               \
+            if (table)                                                                       \
+                for (int i = 0; i < n; i++)                                                  \
+                    table[tokens[k] * ldt + b + i] += A[k * lda + b + i];                    \
         }                                                                                    \
         if (sums)                                                                            \
             memcpy(sums + b, &acc, n * sizeof(REAL));                                        \
