@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "isa.h"    /* fl_packed_isa */
+#if defined(__SSE2__)
+#include <immintrin.h>  /* streaming stores of the gates (cell_float.h) and their fence */
+#endif
 
 #define FL_CHUNK 16
 
@@ -30,6 +33,15 @@
 #define FL_CELL_NAME(name, suffix) FL_CELL_GLUE(name, suffix)
 
 static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* Order a thread's streaming stores before what follows (another thread's backward reads
+ * them): once per thread at the end of a forward that streamed its gates. */
+static inline void fl_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
 
 typedef float fl_vec_f __attribute__((vector_size(64)));
 typedef double fl_vec_d __attribute__((vector_size(64)));
@@ -58,18 +70,19 @@ typedef double fl_vec_d __attribute__((vector_size(64)));
 static inline void cell_forward_f(float *act, float *c, float *h, float *out,
                                   unsigned char *clipped, const float *zx, const float *zh,
                                   const float *c_prev, const float *peep, float clip, int n,
-                                  int H, int zh_stride)
+                                  int H, int zh_stride, int stream)
 {
 #if FL_CELL_ISAS
     typedef void (*pass_t)(float *, float *, float *, float *, unsigned char *, const float *,
-                           const float *, const float *, const float *, float, int, int, int);
+                           const float *, const float *, const float *, float, int, int, int,
+                           int);
     static const pass_t by_isa[3] = {cell_forward_f_portable, cell_forward_f_avx2,
                                      cell_forward_f_avx512};
     by_isa[fl_packed_isa()](act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
-                            zh_stride);
+                            zh_stride, stream);
 #else
     cell_forward_f_portable(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
-                            zh_stride);
+                            zh_stride, stream);
 #endif
 }
 

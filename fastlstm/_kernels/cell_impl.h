@@ -5,11 +5,12 @@
 /* Forward cell for one row. zx, act: 4 gate blocks at stride H (act may alias zx: the
  * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;
  * peep: p_i | p_f | p_o at stride H or NULL; c_prev, c, h, out: (n,); out, act, clipped
- * may be NULL. clip <= 0 means no clipping. */
+ * may be NULL. clip <= 0 means no clipping. stream: store act with streaming stores where
+ * it can (float, whole aligned chunks), for gates that would leave the caches anyway. */
 static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
-    REAL clip, int H, int zh_stride, int j0, const int m)
+    REAL clip, int H, int zh_stride, int stream, int j0, const int m)
 {
     /* Every loop reads the inputs and writes only these locals, so none needs an alias
      * check; results are copied out at the end. Called with m = FL_CHUNK (a constant) for
@@ -65,6 +66,16 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
         memcpy(h + j0, ht, m * sizeof(REAL));
         if (out)
             memcpy(out + j0, ht, m * sizeof(REAL));
+#ifdef FL_STREAM16
+        if (stream && act && m == 16 && (uintptr_t)(act + j0) % 64 == 0 && H % 16 == 0) {
+            FL_STREAM16(act + j0, zi);
+            FL_STREAM16(act + H + j0, zf);
+            FL_STREAM16(act + 2 * H + j0, zg);
+            FL_STREAM16(act + 3 * H + j0, zo);
+        } else
+#else
+        (void)stream;
+#endif
         if (act) {
             memcpy(act + j0, zi, m * sizeof(REAL));
             memcpy(act + H + j0, zf, m * sizeof(REAL));
@@ -77,7 +88,7 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
 __attribute__((unused)) static void FL_NAME(cell_forward)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
-    REAL clip, int n, int H, int zh_stride)
+    REAL clip, int n, int H, int zh_stride, int stream)
 {
     int j0 = 0;
     if (peep == NULL && !(clip > 0)) {
@@ -85,15 +96,15 @@ __attribute__((unused)) static void FL_NAME(cell_forward)(
          * straight-line code whose arrays stay in registers. */
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
             FL_NAME(cell_forward_chunk)(act, c, h, out, NULL, zx, zh, c_prev, NULL, 0, H,
-                                        zh_stride, j0, FL_CHUNK);
+                                        zh_stride, stream, j0, FL_CHUNK);
     } else {
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
             FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip,
-                                        H, zh_stride, j0, FL_CHUNK);
+                                        H, zh_stride, stream, j0, FL_CHUNK);
     }
     if (j0 < n)
         FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
-                                    zh_stride, j0, n - j0);
+                                    zh_stride, stream, j0, n - j0);
 }
 
 /* Backward cell for one row. dz: OUT 4 blocks at stride H (pre-activation gradients);

@@ -66,6 +66,24 @@ def test_bitwise_identical_for_any_thread_count(config, size, dtype):
     np.testing.assert_array_equal(one["eval_out"], one["out"], err_msg="eval vs train forward")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_streamed_gates_change_nothing(config, size, dtype):
+    """Gates stored past the caches (every size, 0) give the bits of cached ones."""
+    previous = lstm_kernels.set_stream_gates_bytes(1 << 60)
+    try:
+        _, cached = run(config, size, 2, dtype)
+        lstm_kernels.set_stream_gates_bytes(0)
+        _, streamed = run(config, size, 2, dtype)
+    finally:
+        lstm_kernels.set_stream_gates_bytes(previous)
+    for name, value in cached.items():
+        np.testing.assert_array_equal(streamed[name], value, err_msg=name)
+    with pytest.raises(ValueError, match="size: expected bytes >= 0"):
+        lstm_kernels.set_stream_gates_bytes(-1)
+
+
 def test_repeated_calls_are_bitwise_identical():
     m = fl.LSTM(12, 40, num_layers=2, seed=0).eval()
     x = np.random.default_rng(0).standard_normal((30, 6, 12)).astype(np.float32)
