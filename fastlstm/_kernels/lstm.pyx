@@ -889,7 +889,9 @@ def prepare_forward(floating[:, :, :] out, Py_ssize_t out_col,
     cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = W_hh.shape[1], steps
     steps = T if training else 2
     _check_shapes("prepare_forward", [
-        ("out", out.shape[2] >= out_col + H, True), ("out: last stride", out.shape[2] == 1 or out.strides[2] == out.itemsize, True),
+        ("out", out.shape[2] >= out_col + H, True),
+        ("out: a contiguous last axis", out.shape[2] == 1 or out.strides[2] == out.itemsize,
+         True),
         ("x", x.shape[0], x.shape[0] if tokens.shape[0] > 0 else T * B),
         ("tokens", tokens.shape[0] in (0, T * B), True),
         ("out_col", out_col >= 0, True), ("h_n", h_n.shape[0], B), ("h_n", h_n.shape[1], H),
@@ -1027,9 +1029,9 @@ def lstm_backward(floating[:, ::1] dx, bint accumulate_dx, floating[:, ::1] dtab
         ("dc", dc.shape[1], H), ("dW_ih", dW_ih.shape[0], 4 * H), ("dW_ih", dW_ih.shape[1], n_in),
         ("dW_hh", dW_hh.shape[0], 4 * H), ("dW_hh", dW_hh.shape[1], H),
         ("db", db.shape[0] in (0, 4 * H), True), ("dpeep", dpeep.shape[0], peep.shape[0]),
-        ("grad_out", grad_out.shape[0], T), ("grad_out", grad_out.shape[1], B),
         ("grad_out", grad_out.shape[2] >= grad_col + H, True), ("grad_col", grad_col >= 0, True),
-        ("grad_out: last stride", grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize, True),
+        ("grad_out: a contiguous last axis",
+         grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize, True),
         ("gates", gates.shape[0], T * B * 4 * H), ("hidden", hidden.shape[0], T * B * H),
         ("cells", cells.shape[0], T * B * H), ("clipped", clipped.shape[0] in (0, T * B * 4 * H), True),
         ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
