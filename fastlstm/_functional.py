@@ -32,7 +32,7 @@ def aligned_zeros(shape, dtype):
     return array
 
 
-_ONES = {}
+_ONES: dict[np.dtype, np.ndarray] = {}
 
 
 def _ones(n, dtype):
