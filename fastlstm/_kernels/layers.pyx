@@ -5,11 +5,9 @@ The embedding gradient is a scatter-add; NumPy's fastest equivalent sorted the i
 summed each run of equal ones. The sparse softmax cross-entropy runs the cell pass's
 exponential (``cell.h``) on the CPU's best instruction set.
 """
-from cython.parallel cimport parallel
 from libc.stdint cimport int64_t
 
-from .openmp cimport (fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_team_init,
-                      fl_team_judge_call, fl_team_report, fl_team_size, fl_team_t)
+from .openmp cimport fl_run_parts
 from .lstm import ISAS as _ISAS, supported_isas as _supported_isas
 
 
@@ -78,6 +76,26 @@ cdef void _xent_rows(floating* loss, floating* grad, const floating* logits,
                               C)
 
 
+ctypedef struct XentCall:      # the arguments of _xent_rows, for fl_run_parts
+    void* loss
+    void* grad
+    const void* logits
+    const int64_t* target
+    Py_ssize_t rows, C
+    int isa
+    bint double
+
+
+cdef void _xent_parts(void* arg, int part, int parts) noexcept nogil:
+    cdef XentCall* p = <XentCall*>arg
+    if p.double:
+        _xent_rows(<double*>p.loss, <double*>p.grad, <const double*>p.logits, p.target,
+                   p.rows, p.C, p.isa, part, parts)
+    else:
+        _xent_rows(<float*>p.loss, <float*>p.grad, <const float*>p.logits, p.target, p.rows,
+                   p.C, p.isa, part, parts)
+
+
 def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
                                  const floating[:, ::1] logits, const int64_t[::1] target,
                                  str isa, int n_threads=1):
@@ -90,12 +108,12 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
 
     isa is the instruction set of the float pass: one of
     ``fastlstm._kernels.lstm.supported_isas()`` (the LSTM kernels' is ``packed_isa()``).
-    The rows are shared by up to n_threads OpenMP threads, under the LSTM kernels' backoff.
+    The rows are shared by up to n_threads OpenMP threads, with the kernels' stall handling
+    (``fl_run_parts``).
     """
     cdef Py_ssize_t rows = logits.shape[0], C = logits.shape[1]
-    cdef int isa_index, parts
-    cdef long long started, expected_ns = rows * C     # about 1 ns per logit
-    cdef fl_team_t team
+    cdef int isa_index
+    cdef XentCall call
     if isa not in _supported_isas():
         raise ValueError(f"sparse_softmax_cross_entropy: isa: expected one of "
                          f"{_supported_isas()}, got {isa!r}")
@@ -109,20 +127,8 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     _check_indices("sparse_softmax_cross_entropy", "target", target, C)
     if rows == 0 or C == 0:
         return
-    n_threads = fl_team_size(max(1, n_threads) if rows * C >= XENT_MIN_ELEMENTS else 1,
-                             expected_ns)
-    fl_team_init(&team, n_threads, 0)
-    with nogil:
-        if n_threads == 1:
-            _xent_rows(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C, isa_index,
-                       0, 1)
-        else:
-            started = fl_now_ns()
-            with parallel(num_threads=n_threads):
-                parts = fl_omp_team_size()      # OpenMP may give fewer than asked
-                if fl_omp_thread_id() == 0:
-                    team.n = parts
-                _xent_rows(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C,
-                           isa_index, fl_omp_thread_id(), parts)
-            fl_team_judge_call(&team, fl_now_ns() - started, expected_ns)
-            fl_team_report(&team)
+    call = XentCall(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C, isa_index,
+                    floating is double)
+    with nogil:     # about 1 ns per logit on one thread
+        fl_run_parts(_xent_parts, &call, n_threads if rows * C >= XENT_MIN_ELEMENTS else 1,
+                     rows * C)

@@ -24,8 +24,8 @@ from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forwa
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_member_t,
                       fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
-                      fl_team_init, fl_team_join, fl_team_judge_call, fl_team_report,
-                      fl_team_size, fl_team_t)
+                      fl_run_parts, fl_team_init, fl_team_join, fl_team_judge_call,
+                      fl_team_report, fl_team_size, fl_team_t)
 
 from .._threads import get_num_threads
 
@@ -1226,6 +1226,26 @@ cdef void _matmul_part(floating* c, const floating* a, const floating* b, int m,
              lda, b, ldb, beta, c + i0 * ldc, ldc)
 
 
+ctypedef struct MatmulCall:    # the arguments of _matmul_part, for fl_run_parts
+    void* c
+    const void* a
+    const void* b
+    int m, n, k, lda, ldb, ldc
+    bint trans_a, trans_b
+    double beta
+    bint double
+
+
+cdef void _matmul_parts(void* arg, int part, int parts) noexcept nogil:
+    cdef MatmulCall* p = <MatmulCall*>arg
+    if p.double:
+        _matmul_part(<double*>p.c, <const double*>p.a, <const double*>p.b, p.m, p.n, p.k,
+                     p.lda, p.ldb, p.ldc, p.trans_a, p.trans_b, <double>p.beta, part, parts)
+    else:
+        _matmul_part(<float*>p.c, <const float*>p.a, <const float*>p.b, p.m, p.n, p.k,
+                     p.lda, p.ldb, p.ldc, p.trans_a, p.trans_b, <float>p.beta, part, parts)
+
+
 def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] b,
            bint trans_a, bint trans_b, bint accumulate, int n_threads):
     """c (+)= op(a) @ op(b) on up to ``n_threads`` OpenMP threads (blocks of c, each on
@@ -1247,12 +1267,9 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
                          f"(transposed: {bool(trans_b)})")
     if m == 0 or n == 0:
         return
-    cdef floating beta = 1 if accumulate else 0
     cdef long long work = <long long>m * n * k
-    cdef long long expected_ns = 2 * work // 50       # at a modest 50 GFLOP/s
-    cdef long long started
-    cdef fl_team_t team
-    cdef int previous, parts
+    cdef MatmulCall call
+    cdef int previous
     if k == 0:
         if not accumulate:
             c[:, :] = 0
@@ -1260,23 +1277,11 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
     if work < MATMUL_MIN_WORK or (
             (n if _matmul_splits_columns(trans_a, trans_b) else m) < 2 * MATMUL_ROW_ALIGN):
         n_threads = 1
-    n_threads = fl_team_size(max(1, n_threads), expected_ns)
-    fl_team_init(&team, n_threads, 0)
+    call = MatmulCall(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
+                      c.shape[1], trans_a, trans_b, 1 if accumulate else 0, floating is double)
     with nogil:
         previous = blas_threads_limit(1)
-        if n_threads == 1:
-            _matmul_part(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
-                         c.shape[1], trans_a, trans_b, beta, 0, 1)
-        else:
-            started = fl_now_ns()
-            with parallel(num_threads=n_threads):
-                parts = fl_omp_team_size()      # OpenMP may give fewer than asked
-                if fl_omp_thread_id() == 0:
-                    team.n = parts
-                _matmul_part(&c[0, 0], &a[0, 0], &b[0, 0], m, n, k, a.shape[1], b.shape[1],
-                             c.shape[1], trans_a, trans_b, beta, fl_omp_thread_id(), parts)
-            fl_team_judge_call(&team, fl_now_ns() - started, expected_ns)
-            fl_team_report(&team)
+        fl_run_parts(_matmul_parts, &call, n_threads, 2 * work // 50)  # at a modest 50 GFLOP/s
         blas_threads_restore(previous)
 
 

@@ -73,7 +73,8 @@ cdef extern from *:
         return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
 
-    /* Process-wide backoff after stalled calls; fl_adaptive = 0 turns stall handling off
+    /* Backoff after stalled calls, one per extension module that includes this shim (the
+     * LSTM kernels and matmul share theirs); fl_adaptive = 0 turns stall handling off
      * (fixed teams, e.g. for tests that count threads). */
     static long long fl_backoff_until = 0;
     static long long fl_backoff_ns = 0;
@@ -219,6 +220,33 @@ cdef extern from *:
             fl_backoff_ns = fl_backoff_ns / 2 < FL_BACKOFF_MIN_NS ? 0 : fl_backoff_ns / 2;
         }
     }
+
+    /* part(arg, k, parts) for every k < parts: a one-shot call (a product, the loss) split
+     * between up to n_threads threads, parts being what OpenMP gives, or run whole on the
+     * calling thread (k = 0, parts = 1) when the backoff or a short estimate gives it one
+     * thread. expected_ns: the call's length on one thread, for fl_team_size and
+     * fl_team_judge_call (a member that met no barrier is judged by the whole call). */
+    typedef void (*fl_part_fn)(void *arg, int part, int parts);
+    static inline void fl_run_parts(fl_part_fn part, void *arg, int n_threads,
+                                    long long expected_ns) {
+        fl_team_t team;
+        long long started;
+        n_threads = fl_team_size(n_threads > 1 ? n_threads : 1, expected_ns);
+        if (n_threads == 1) {
+            part(arg, 0, 1);
+            return;
+        }
+        fl_team_init(&team, n_threads, 0);
+        started = fl_now_ns();
+        #pragma omp parallel num_threads(n_threads)
+        {
+            if (fl_omp_thread_id() == 0)
+                team.n = fl_omp_team_size();    /* OpenMP may give fewer than asked */
+            part(arg, fl_omp_thread_id(), fl_omp_team_size());
+        }
+        fl_team_judge_call(&team, fl_now_ns() - started, expected_ns);
+        fl_team_report(&team);
+    }
     """
     int fl_openmp_enabled() noexcept nogil
     int fl_omp_max_threads() noexcept nogil
@@ -237,6 +265,9 @@ cdef extern from *:
     void fl_team_report(const fl_team_t* team) noexcept nogil
     void fl_team_judge_call(fl_team_t* team, long long elapsed_ns,
                             long long expected_ns) noexcept nogil
+    ctypedef void (*fl_part_fn)(void* arg, int part, int parts) noexcept nogil
+    void fl_run_parts(fl_part_fn part, void* arg, int n_threads,
+                      long long expected_ns) noexcept nogil
     long long fl_now_ns() noexcept nogil
     void fl_backoff_reset() noexcept nogil
     int fl_adaptive
