@@ -28,6 +28,8 @@ Regression targets shaped like ``y_pred`` without its last axis of size 1 (``y``
 (n,) for a ``Dense(1)`` output (n, 1)) are accepted. Sparse targets are integer class
 indices shaped like ``y_pred`` without its class axis (or with a trailing axis of 1).
 """
+import math
+
 import numpy as np
 
 from ._functional import as_index_array
@@ -109,7 +111,8 @@ def row_weights(sample_weight, rows_shape, dtype):
 
 class Loss:
     """Base class: subclasses define ``_rows(y_true, y_pred) -> (losses, grad)``, the loss
-    of each row (``y_pred`` without its last axis) and d losses / d y_pred."""
+    of each row (``y_pred`` without its last axis) and d losses / d y_pred; one whose
+    kernel can divide the gradient on the way also overrides ``_mean_rows``."""
 
     name = "loss"
 
@@ -121,12 +124,18 @@ class Loss:
         rows, not by the sum of the weights.
         """
         y_pred = as_prediction(y_pred)
-        rows, grad = self._rows(y_true, y_pred)
-        n = max(rows.size, 1)
+        n = max(math.prod(y_pred.shape[:-1]), 1)     # the rows
         if sample_weight is None:
-            return float(np.sum(rows) / n), grad / n
+            rows, grad = self._mean_rows(y_true, y_pred, n)
+            return float(np.sum(rows) / n), grad
+        rows, grad = self._rows(y_true, y_pred)
         weight = row_weights(sample_weight, rows.shape, y_pred.dtype)
         return float(np.sum(rows * weight) / n), grad * (weight / n)[..., None]
+
+    def _mean_rows(self, y_true, y_pred, n):
+        """(losses, grad / n): ``_rows`` with the gradient of the mean over n rows."""
+        rows, grad = self._rows(y_true, y_pred)
+        return rows, grad / n
 
     def value(self, y_true, y_pred, sample_weight=None):
         """The loss value alone (a float)."""
@@ -213,6 +222,9 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     name = "sparse_categorical_crossentropy"
 
     def _rows(self, y_true, y_pred):
+        return self._mean_rows(y_true, y_pred, 1)
+
+    def _mean_rows(self, y_true, y_pred, n):
         target = sparse_targets(y_true, y_pred)
         rows = y_pred.reshape(-1, y_pred.shape[-1])
         if self.from_logits:   # one pass: log_softmax and softmax from one exp per logit
@@ -220,13 +232,13 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
             losses, grad = np.empty(logits.shape[0], logits.dtype), np.empty_like(logits)
             _layers.sparse_softmax_cross_entropy(losses, grad, logits,
                                                  np.ascontiguousarray(target.reshape(-1)),
-                                                 _lstm.packed_isa(), get_num_threads())
+                                                 _lstm.packed_isa(), get_num_threads(), n)
             return (losses.reshape(target.shape).astype(y_pred.dtype, copy=False),
                     grad.reshape(y_pred.shape).astype(y_pred.dtype, copy=False))
         index = np.arange(rows.shape[0]), target.reshape(-1)
         p, inside = clip_probabilities(rows[index])
         grad = np.zeros_like(rows)
-        grad[index] = -inside / p
+        grad[index] = -inside / p / n
         return -np.log(p).reshape(target.shape), grad.reshape(y_pred.shape)
 
 

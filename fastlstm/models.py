@@ -271,7 +271,7 @@ class Sequential(Module):
         return self._train_step(x, y, sample_weight, lengths)[0]
 
     def _train_step(self, x, y, sample_weight=None, lengths=None):
-        self.zero_grad()
+        self.optimizer.zero_grad()      # bound to exactly this model's parameters
         value, grad, y_pred, out_lengths = self._loss_and_predictions(x, y, sample_weight,
                                                                       lengths)
         self.backward(grad)

@@ -39,6 +39,7 @@ import numpy as np
 from ._kernels import update as _update
 from ._kernels.lstm import weights_changed
 from ._registry import Registry
+from ._threads import get_num_threads
 from .callbacks import ReduceLROnPlateau
 from .modules import Module, Parameter
 from .validation import check_bool, check_float, check_int
@@ -73,10 +74,12 @@ def _as_parameters(params):
 
 
 def _fused(kernel, arrays, *scalars):
-    """``kernel(*flat arrays, *scalars)``: an elementwise update of fastlstm._kernels.update
-    over ``arrays`` (data, gradient, state; an empty array stays empty). Arrays laid out
-    alike in one block (a Keras kernel is a transposed view) pass as flat views in memory
-    order; otherwise each goes through a C-ordered copy in data's dtype, written back."""
+    """``kernel(*flat arrays, *scalars, threads)``: an elementwise update of
+    fastlstm._kernels.update over ``arrays`` (data, gradient, state; an empty array stays
+    empty) on the kernels' threads. Arrays laid out alike in one block (a Keras kernel is a
+    transposed view) pass as flat views in memory order; otherwise each goes through a
+    C-ordered copy in data's dtype, written back."""
+    scalars += (get_num_threads(),)
     data = arrays[0]
     if (data.flags.c_contiguous or data.flags.f_contiguous) and all(
             a.size == 0 or (a.strides == data.strides and a.dtype == data.dtype)

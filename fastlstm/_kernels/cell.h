@@ -106,17 +106,18 @@ static inline void cell_backward_f(float *dz, float *dc, float *dpeep, const flo
 /* The sparse softmax cross-entropy (xent_impl.h) with instruction set `isa` (as in
  * fl_packed_isa; the caller checks that the CPU has it). */
 static inline void sparse_softmax_xent_f(int isa, float *loss, float *grad, const float *z,
-                                         const int64_t *target, ptrdiff_t rows, ptrdiff_t C)
+                                         const int64_t *target, ptrdiff_t rows, ptrdiff_t C,
+                                         float divisor)
 {
 #if FL_CELL_ISAS
     typedef void (*pass_t)(float *, float *, const float *, const int64_t *, ptrdiff_t,
-                           ptrdiff_t);
+                           ptrdiff_t, float);
     static const pass_t by_isa[3] = {sparse_softmax_xent_f_portable,
                                      sparse_softmax_xent_f_avx2, sparse_softmax_xent_f_avx512};
-    by_isa[isa](loss, grad, z, target, rows, C);
+    by_isa[isa](loss, grad, z, target, rows, C, divisor);
 #else
     (void)isa;
-    sparse_softmax_xent_f_portable(loss, grad, z, target, rows, C);
+    sparse_softmax_xent_f_portable(loss, grad, z, target, rows, C, divisor);
 #endif
 }
 

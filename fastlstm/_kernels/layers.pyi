@@ -6,5 +6,5 @@ def embedding_backward(
 ) -> None: ...
 def sparse_softmax_cross_entropy(
     loss: np.ndarray, grad: np.ndarray, logits: np.ndarray, target: np.ndarray, isa: str,
-    n_threads: int = 1,
+    n_threads: int = 1, divisor: float = 1,
 ) -> None: ...

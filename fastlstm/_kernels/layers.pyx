@@ -13,11 +13,11 @@ from .lstm import ISAS as _ISAS, supported_isas as _supported_isas
 
 cdef extern from "cell.h":
     void sparse_softmax_xent_f(int isa, float* loss, float* grad, const float* z,
-                               const int64_t* target, Py_ssize_t rows,
-                               Py_ssize_t C) noexcept nogil
+                               const int64_t* target, Py_ssize_t rows, Py_ssize_t C,
+                               float divisor) noexcept nogil
     void sparse_softmax_xent_d(double* loss, double* grad, const double* z,
-                               const int64_t* target, Py_ssize_t rows,
-                               Py_ssize_t C) noexcept nogil
+                               const int64_t* target, Py_ssize_t rows, Py_ssize_t C,
+                               double divisor) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -62,18 +62,18 @@ cdef enum:
 
 
 cdef void _xent_rows(floating* loss, floating* grad, const floating* logits,
-                     const int64_t* target, Py_ssize_t rows, Py_ssize_t C, int isa, int part,
-                     int parts) noexcept nogil:
+                     const int64_t* target, Py_ssize_t rows, Py_ssize_t C, double divisor,
+                     int isa, int part, int parts) noexcept nogil:
     # rows [rows*part/parts, rows*(part+1)/parts)
     cdef Py_ssize_t r0 = rows * part // parts, r1 = rows * (part + 1) // parts
     if r1 <= r0:
         return
     if floating is float:
         sparse_softmax_xent_f(isa, loss + r0, grad + r0 * C, logits + r0 * C, target + r0,
-                              r1 - r0, C)
+                              r1 - r0, C, <float>divisor)
     else:
         sparse_softmax_xent_d(loss + r0, grad + r0 * C, logits + r0 * C, target + r0, r1 - r0,
-                              C)
+                              C, divisor)
 
 
 ctypedef struct XentCall:      # the arguments of _xent_rows, for fl_run_parts
@@ -82,6 +82,7 @@ ctypedef struct XentCall:      # the arguments of _xent_rows, for fl_run_parts
     const void* logits
     const int64_t* target
     Py_ssize_t rows, C
+    double divisor
     int isa
     bint double
 
@@ -90,18 +91,19 @@ cdef void _xent_parts(void* arg, int part, int parts) noexcept nogil:
     cdef XentCall* p = <XentCall*>arg
     if p.double:
         _xent_rows(<double*>p.loss, <double*>p.grad, <const double*>p.logits, p.target,
-                   p.rows, p.C, p.isa, part, parts)
+                   p.rows, p.C, p.divisor, p.isa, part, parts)
     else:
         _xent_rows(<float*>p.loss, <float*>p.grad, <const float*>p.logits, p.target, p.rows,
-                   p.C, p.isa, part, parts)
+                   p.C, p.divisor, p.isa, part, parts)
 
 
 def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
                                  const floating[:, ::1] logits, const int64_t[::1] target,
-                                 str isa, int n_threads=1):
+                                 str isa, int n_threads=1, double divisor=1):
     """Per row r of logits (rows, C): loss[r] = -log softmax(logits[r])[target[r]] and
-    grad[r] = softmax(logits[r]) - onehot(target[r]), from one exp of the logits shifted by
-    their max (a row holding a NaN gets NaN). NumPy::
+    grad[r] = (softmax(logits[r]) - onehot(target[r])) / divisor (divisor in the logits'
+    dtype), from one exp of the logits shifted by their max (a row holding a NaN gets NaN).
+    NumPy::
 
         shifted = logits - logits.max(-1, keepdims=True)
         loss = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(rows), target]
@@ -127,8 +129,8 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     _check_indices("sparse_softmax_cross_entropy", "target", target, C)
     if rows == 0 or C == 0:
         return
-    call = XentCall(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C, isa_index,
-                    floating is double)
+    call = XentCall(&loss[0], &grad[0, 0], &logits[0, 0], &target[0], rows, C, divisor,
+                    isa_index, floating is double)
     with nogil:     # about 1 ns per logit on one thread
         fl_run_parts(_xent_parts, &call, n_threads if rows * C >= XENT_MIN_ELEMENTS else 1,
                      rows * C)

@@ -3,14 +3,16 @@
  * unused: a module that includes cell.h for one of the passes leaves the other. */
 
 /* Row r of z (rows, C): loss[r] = log(sum_j exp(z[r, j])) - z[r, target[r]] and
- * grad[r] = softmax(z[r]) - onehot(target[r]), through the shift by the row's max. A NaN
- * (or inf - inf) in a row makes its sum, so its loss and gradient, NaN. NumPy (softmax and
- * its log from one exp):
+ * grad[r] = (softmax(z[r]) - onehot(target[r])) / divisor, through the shift by the row's
+ * max. A NaN (or inf - inf) in a row makes its sum, so its loss and gradient, NaN. NumPy
+ * (softmax and its log from one exp):
  *     shifted = z - z.max(-1, keepdims=True); e = exp(shifted); total = e.sum(-1)
  *     loss = log(total) - shifted[r, target]; grad = e / total[:, None]; grad[r, target] -= 1
+ *     grad = grad / divisor
  * The caller has checked every target in [0, C). */
 __attribute__((unused)) static void FL_NAME(sparse_softmax_xent)(
-    REAL *loss, REAL *grad, const REAL *z, const int64_t *target, ptrdiff_t rows, ptrdiff_t C)
+    REAL *loss, REAL *grad, const REAL *z, const int64_t *target, ptrdiff_t rows, ptrdiff_t C,
+    REAL divisor)
 {
     enum { V = 64 / sizeof(REAL) };     /* lanes of the running max and sum */
     for (ptrdiff_t r = 0; r < rows; r++) {
@@ -39,8 +41,7 @@ __attribute__((unused)) static void FL_NAME(sparse_softmax_xent)(
         for (; j < C; j++)
             total += gr[j];
         loss[r] = FL_LOG(total) - (zr[target[r]] - max);
-        for (j = 0; j < C; j++)
-            gr[j] = gr[j] / total;
-        gr[target[r]] -= 1;
+        for (j = 0; j < C; j++)     /* x - 0 is x: the same bits as NumPy's three passes */
+            gr[j] = (gr[j] / total - (j == target[r] ? 1 : 0)) / divisor;
     }
 }

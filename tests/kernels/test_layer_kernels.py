@@ -78,6 +78,21 @@ def test_sparse_softmax_cross_entropy_is_the_same_on_two_threads(dtype, rows):
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_softmax_cross_entropy_divisor_is_numpys_division(isa, dtype):
+    """The divisor (a mean's row count) gives the bits of dividing the gradient after."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((300, 80)).astype(dtype)
+    target = rng.integers(0, 80, 300)
+    loss, grad = np.empty(300, dtype), np.empty_like(logits)
+    layers.sparse_softmax_cross_entropy(loss, grad, logits, target, isa)
+    scaled_loss, scaled = np.empty(300, dtype), np.empty_like(logits)
+    layers.sparse_softmax_cross_entropy(scaled_loss, scaled, logits, target, isa, 2, 300)
+    np.testing.assert_array_equal(scaled_loss, loss)
+    np.testing.assert_array_equal(scaled, grad / 300)
+
+
 def test_sparse_softmax_cross_entropy_nan_row_and_bad_input():
     logits = np.zeros((3, 4), np.float32)
     logits[1, 2] = np.nan

@@ -63,6 +63,30 @@ def test_keras_adam_matches_numpy_bit_for_bit(dtype, amsgrad):
         assert np.isnan(v_hat[3]) and np.isnan(v_hat[5]) and np.isnan(data[5])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1 << 14, (1 << 16) + 5])
+@pytest.mark.parametrize("kernel", ["adam", "keras_adam", "keras_amsgrad"])
+def test_updates_on_threads_are_those_of_one_thread(dtype, n, kernel):
+    """From 2**14 elements the update is split between threads (ragged at 2**16 + 5):
+    each element's operations are the same, so the results are bit for bit."""
+    rng = np.random.default_rng(n)
+    start = arrays(rng, dtype, n, 5)
+    start[3], start[4] = np.abs(start[3]), np.abs(start[4])
+    results = []
+    for threads in (1, 2, 3):
+        data, grad, m, v, v_hat = (a.copy() for a in start)
+        if kernel == "adam":
+            update.adam(data, grad, m, v, 0.9, 0.999, 1e-3, 0.5, 1e-8, threads)
+        else:
+            update.keras_adam(data, grad, m, v, v_hat if kernel == "keras_amsgrad" else
+                              v_hat[:0], 0.9, 0.999, 1e-3, 1e-7, threads)
+        results.append((data, m, v, v_hat))
+    assert np.abs(results[0][0] - start[0]).min() > 0      # every element was updated
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_update_sizes_and_dtypes_are_checked():
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="adam: m: expected 4 elements"):

@@ -41,6 +41,22 @@ def test_loss_gradients_match_finite_differences(shape):
         assert_close(f"{loss!r} {shape} gradient vs central differences", grad, expected, 1e-7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mean_gradient_is_the_row_gradient_over_the_rows(dtype):
+    """The unweighted loss is the mean of the rows and its gradient that of each row over
+    their count, bit for bit, where a kernel divides on the way; and a weight of one per
+    sample gives the same value."""
+    rng = np.random.default_rng(4)
+    for loss, y_true, y_pred in cases(rng, (3, 7, 5)):
+        y_pred = y_pred.astype(dtype)
+        rows, row_grad = loss._rows(y_true, y_pred)
+        value, grad = loss(y_true, y_pred)
+        assert grad.dtype == dtype
+        np.testing.assert_array_equal(grad, row_grad / 21, err_msg=repr(loss))
+        assert value == float(np.sum(rows) / 21)
+        assert loss(y_true, y_pred, np.ones(3))[0] == pytest.approx(value, rel=1e-6)
+
+
 def test_softmax_then_crossentropy_equals_crossentropy_from_logits():
     rng = np.random.default_rng(1)
     z = rng.standard_normal((6, 4)) * 3
