@@ -89,15 +89,23 @@ DRIFT = 0.10
 # The figures of each round kept in results.json beside the pooled ones.
 ROUND_FIGURES = ("median_s", "q1_s", "q3_s", "repeats", "inner", "warmup_s", "warmup_calls",
                  "settled")
-# This machine's limits (fastlstm._kernels.probe), measured once per run in a process of its
-# own: seconds per FMA-peak trial (the L2 trials take half), each the best of 3.
+# This machine's limits (fastlstm._kernels.probe), measured at the start of a run in a
+# process of its own: seconds per FMA-peak trial (the L2 trials take half, the core-to-core
+# round trips a quarter), each the best of 3. The round trip is measured again at the end:
+# on a virtual machine it moves with the host's placement of the virtual CPUs, and the
+# threads' per-step barriers and hidden-state exchange with it.
 PROBE_S = 0.2
 PROBE_SCRIPT = ("import json, sys\n"
                 "from fastlstm._kernels import probe\n"
                 "threads, seconds = int(sys.argv[1]), float(sys.argv[2])\n"
+                "trip = probe.core_round_trip_ns(seconds / 4) if threads > 1 else None\n"
                 "print(json.dumps(dict(isa=probe.isa(), fma_peak_gflops={\n"
                 "    n: probe.fma_peak_gflops(n, seconds) for n in sorted({1, threads})},\n"
-                "    l2_read_gbps=probe.l2_read_gbps(seconds / 2))))\n")
+                "    l2_read_gbps=probe.l2_read_gbps(seconds / 2), core_round_trip_ns=trip)))\n")
+ROUND_TRIP_SCRIPT = ("import json, sys\n"
+                     "from fastlstm._kernels import probe\n"
+                     "print(json.dumps(dict(core_round_trip_ns=probe.core_round_trip_ns(\n"
+                     "    float(sys.argv[2]) / 4) if int(sys.argv[1]) > 1 else None)))\n")
 
 # The reference shapes of docs/performance.rst: (batch, seq_len, input_size, hidden_size)
 S_SHAPES = {"S1": (1, 128, 32, 128), "S2": (16, 64, 64, 256), "S3": (64, 100, 256, 512)}
@@ -537,12 +545,14 @@ def pool_rounds(rounds: Sequence[Result]) -> Result:
     return pooled
 
 
-def machine_limits(threads: int, seconds: float = PROBE_S,
-                   timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
-    """This machine's float32 FMA peak on 1 and ``threads`` threads and one core's L2 read
-    bandwidth (:mod:`fastlstm._kernels.probe`, trials of ``seconds``), measured in a process
-    of its own with the workers' thread environment; ``error`` says why not, if it failed."""
-    command = [sys.executable, "-c", PROBE_SCRIPT, str(threads), str(seconds)]
+def machine_limits(threads: int, seconds: float = PROBE_S, timeout: float = WORKER_TIMEOUT_S,
+                   script: str = PROBE_SCRIPT) -> dict[str, Any]:
+    """This machine's float32 FMA peak on 1 and ``threads`` threads, one core's L2 read
+    bandwidth and the core-to-core round trip (None on one thread)
+    (:mod:`fastlstm._kernels.probe`, trials of ``seconds``), measured in a process of its
+    own with the workers' thread environment; ``error`` says why not, if it failed.
+    ``script``: :data:`ROUND_TRIP_SCRIPT` measures the round trip alone."""
+    command = [sys.executable, "-c", script, str(threads), str(seconds)]
     try:
         proc = subprocess.run(command, env=worker_env(threads), capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.dirname(WORKER_PATH)),
@@ -606,6 +616,8 @@ def run(entries: Sequence[Entry], timing: Timing = FULL_TIMING,
     for index, entry in enumerate(entries):
         report["rows"].append(summarize(entry, {f: pooled[(index, f)] for f in entry.frameworks}))
     report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["machine"]["round_trip_end"] = machine_limits(threads, PROBE_S,
+                                                         script=ROUND_TRIP_SCRIPT)
     report["wall_time_s"] = time.time() - started
     return report
 
@@ -684,7 +696,8 @@ def to_markdown(report: Report) -> str:
         f"SIMD: {' '.join(machine['simd']) or 'unknown'})",
         f"- Limits of this machine, measured at the start: {_limits_text(limits)}",
         f"- Threads per framework: {machine['threads']}; load average at start "
-        f"{machine['load_average'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}",
+        f"{machine['load_average'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}"
+        f"{_round_trip_end_text(machine.get('round_trip_end'))}",
         f"- Versions: {versions}",
         f"- Wall time: {report['wall_time_s']:.0f} s; "
         f"{', '.join(dict.fromkeys(_dtype(row).split()[0] for row in report['rows']))}; "
@@ -723,9 +736,16 @@ def _limits_text(limits: dict[str, Any]) -> str:
     peaks = limits["fma_peak_gflops"]
     most, *fewer = sorted(peaks, key=int, reverse=True)
     others = "".join(f"{peaks[n]:.0f} on {n}; " for n in fewer)
+    trip = limits.get("core_round_trip_ns")
     return (f"FMA peak {peaks[most]:.0f} GFLOP/s on {most} thread{'s' * (most != '1')} "
             f"({others}float32, {limits['isa']}), L2 read {limits['l2_read_gbps']:.0f} GB/s "
-            "per core")
+            "per core" + (f", core-to-core round trip {trip:.0f} ns" if trip else ""))
+
+
+def _round_trip_end_text(end: dict[str, Any] | None) -> str:
+    """The core-to-core round trip measured at the end of the run, as a clause."""
+    trip = (end or {}).get("core_round_trip_ns")
+    return f"; core-to-core round trip at end {trip:.0f} ns" if trip else ""
 
 
 def _table_lines(rows: list[dict[str, Any]], limits: dict[str, Any]) -> list[str]:

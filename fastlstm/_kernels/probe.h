@@ -5,6 +5,11 @@
  *   latency), reading the clock every FL_PROBE_BLOCK rounds; float32 GFLOP/s of them all.
  * - L2 read bandwidth: one thread sums a FL_PROBE_L2_BYTES buffer (past L1, inside L2)
  *   into FL_PROBE_SUMS vector accumulators, pass after pass; GB/s read.
+ * - Core-to-core round trip: two threads pass a counter back and forth through one cache
+ *   line; nanoseconds per round trip. The kernels' threads exchange hidden states and meet
+ *   at a barrier every time step, so this is what a step's synchronisation costs. On a
+ *   virtual machine it changes with where the host places the virtual CPUs: 50-100 ns
+ *   between cores that share a cache, 300-1000 ns between distant ones.
  *
  * Both are compiled for AVX-512, AVX2+FMA and baseline 16-byte vectors (target attributes,
  * as the packed products) and run with the CPU's best (fl_cpu_isa), so one portable build
@@ -18,6 +23,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "isa.h"    /* fl_cpu_isa */
 
@@ -25,6 +33,7 @@
 #define FL_PROBE_BLOCK 1024                 /* rounds of the chains between clock reads */
 #define FL_PROBE_SUMS 8                     /* accumulators of the L2 sum */
 #define FL_PROBE_L2_BYTES (256 * 1024)      /* the buffer the L2 probe reads */
+#define FL_PROBE_PING_CHECK 1024            /* round trips (or spins) between clock reads */
 
 typedef float fl_probe_v64 __attribute__((vector_size(64)));
 typedef float fl_probe_v32 __attribute__((vector_size(32)));
@@ -144,6 +153,56 @@ static double fl_l2_read_gbps(double seconds)
     free(buf);
     fl_probe_sink = sum;
     return (double)passes * FL_PROBE_L2_BYTES / elapsed * 1e-9;
+}
+
+/* Nanoseconds per round trip of one cache line between two OpenMP threads, over about
+ * `seconds`: thread 0 writes an odd count and waits for the next even one, which thread 1
+ * writes when it sees the odd one (both spin without pausing, which would add its own
+ * latency). -1 without a second thread. Thread 1 also watches a stop flag and thread 0 the
+ * clock, so neither waits forever when the other loses its core. */
+static double fl_core_round_trip_ns(double seconds)
+{
+    double result = -1.0;
+#ifdef _OPENMP
+    struct { _Alignas(64) long long count; _Alignas(64) int stop; } shared = {0, 0};
+    long long trips = 0;
+    double elapsed = 0.0;
+    #pragma omp parallel num_threads(2)
+    if (omp_get_num_threads() == 2 && omp_get_thread_num() == 0) {
+        const double start = fl_probe_seconds();
+        long long rounds = 0, spins = 0;
+        int late = 0;
+        while (!late) {
+            __atomic_store_n(&shared.count, 2 * rounds + 1, __ATOMIC_RELEASE);
+            while (__atomic_load_n(&shared.count, __ATOMIC_ACQUIRE) != 2 * rounds + 2) {
+                if (++spins % FL_PROBE_PING_CHECK == 0 && fl_probe_seconds() - start > seconds) {
+                    late = 1;
+                    break;
+                }
+            }
+            if (late)
+                break;
+            rounds++;
+            late = rounds % FL_PROBE_PING_CHECK == 0 && fl_probe_seconds() - start > seconds;
+        }
+        elapsed = fl_probe_seconds() - start;
+        trips = rounds;
+        __atomic_store_n(&shared.stop, 1, __ATOMIC_RELEASE);
+    } else if (omp_get_num_threads() == 2) {
+        long long expect = 1;
+        while (!__atomic_load_n(&shared.stop, __ATOMIC_ACQUIRE)) {
+            if (__atomic_load_n(&shared.count, __ATOMIC_ACQUIRE) == expect) {
+                __atomic_store_n(&shared.count, expect + 1, __ATOMIC_RELEASE);
+                expect += 2;
+            }
+        }
+    }
+    if (trips > 0)
+        result = elapsed / (double)trips * 1e9;
+#else
+    (void)seconds;
+#endif
+    return result;
 }
 
 #endif

@@ -1,10 +1,12 @@
-"""This machine's limits for the benchmark report: the float32 FMA peak and the L2 read
-bandwidth (C in probe.h), each the best of :data:`TRIALS` runs."""
+"""This machine's limits for the benchmark report: the float32 FMA peak, the L2 read
+bandwidth and the core-to-core round trip (C in probe.h), each the best of :data:`TRIALS`
+runs."""
 import math
 
 cdef extern from "probe.h" nogil:
     double fl_fma_peak_gflops(int threads, double seconds)
     double fl_l2_read_gbps(double seconds)
+    double fl_core_round_trip_ns(double seconds)
     int fl_cpu_isa()
 
 ISAS = ("portable", "avx2", "avx512")
@@ -40,16 +42,35 @@ def fma_peak_gflops(threads, seconds=0.2):
     return max(runs)
 
 
+ctypedef double (*probe_fn)(double seconds) noexcept nogil
+
+
+cdef list _trials(probe_fn run, double seconds):
+    """The results of :data:`TRIALS` calls of ``run(seconds)``, without the GIL."""
+    cdef double result
+    runs = []
+    for _ in range(TRIALS):
+        with nogil:
+            result = run(seconds)
+        runs.append(result)
+    return runs
+
+
 def l2_read_gbps(seconds=0.1):
     """GB/s one thread reads while summing a 256 KiB buffer (inside L2) over and over for
     ``seconds``: the best of :data:`TRIALS` runs."""
     _check_seconds(seconds)
-    cdef double duration = seconds
-    runs = []
-    for _ in range(TRIALS):
-        with nogil:
-            rate = fl_l2_read_gbps(duration)
-        if rate < 0:
-            raise MemoryError("l2_read_gbps: could not allocate its 256 KiB buffer")
-        runs.append(rate)
+    runs = _trials(fl_l2_read_gbps, seconds)
+    if min(runs) < 0:
+        raise MemoryError("l2_read_gbps: could not allocate its 256 KiB buffer")
     return max(runs)
+
+
+def core_round_trip_ns(seconds=0.05):
+    """Nanoseconds for one cache line to go from one thread to another and back (two
+    OpenMP threads passing a counter for ``seconds``): the best of :data:`TRIALS` runs, or
+    None without a second thread (a build without OpenMP). It bounds how fast threads can
+    meet at a barrier or hand each other a hidden state."""
+    _check_seconds(seconds)
+    runs = _trials(fl_core_round_trip_ns, seconds)
+    return None if min(runs) < 0 else min(runs)

@@ -1,5 +1,5 @@
-"""The machine probes of the benchmark report: the float32 FMA peak and the L2 read
-bandwidth, run briefly (a few hundredths of a second each)."""
+"""The machine probes of the benchmark report: the float32 FMA peak, the L2 read bandwidth
+and the core-to-core round trip, run briefly (a few hundredths of a second each)."""
 import math
 import time
 
@@ -29,6 +29,17 @@ def test_l2_read_bandwidth_is_a_positive_rate_measured_quickly():
     assert elapsed < 2.0
 
 
+def test_core_round_trip_is_a_positive_time_measured_quickly():
+    """Two OpenMP threads pass a cache line back and forth (the build has OpenMP: CI checks
+    it); a round trip takes more than a nanosecond and far less than a time slice."""
+    started = time.perf_counter()
+    trip = probe.core_round_trip_ns(SECONDS)
+    elapsed = time.perf_counter() - started
+    print(f"core-to-core round trip {trip:.0f} ns, measured in {elapsed:.3f} s")
+    assert trip is not None and 1 < trip < 1e6
+    assert elapsed < 2.0
+
+
 def test_the_probes_run_the_best_instruction_set_of_the_cpu():
     assert probe.isa() == lstm.supported_isas()[-1]
 
@@ -38,6 +49,7 @@ def test_the_probes_run_the_best_instruction_set_of_the_cpu():
     (lambda: probe.fma_peak_gflops(1.5), "threads: expected an int >= 1, got 1.5"),
     (lambda: probe.fma_peak_gflops(1, 0), "seconds: expected a finite number > 0, got 0"),
     (lambda: probe.l2_read_gbps(float("nan")), "seconds: expected a finite number > 0, got nan"),
+    (lambda: probe.core_round_trip_ns(-1), "seconds: expected a finite number > 0, got -1"),
 ])
 def test_probes_reject_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):

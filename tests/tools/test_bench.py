@@ -650,14 +650,21 @@ class FakeWorker:
 
 
 LIMITS = dict(isa="avx512", fma_peak_gflops={"1": 100.0, "2": 200.0}, l2_read_gbps=110.0,
-              seconds=0.01)
+              core_round_trip_ns=55.0, seconds=0.01)
+
+
+def fake_limits(threads, seconds, script=bench.PROBE_SCRIPT):
+    """Fixed limits at the start; a slower round trip from the end-of-run probe."""
+    if script == bench.ROUND_TRIP_SCRIPT:
+        return dict(core_round_trip_ns=340.0, seconds=seconds)
+    return dict(LIMITS)
 
 
 @pytest.fixture
 def fake_workers(monkeypatch):
     """bench.run with :class:`FakeWorker` and fixed machine limits; S1 and S2 shapes."""
     monkeypatch.setattr(bench, "Worker", FakeWorker)
-    monkeypatch.setattr(bench, "machine_limits", lambda threads, seconds: dict(LIMITS))
+    monkeypatch.setattr(bench, "machine_limits", fake_limits)
     monkeypatch.setattr(FakeWorker, "log", [])
     s1, s2 = (Case(name, "forward", *bench.S_SHAPES[name]) for name in ("S1", "S2"))
     ms = 1e-3
@@ -743,8 +750,10 @@ def test_markdown_shows_the_fma_peak_column_and_the_measured_limits(fake_workers
     print(sections[""])
     lines = sections[""].splitlines()
     limits = ("FMA peak 200 GFLOP/s on 2 threads (100 on 1; float32, avx512), L2 read 110 "
-              "GB/s per core")
+              "GB/s per core, core-to-core round trip 55 ns")
     assert f"- Limits of this machine, measured at the start: {limits}" in lines
+    assert next(line for line in lines if line.startswith("- Threads per framework")).endswith(
+        "; core-to-core round trip at end 340 ns")
     header = next(line for line in lines if line.startswith("| case |"))
     assert header.endswith("| GFLOP/s | % of FMA peak | sgemm GFLOP/s | % of sgemm |")
     rows = {(cells[0], cells[7]): cells for cells in (
@@ -768,10 +777,15 @@ def test_markdown_shows_the_fma_peak_column_and_the_measured_limits(fake_workers
 def test_machine_limits_come_from_a_probe_process_at_1_and_n_threads():
     limits = bench.machine_limits(2, 0.01)
     print(limits)
-    assert set(limits) == {"isa", "fma_peak_gflops", "l2_read_gbps", "seconds"}
+    assert set(limits) == {"isa", "fma_peak_gflops", "l2_read_gbps", "core_round_trip_ns",
+                           "seconds"}
     assert set(limits["fma_peak_gflops"]) == {"1", "2"}
     assert all(math.isfinite(v) and v > 0
-               for v in (*limits["fma_peak_gflops"].values(), limits["l2_read_gbps"]))
+               for v in (*limits["fma_peak_gflops"].values(), limits["l2_read_gbps"],
+                         limits["core_round_trip_ns"]))
+    assert bench.machine_limits(1, 0.01)["core_round_trip_ns"] is None
+    end = bench.machine_limits(2, 0.01, script=bench.ROUND_TRIP_SCRIPT)
+    assert set(end) == {"core_round_trip_ns", "seconds"} and end["core_round_trip_ns"] > 0
 
 
 @pytest.mark.slow
