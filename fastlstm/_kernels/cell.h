@@ -70,36 +70,36 @@ typedef double fl_vec_d __attribute__((vector_size(64)));
 static inline void cell_forward_f(float *act, float *c, float *h, float *out,
                                   unsigned char *clipped, const float *zx, const float *zh,
                                   const float *c_prev, const float *peep, float clip, int n,
-                                  int H, int zh_stride, int stream)
+                                  int H, int zx_stride, int zh_stride, int stream)
 {
 #if FL_CELL_ISAS
     typedef void (*pass_t)(float *, float *, float *, float *, unsigned char *, const float *,
                            const float *, const float *, const float *, float, int, int, int,
-                           int);
+                           int, int);
     static const pass_t by_isa[3] = {cell_forward_f_portable, cell_forward_f_avx2,
                                      cell_forward_f_avx512};
     by_isa[fl_packed_isa()](act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
-                            zh_stride, stream);
+                            zx_stride, zh_stride, stream);
 #else
     cell_forward_f_portable(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H,
-                            zh_stride, stream);
+                            zx_stride, zh_stride, stream);
 #endif
 }
 
 static inline void cell_backward_f(float *dz, float *dc, float *dpeep, const float *dh,
-                                   const float *act, const unsigned char *clipped,
-                                   const float *c, const float *c_prev, const float *peep,
-                                   int n, int H)
+                                   const float *dh_out, const float *act,
+                                   const unsigned char *clipped, const float *c,
+                                   const float *c_prev, const float *peep, int n, int H)
 {
 #if FL_CELL_ISAS
     typedef void (*pass_t)(float *, float *, float *, const float *, const float *,
-                           const unsigned char *, const float *, const float *, const float *,
-                           int, int);
+                           const float *, const unsigned char *, const float *, const float *,
+                           const float *, int, int);
     static const pass_t by_isa[3] = {cell_backward_f_portable, cell_backward_f_avx2,
                                      cell_backward_f_avx512};
-    by_isa[fl_packed_isa()](dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H);
+    by_isa[fl_packed_isa()](dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev, peep, n, H);
 #else
-    cell_backward_f_portable(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H);
+    cell_backward_f_portable(dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev, peep, n, H);
 #endif
 }
 

@@ -2,15 +2,16 @@
  * (float: once per instruction set, by cell_float.h; double: once). unused: a module may
  * include cell.h for the cross-entropy alone. */
 
-/* Forward cell for one row. zx, act: 4 gate blocks at stride H (act may alias zx: the
- * x-projection is overwritten by the activated gates); zh: 4 blocks at stride zh_stride;
+/* Forward cell for one row. zx: 4 gate blocks at stride zx_stride (the bias, or a
+ * projected table row with the bias in it); act: 4 blocks at stride H; zh: 4 blocks at
+ * stride zh_stride;
  * peep: p_i | p_f | p_o at stride H or NULL; c_prev, c, h, out: (n,); out, act, clipped
  * may be NULL. clip <= 0 means no clipping. stream: store act with streaming stores where
  * it can (float, whole aligned chunks), for gates that would leave the caches anyway. */
 static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
-    REAL clip, int H, int zh_stride, int stream, int j0, const int m)
+    REAL clip, int H, int zx_stride, int zh_stride, int stream, int j0, const int m)
 {
     /* Every loop reads the inputs and writes only these locals, so none needs an alias
      * check; results are copied out at the end. Called with m = FL_CHUNK (a constant) for
@@ -19,9 +20,9 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
     {
         for (int j = 0; j < m; j++) {
             zi[j] = zx[j0 + j] + zh[j0 + j];
-            zf[j] = zx[H + j0 + j] + zh[zh_stride + j0 + j];
-            zg[j] = zx[2 * H + j0 + j] + zh[2 * zh_stride + j0 + j];
-            zo[j] = zx[3 * H + j0 + j] + zh[3 * zh_stride + j0 + j];
+            zf[j] = zx[zx_stride + j0 + j] + zh[zh_stride + j0 + j];
+            zg[j] = zx[2 * zx_stride + j0 + j] + zh[2 * zh_stride + j0 + j];
+            zo[j] = zx[3 * zx_stride + j0 + j] + zh[3 * zh_stride + j0 + j];
         }
         if (peep) {
             for (int j = 0; j < m; j++) {
@@ -88,7 +89,7 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_forward_chunk)(
 __attribute__((unused)) static void FL_NAME(cell_forward)(
     REAL *act, REAL *c, REAL *h, REAL *out, unsigned char *clipped,
     const REAL *zx, const REAL *zh, const REAL *c_prev, const REAL *peep,
-    REAL clip, int n, int H, int zh_stride, int stream)
+    REAL clip, int n, int H, int zx_stride, int zh_stride, int stream)
 {
     int j0 = 0;
     if (peep == NULL && !(clip > 0)) {
@@ -96,24 +97,25 @@ __attribute__((unused)) static void FL_NAME(cell_forward)(
          * straight-line code whose arrays stay in registers. */
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
             FL_NAME(cell_forward_chunk)(act, c, h, out, NULL, zx, zh, c_prev, NULL, 0, H,
-                                        zh_stride, stream, j0, FL_CHUNK);
+                                        zx_stride, zh_stride, stream, j0, FL_CHUNK);
     } else {
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
             FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip,
-                                        H, zh_stride, stream, j0, FL_CHUNK);
+                                        H, zx_stride, zh_stride, stream, j0, FL_CHUNK);
     }
     if (j0 < n)
         FL_NAME(cell_forward_chunk)(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, H,
-                                    zh_stride, stream, j0, n - j0);
+                                    zx_stride, zh_stride, stream, j0, n - j0);
 }
 
 /* Backward cell for one row. dz: OUT 4 blocks at stride H (pre-activation gradients);
  * dc: IN dL/dc_t from later steps, OUT dL/dc_{t-1}; dpeep: IN/OUT accumulated, 3 blocks
- * at stride H, or NULL; dh: IN dL/dh_t (n,); act, clipped: 4 blocks at stride H (clipped
- * may be NULL); c, c_prev: (n,); peep as in the forward. */
+ * at stride H, or NULL; dh: IN dL/dh_t from later steps (n,); dh_out: dL/dh_t from the
+ * output (n,), added to dh, or NULL; act, clipped: 4 blocks at stride H (clipped may be
+ * NULL); c, c_prev: (n,); peep as in the forward. */
 static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
     REAL *dz, REAL *dc, REAL *dpeep,
-    const REAL *dh, const REAL *act, const unsigned char *clipped,
+    const REAL *dh, const REAL *dh_out, const REAL *act, const unsigned char *clipped,
     const REAL *c, const REAL *c_prev, const REAL *peep, int H, int j0, const int m)
 {
     REAL dzi[FL_CHUNK], dzf[FL_CHUNK], dzg[FL_CHUNK], dzo[FL_CHUNK], dct[FL_CHUNK];
@@ -122,8 +124,9 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
             const REAL i = act[j0 + j], f = act[H + j0 + j];
             const REAL g = act[2 * H + j0 + j], o = act[3 * H + j0 + j];
             const REAL tanh_c = FL_TANH(c[j0 + j]);
-            dzo[j] = dh[j0 + j] * tanh_c * o * (1 - o);
-            dct[j] = dc[j0 + j] + dh[j0 + j] * o * (1 - tanh_c * tanh_c);
+            const REAL dht = dh_out ? dh[j0 + j] + dh_out[j0 + j] : dh[j0 + j];
+            dzo[j] = dht * tanh_c * o * (1 - o);
+            dct[j] = dc[j0 + j] + dht * o * (1 - tanh_c * tanh_c);
             dzi[j] = i * (1 - i);
             dzf[j] = f * (1 - f);
             dzg[j] = (1 - g * g);
@@ -168,20 +171,20 @@ static inline __attribute__((always_inline)) void FL_NAME(cell_backward_chunk)(
 
 __attribute__((unused)) static void FL_NAME(cell_backward)(
     REAL *dz, REAL *dc, REAL *dpeep,
-    const REAL *dh, const REAL *act, const unsigned char *clipped,
+    const REAL *dh, const REAL *dh_out, const REAL *act, const unsigned char *clipped,
     const REAL *c, const REAL *c_prev, const REAL *peep, int n, int H)
 {
     int j0 = 0;
     if (peep == NULL && clipped == NULL) {     /* the plain cell, as in the forward */
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
-            FL_NAME(cell_backward_chunk)(dz, dc, NULL, dh, act, NULL, c, c_prev, NULL, H, j0,
-                                         FL_CHUNK);
+            FL_NAME(cell_backward_chunk)(dz, dc, NULL, dh, dh_out, act, NULL, c, c_prev, NULL,
+                                         H, j0, FL_CHUNK);
     } else {
         for (; j0 + FL_CHUNK <= n; j0 += FL_CHUNK)
-            FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H,
-                                         j0, FL_CHUNK);
+            FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev,
+                                         peep, H, j0, FL_CHUNK);
     }
     if (j0 < n)
-        FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, H, j0,
-                                     n - j0);
+        FL_NAME(cell_backward_chunk)(dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev, peep,
+                                     H, j0, n - j0);
 }

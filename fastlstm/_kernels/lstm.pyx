@@ -290,24 +290,28 @@ cdef inline void _pack_rows8(floating* out, floating* sums, floating* table,
 cdef inline void _cell_forward(floating* act, floating* c, floating* h, floating* out,
                                unsigned char* clipped, const floating* zx, const floating* zh,
                                const floating* c_prev, const floating* peep, floating clip,
-                               int n, int H, int zh_stride, bint stream) noexcept nogil:
-    # stream: act goes past the caches (fl_stream_fence orders it)
+                               int n, int H, int zx_stride, int zh_stride,
+                               bint stream) noexcept nogil:
+    # zx: the bias (zx_stride H) or a projected table row (its gates nj_pad apart); stream:
+    # act goes past the caches (fl_stream_fence orders it)
     if floating is float:
-        cell_forward_f(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H, zh_stride,
-                       stream)
+        cell_forward_f(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H, zx_stride,
+                       zh_stride, stream)
     else:
-        cell_forward_d(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H, zh_stride,
-                       stream)
+        cell_forward_d(act, c, h, out, clipped, zx, zh, c_prev, peep, clip, n, H, zx_stride,
+                       zh_stride, stream)
 
 
 cdef inline void _cell_backward(floating* dz, floating* dc, floating* dpeep, const floating* dh,
-                                const floating* act, const unsigned char* clipped,
-                                const floating* c, const floating* c_prev, const floating* peep,
-                                int n, int H) noexcept nogil:
+                                const floating* dh_out, const floating* act,
+                                const unsigned char* clipped, const floating* c,
+                                const floating* c_prev, const floating* peep, int n,
+                                int H) noexcept nogil:
+    # dL/dh_t = dh (from later steps) + dh_out (from the output)
     if floating is float:
-        cell_backward_f(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H)
+        cell_backward_f(dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev, peep, n, H)
     else:
-        cell_backward_d(dz, dc, dpeep, dh, act, clipped, c, c_prev, peep, n, H)
+        cell_backward_d(dz, dc, dpeep, dh, dh_out, act, clipped, c, c_prev, peep, n, H)
 
 
 cdef inline void _split(Py_ssize_t n, int parts, int k, Py_ssize_t* start,
@@ -338,24 +342,32 @@ cdef void _pack_gate_rows(floating* panels, const floating* W, Py_ssize_t H, Py_
 cdef void _pack_forward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
     # The panels of slice s: W_ih's rows of its units, then W_hh's, gate-major: panel (g, u)
     # holds rows g*H + j0 + u*lanes + c.
-    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, n_in = w.n_in, j0, nj, blocks
+    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, n_in = w.n_in, j0, nj, blocks, v, g, j
     cdef floating* panels = <floating*>w.packed + s * w.slice_panels
+    cdef floating* table
+    cdef const floating* bias = <const floating*>w.bias
     _slice_units(w, s, &j0, &nj)
     blocks = (nj + lanes - 1) // lanes
     _pack_gate_rows(panels, <const floating*>w.W_ih, H, n_in, j0, nj, kind)
     _pack_gate_rows(panels + 4 * blocks * lanes * n_in, <const floating*>w.W_hh, H, H, j0, nj,
                     kind)
     if w.tokens != NULL:
-        # table[v] = x[v] @ W_ih[rows].T: each table row projected once per call
-        _product(<floating*>w.table + s * w.table_size, 4 * blocks * lanes,
-                 <const floating*>w.x, n_in, panels, w.n_rows, 4 * blocks, n_in, 0)
+        # table[v] = x[v] @ W_ih[rows].T + bias[rows]: each table row projected once per
+        # call; the cell pass reads it in place of the bias
+        table = <floating*>w.table + s * w.table_size
+        _product(table, 4 * blocks * lanes, <const floating*>w.x, n_in, panels, w.n_rows,
+                 4 * blocks, n_in, 0)
+        for v in range(w.n_rows):
+            for g in range(4):
+                for j in range(nj):
+                    table[(v * 4 + g) * blocks * lanes + j] += bias[g * H + j0 + j]
 
 
 cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kind) noexcept nogil:
     # One time step for the units of slice s: z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T
     # from the packed panels, then the cell pass.
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
-    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low, r
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low
     cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
     cdef Py_ssize_t slot = t if w.training else step % 2
     cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
@@ -369,40 +381,40 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
                                    else <floating*>w.h0)
     cdef const floating* c_prev = (<floating*>w.cells + prev_slot * B * H if step > 0
                                    else <floating*>w.c0)
-    cdef const floating* bias = <const floating*>w.bias
     cdef const floating* peep = <const floating*>w.peep
+    cdef const floating* zx
     _slice_units(w, s, &j0, &nj)
     if nj <= 0:
         return
+    zx = <const floating*>w.bias + j0
     blocks = (nj + lanes - 1) // lanes
     nj_pad = blocks * lanes
     # This step's chunk: steps [first, first + count), times [t_low, t_low + count).
     first = step - step % w.chunk
     count = min(w.chunk, w.T - first)
     t_low = w.T - first - count if w.reverse else first
-    if step == first and w.tokens != NULL:
-        # z[r] = table[tokens[t_low*B + r]]: the chunk's projections, looked up
-        for r in range(count * B):
-            memcpy(z + r * 4 * nj_pad,
-                   <floating*>w.table + s * w.table_size + w.tokens[t_low * B + r] * 4 * nj_pad,
-                   4 * nj_pad * sizeof(floating))
-    elif step == first:
+    if step == first and w.tokens == NULL:
         # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
         # rows, so each W_ih panel is read once per chunk instead of once per step
         _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
                  count * B, 4 * blocks, n_in, 0)
-    # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T
+    # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T; with tokens z = h_prev[b] @ W_hh[rows].T,
+    # to which the cell pass adds the looked-up table row (the bias in it) instead of the bias
     z += (t - t_low) * B * 4 * nj_pad
-    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H, 1)
+    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H,
+             0 if w.tokens != NULL else 1)
     for b in range(B):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
+            if w.tokens != NULL:    # x_t @ W_ih[rows].T + bias[rows], looked up
+                zx = <floating*>w.table + s * w.table_size + w.tokens[row] * 4 * nj_pad
             _cell_forward(gates + row * G + j0 if w.training else NULL,
                           c_t + b * H + j0, h_t + b * H + j0, out + t * w.out_t + b * w.out_b + j0,
                           w.clipped + row * G + j0 if w.clipped != NULL else NULL,
-                          bias + j0, z + b * 4 * nj_pad, c_prev + b * H + j0,
+                          zx, z + b * 4 * nj_pad, c_prev + b * H + j0,
                           peep + j0 if peep != NULL else NULL, <floating>w.clip, <int>nj,
-                          <int>H, <int>nj_pad, w.stream_gates)
+                          <int>H, <int>(nj_pad if w.tokens != NULL else H), <int>nj_pad,
+                          w.stream_gates)
         else:   # past this sequence's end: carry the state, output zeros
             memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(floating))
             memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(floating))
@@ -467,8 +479,9 @@ cdef void _pack_backward_slice(LSTMWork* w, int s, floating* kind) noexcept nogi
 
 
 cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind) noexcept nogil:
-    # dgates[t] and dc for the units of slice s, from dh (which holds dL/dh_t for them)
-    cdef Py_ssize_t B = w.B, H = w.H, G = 4 * H, T = w.T, j0, nj, b, j, g, row
+    # dgates[t] and dc for the units of slice s, from dh (which holds dL/dh_t from the later
+    # steps for them) plus grad_out[t] (the cell pass adds the two)
+    cdef Py_ssize_t B = w.B, H = w.H, G = 4 * H, T = w.T, j0, nj, b, g, row
     cdef floating* dh = <floating*>w.dh
     cdef floating* dgates = <floating*>w.dgates
     cdef const floating* grad_out = <const floating*>w.grad_out
@@ -486,10 +499,9 @@ cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind)
     for b in range(B):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
-            for j in range(j0, j0 + nj):
-                dh[b * H + j] += grad_out[t * w.grad_t + b * w.grad_b + j]
             _cell_backward(dgates + row * G + j0, <floating*>w.dc + b * H + j0,
                            dpeep + j0 if dpeep != NULL else NULL, dh + b * H + j0,
+                           grad_out + t * w.grad_t + b * w.grad_b + j0,
                            <const floating*>w.gates + row * G + j0,
                            w.clipped + row * G + j0 if w.clipped != NULL else NULL,
                            cells + row * H + j0, c_prev + b * H + j0,
@@ -1353,7 +1365,7 @@ cdef void _stream_step(floating* h_next, floating* c, floating* z, const floatin
                               bias[layer] + j0, z + b * 4 * H_pad + j0,
                               c + (layer * B + b) * H + j0,
                               <const floating*>peep[layer] + j0 if peep[layer] != NULL
-                              else NULL, clip, <int>nj, <int>H, <int>H_pad, False)
+                              else NULL, clip, <int>nj, <int>H, <int>H, <int>H_pad, False)
             part += 1 if team.solo else n
         layer_in = h_next + layer * B * H
     _maybe_late(tid, 0)

@@ -197,7 +197,7 @@ cdef void _slice_step(QWork* w, int s, Py_ssize_t step) noexcept nogil:
                            w.out + row * w.out_stride + j0, NULL, w.bias + j0,
                            z + b * 4 * nj_pad, c_prev + b * H + j0,
                            w.peep + j0 if w.peep != NULL else NULL, w.clip, <int>nj,
-                           <int>H, <int>nj_pad, 0)
+                           <int>H, <int>H, <int>nj_pad, 0)
         else:   # past this sequence's end: carry the state, output zeros
             memcpy(h_t + b * H + j0, h_prev + b * H + j0, nj * sizeof(float))
             memcpy(c_t + b * H + j0, c_prev + b * H + j0, nj * sizeof(float))
@@ -437,7 +437,7 @@ cdef void _stream_step(QStream* w) noexcept nogil:
                                    NULL, ly.bias + j0, w.z + b * 4 * H_pad + j0,
                                    c_layer + b * H + j0,
                                    ly.peep + j0 if ly.peep != NULL else NULL, w.clip,
-                                   <int>nj, <int>H, <int>H_pad, 0)
+                                   <int>nj, <int>H, <int>H, <int>H_pad, 0)
             part += 1 if w.team.solo else n
         if n > 1 and not fl_team_barrier(&w.team, &me, tid):
             return
