@@ -71,6 +71,10 @@ cdef enum:
     SLICE_ALIGN = 16    # units per slice: a multiple of every panel width (16 floats, 8 doubles)
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
     CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
+    # A team splits the batch instead of the hidden units when each thread gets at least
+    # this many sequences: a thread then reads and writes only its own sequences' rows in
+    # the time loop, so no cache line passes between the cores there (see _batch_rows).
+    BATCH_SPLIT_ROWS = 8
 
 
 # A stream whose weights pass this many bytes splits each step across the threads
@@ -327,6 +331,23 @@ cdef inline void _slice_units(LSTMWork* w, int s, Py_ssize_t* j0, Py_ssize_t* nj
     nj[0] = min(w.H, j0[0] + w.slice_units) - j0[0]
 
 
+cdef inline void _step_share(LSTMWork* w, int tid, int n, int* s0, int* ds, Py_ssize_t* b0,
+                             Py_ssize_t* b1) noexcept nogil:
+    # Member tid's share of a time step in a team of n: slices s0, s0 + ds, ... for the
+    # sequences [b0, b1). The team splits the sequences (every slice for a share of the
+    # batch) from BATCH_SPLIT_ROWS each, else the hidden units (its own slices for every
+    # sequence); a solo member takes everything. Each row of a product is computed alike
+    # however the rows are grouped, so all give the same bits. No batch split in a backward
+    # with peepholes: its cell pass sums dpeep over the sequences in their order.
+    if w.team.solo or n == 1:
+        s0[0], ds[0], b0[0], b1[0] = 0, 1, 0, w.B
+    elif w.B >= n * BATCH_SPLIT_ROWS and w.dpeep == NULL:
+        s0[0], ds[0] = 0, 1
+        _split(w.B, n, tid, b0, b1)
+    else:
+        s0[0], ds[0], b0[0], b1[0] = tid, n, 0, w.B
+
+
 cdef void _pack_gate_rows(floating* panels, const floating* W, Py_ssize_t H, Py_ssize_t K,
                           Py_ssize_t j0, Py_ssize_t nj, floating* kind) noexcept nogil:
     # Rows g*H + j0 + j (j < nj) of W (4H, K), gate-major panels: panel (g, u) holds rows
@@ -363,11 +384,13 @@ cdef void _pack_forward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil
                     table[(v * 4 + g) * blocks * lanes + j] += bias[g * H + j0 + j]
 
 
-cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kind) noexcept nogil:
-    # One time step for the units of slice s: z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T
-    # from the packed panels, then the cell pass.
+cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
+                              Py_ssize_t b1, floating* kind) noexcept nogil:
+    # One time step for the units of slice s and the sequences [b0, b1):
+    # z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T from the packed panels, then the cell
+    # pass.
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
-    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low, tc
     cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
     cdef Py_ssize_t slot = t if w.training else step % 2
     cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
@@ -393,17 +416,24 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
     first = step - step % w.chunk
     count = min(w.chunk, w.T - first)
     t_low = w.T - first - count if w.reverse else first
-    if step == first and w.tokens == NULL:
+    if step == first and w.tokens == NULL and b1 - b0 == B:
         # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
         # rows, so each W_ih panel is read once per chunk instead of once per step
         _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
                  count * B, 4 * blocks, n_in, 0)
+    elif step == first and w.tokens == NULL:
+        # the same for the sequences [b0, b1): one product per step of the chunk
+        for tc in range(count):
+            _product(z + (tc * B + b0) * 4 * nj_pad, 4 * nj_pad,
+                     <const floating*>w.x + ((t_low + tc) * B + b0) * n_in, n_in, panels,
+                     b1 - b0, 4 * blocks, n_in, 0)
     # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T; with tokens z = h_prev[b] @ W_hh[rows].T,
     # to which the cell pass adds the looked-up table row (the bias in it) instead of the bias
     z += (t - t_low) * B * 4 * nj_pad
-    _product(z, 4 * nj_pad, h_prev, H, panels + 4 * blocks * lanes * n_in, B, 4 * blocks, H,
+    _product(z + b0 * 4 * nj_pad, 4 * nj_pad, h_prev + b0 * H, H,
+             panels + 4 * blocks * lanes * n_in, b1 - b0, 4 * blocks, H,
              0 if w.tokens != NULL else 1)
-    for b in range(B):
+    for b in range(b0, b1):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
             if w.tokens != NULL:    # x_t @ W_ih[rows].T + bias[rows], looked up
@@ -423,9 +453,9 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, floating* kin
 
 cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
     # Member tid of a team of n threads (tid = 0, n = 1: the whole call on this thread).
-    cdef int s
+    cdef int s, ds
     cdef fl_member_t me
-    cdef Py_ssize_t step, j0, nj, b, last_slot
+    cdef Py_ssize_t step, j0, nj, b, last_slot, b0, b1
     cdef bint member = True
     fl_team_join(&w.team, &me, n)
 
@@ -436,13 +466,14 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
         s += n
     member = fl_team_barrier(&w.team, &me, tid)
 
-    # 2. Recurrence: the packed products and the cell pass per slice, one barrier per step.
+    # 2. Recurrence: the packed products and the cell pass per slice, one barrier per step;
+    # each member runs its own slices, or every slice for its own sequences.
     step = 0
     while member and step < w.T:
-        s = 0 if w.team.solo else tid
+        _step_share(w, tid, n, &s, &ds, &b0, &b1)
         while s < w.n_slices:
-            _forward_slice_step(w, s, step, kind)
-            s += 1 if w.team.solo else n
+            _forward_slice_step(w, s, step, b0, b1, kind)
+            s += ds
         _maybe_late(tid, step)
         member = fl_team_barrier(&w.team, &me, tid)
         step += 1
@@ -478,9 +509,11 @@ cdef void _pack_backward_slice(LSTMWork* w, int s, floating* kind) noexcept nogi
               4 * H, <int>min(lanes, nj - u * lanes))
 
 
-cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind) noexcept nogil:
-    # dgates[t] and dc for the units of slice s, from dh (which holds dL/dh_t from the later
-    # steps for them) plus grad_out[t] (the cell pass adds the two)
+cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t b1,
+                               floating* kind) noexcept nogil:
+    # dgates[t] and dc for the units of slice s and the sequences [b0, b1), from dh (which
+    # holds dL/dh_t from the later steps for them) plus grad_out[t] (the cell pass adds the
+    # two)
     cdef Py_ssize_t B = w.B, H = w.H, G = 4 * H, T = w.T, j0, nj, b, g, row
     cdef floating* dh = <floating*>w.dh
     cdef floating* dgates = <floating*>w.dgates
@@ -496,7 +529,7 @@ cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind)
         c_prev = cells + (t + 1) * B * H if t < T - 1 else <const floating*>w.c0
     else:
         c_prev = cells + (t - 1) * B * H if t > 0 else <const floating*>w.c0
-    for b in range(B):
+    for b in range(b0, b1):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
             _cell_backward(dgates + row * G + j0, <floating*>w.dc + b * H + j0,
@@ -511,18 +544,19 @@ cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, floating* kind)
                 memset(dgates + row * G + g * H + j0, 0, nj * sizeof(floating))
 
 
-cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t,
-                                  floating* kind) noexcept nogil:
-    # dh[:, slice] = dgates[t] @ W_hh[:, slice] for the sequences still running at t
+cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b0,
+                                  Py_ssize_t b1, floating* kind) noexcept nogil:
+    # dh[b0:b1, slice] = dgates[t, b0:b1] @ W_hh[:, slice] for the sequences still running
+    # at t
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, j0, nj, nj_pad, b
     cdef floating* z = <floating*>w.z + s * w.z_size
     _slice_units(w, s, &j0, &nj)
     if nj <= 0:
         return
     nj_pad = (nj + lanes - 1) // lanes * lanes
-    _product(z, nj_pad, <const floating*>w.dgates + t * B * G, G,
-             <floating*>w.packed + s * w.slice_panels, B, nj_pad // lanes, G, 0)
-    for b in range(B):
+    _product(z + b0 * nj_pad, nj_pad, <const floating*>w.dgates + (t * B + b0) * G, G,
+             <floating*>w.packed + s * w.slice_panels, b1 - b0, nj_pad // lanes, G, 0)
+    for b in range(b0, b1):
         if w.lengths == NULL or t < w.lengths[b]:
             memcpy(<floating*>w.dh + b * H + j0, z + b * nj_pad, nj * sizeof(floating))
 
@@ -703,9 +737,9 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s, ds
     cdef fl_member_t me
-    cdef Py_ssize_t step, t
+    cdef Py_ssize_t step, t, b0, b1
     cdef bint member
     fl_team_join(&w.team, &me, n)
     s = tid
@@ -715,20 +749,22 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     member = fl_team_barrier(&w.team, &me, tid)
     # Per step: the cell pass for this thread's units, one barrier (the product needs every
     # unit's dgates[t]), then dh for this thread's units, which only this thread reads next.
+    # Or, when the batch splits, both for every unit of this thread's sequences: then no
+    # thread reads another's rows, and the barrier only keeps the team's stall handling.
     step = 0
     while member and step < w.T:
         t = step if w.reverse else w.T - 1 - step
-        s = 0 if w.team.solo else tid
+        _step_share(w, tid, n, &s, &ds, &b0, &b1)
         while s < w.n_slices:
-            _backward_cell_slice(w, s, t, kind)
-            s += 1 if w.team.solo else n
+            _backward_cell_slice(w, s, t, b0, b1, kind)
+            s += ds
         member = fl_team_barrier(&w.team, &me, tid)
         if not member:
             break
-        s = 0 if w.team.solo else tid
+        _step_share(w, tid, n, &s, &ds, &b0, &b1)     # solo from here, if the team stalled
         while s < w.n_slices:
-            _backward_product_slice(w, s, t, kind)
-            s += 1 if w.team.solo else n
+            _backward_product_slice(w, s, t, b0, b1, kind)
+            s += ds
         _maybe_late(tid, step)
         step += 1
     if member:

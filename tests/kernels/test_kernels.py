@@ -330,14 +330,17 @@ def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_laye
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype):
+@pytest.mark.parametrize("batch", [4, 32])
+def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batch):
     """Thread 1 sleeps 5 ms at one step, as if other load took its core: thread 0 finishes
-    the call alone with bit-identical results, and the next calls back off to one thread."""
+    the call alone with bit-identical results, and the next calls back off to one thread.
+    At batch 4 the threads split the hidden units, at batch 32 the sequences (thread 0
+    then takes over thread 1's)."""
     if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
         pytest.skip("needs 2 cores")
     m = fl.LSTM(8, 64, dtype=dtype, seed=0)
-    x = np.random.default_rng(1).standard_normal((12, 4, 8)).astype(dtype)
-    g = np.random.default_rng(2).standard_normal((12, 4, 64)).astype(dtype)
+    x = np.random.default_rng(1).standard_normal((12, batch, 8)).astype(dtype)
+    g = np.random.default_rng(2).standard_normal((12, batch, 64)).astype(dtype)
     previous = fl.get_num_threads()
     results = {}
     try:
