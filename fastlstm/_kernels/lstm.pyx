@@ -72,9 +72,13 @@ cdef enum:
     ALIGNMENT = 64      # bytes: workspaces start on cache lines
     CHUNK_ROWS = 256    # x @ W_ih.T is projected for this many rows (steps x batch) at once
     # A team splits the batch instead of the hidden units when each thread gets at least
-    # this many sequences: a thread then reads and writes only its own sequences' rows in
-    # the time loop, so no cache line passes between the cores there (see _batch_rows).
+    # this many sequences and every thread can keep all the packed weights close: a thread
+    # then reads and writes only its own sequences' rows in the time loop, so no cache line
+    # passes between the cores there (see _step_share). Alternated with the unit split in
+    # fresh processes: the char-LM's 0.33 MB of weights (B 32) 9 % faster forward and S2's
+    # 1.3 MB (B 16) 1-3 %; S3's 6.3 MB (B 64) 1.5 % slower and DB6's 34 MB (B 32) 6 %.
     BATCH_SPLIT_ROWS = 8
+    BATCH_SPLIT_MAX_BYTES = 1 << 21
 
 
 # A stream whose weights pass this many bytes splits each step across the threads
@@ -194,6 +198,7 @@ cdef struct LSTMWork:
     bint reverse, training, accumulate_dx
     bint stream_gates               # training: store the gates past the caches (too large
                                     # to stay cached until the backward reads them)
+    bint weights_fit_core           # the packed weights fit BATCH_SPLIT_MAX_BYTES
     Py_ssize_t chunk                # steps whose x @ W_ih.T is projected at once (CHUNK_ROWS)
     double clip                     # <= 0: no clipping
     Py_ssize_t n_rows               # rows of x: T*B, or the table's rows with tokens
@@ -335,13 +340,14 @@ cdef inline void _step_share(LSTMWork* w, int tid, int n, int* s0, int* ds, Py_s
                              Py_ssize_t* b1) noexcept nogil:
     # Member tid's share of a time step in a team of n: slices s0, s0 + ds, ... for the
     # sequences [b0, b1). The team splits the sequences (every slice for a share of the
-    # batch) from BATCH_SPLIT_ROWS each, else the hidden units (its own slices for every
-    # sequence); a solo member takes everything. Each row of a product is computed alike
-    # however the rows are grouped, so all give the same bits. No batch split in a backward
-    # with peepholes: its cell pass sums dpeep over the sequences in their order.
+    # batch) from BATCH_SPLIT_ROWS each when the packed weights are small enough for every
+    # core to keep them all, else the hidden units (its own slices for every sequence); a
+    # solo member takes everything. Each row of a product is computed alike however the
+    # rows are grouped, so all give the same bits. No batch split in a backward with
+    # peepholes: its cell pass sums dpeep over the sequences in their order.
     if w.team.solo or n == 1:
         s0[0], ds[0], b0[0], b1[0] = 0, 1, 0, w.B
-    elif w.B >= n * BATCH_SPLIT_ROWS and w.dpeep == NULL:
+    elif w.B >= n * BATCH_SPLIT_ROWS and w.weights_fit_core and w.dpeep == NULL:
         s0[0], ds[0] = 0, 1
         _split(w.B, n, tid, b0, b1)
     else:
@@ -891,6 +897,7 @@ cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize,
     w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
     w.table_size = w.n_rows * 4 * slice_pad if table else 0
     packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
+    w.weights_fit_core = packed_bytes <= BATCH_SPLIT_MAX_BYTES
     z_bytes = _aligned_bytes(w.n_slices * w.z_size * itemsize)
     grad_bytes = _aligned_bytes(grad_elements * itemsize)
     w.block = _take_block(packed_bytes + z_bytes + grad_bytes
