@@ -74,7 +74,7 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension(name) for name in ("openmp", "blas", "lstm", "quant", "probe", "update", "layers")],
+        [extension(name) for name in ("openmp", "arrays", "blas", "lstm", "quant", "probe", "update", "layers")],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
     ),

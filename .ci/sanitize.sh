@@ -36,7 +36,7 @@ EOF
 kernel_tests=(tests/kernels/test_kernels.py tests/kernels/test_kernel_properties.py
               tests/kernels/test_determinism.py tests/kernels/test_threads.py
               tests/kernels/test_quantize.py tests/kernels/test_probe.py tests/kernels/test_update.py
-              tests/kernels/test_layer_kernels.py
+              tests/kernels/test_layer_kernels.py tests/kernels/test_arrays.py
               tests/api/test_lstm.py tests/api/test_lookup.py)
 tests=("${kernel_tests[@]}" tests/api/test_modules.py tests/kernels/test_gradcheck.py
        tests/kernels/test_reference.py tests/interop/test_io.py tests/interop/test_onnx.py

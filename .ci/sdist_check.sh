@@ -40,9 +40,9 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 for name in ("py.typed", "_kernels/lstm.pyi", "_kernels/blas.pyi", "_kernels/openmp.pyi",
              "_kernels/quant.pyi", "_kernels/probe.pyi", "_kernels/update.pyi",
-             "_kernels/layers.pyi"):
+             "_kernels/layers.pyi", "_kernels/arrays.pyi"):
     assert f"fastlstm/{name}" in names, f"wheel lacks fastlstm/{name}"
-assert sum(n.endswith(".so") for n in names) == 7, "wheel lacks a compiled module"
+assert sum(n.endswith(".so") for n in names) == 8, "wheel lacks a compiled module"
 assert not [n for n in names if n.endswith(".c")], "wheel holds generated C"
 PY
         $pip install "$wheel"

@@ -4,31 +4,19 @@ Plain functions on NumPy arrays, one place for each: arrays on cache-line bounda
 affine map and its gradient (its products on the kernels' OpenMP threads), the embedding
 lookup's index check and gradient scatter, and the inverted-dropout mask.
 """
-import math
 
 import numpy as np
 
 from ._kernels import layers as _layers
 from ._kernels import lstm as _lstm
+from ._kernels.arrays import aligned_empty
 from ._threads import get_num_threads
-
-
-_ALIGNMENT = 64   # bytes: whole cache lines, so vector stores of a row never split two
-
-
-def aligned_empty(shape, dtype):
-    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    count = math.prod(shape) if isinstance(shape, tuple) else int(shape)
-    raw = np.empty(count * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
-    offset = -raw.ctypes.data % _ALIGNMENT
-    return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def aligned_zeros(shape, dtype):
     """Zeros, as :func:`aligned_empty`."""
     array = aligned_empty(shape, dtype)
-    array[...] = 0
+    array.fill(0)
     return array
 
 
