@@ -1,11 +1,12 @@
 """Microseconds per stream step on one thread and split across the threads, per size.
 
 A stream step (``m.stream(1).step``) reads all of its weights; past a size, splitting the
-hidden units across the cores pays for starting a parallel region each step. fastlstm
-splits streams whose weights pass 512 KB (``fastlstm._kernels.lstm.set_stream_split_bytes``);
-this script measures both ways at each size, alternating them, so the threshold can be
-checked on a machine: ``python bench/stream_split.py [--threads 2] [--rounds 2]``. It prints
-a markdown table.
+hidden units across the cores pays for starting a parallel region each step, or does not:
+it depends on the size and on how far apart the host puts the cores. A fastlstm stream
+whose weights pass 256 KB (``fastlstm._kernels.lstm.set_stream_split_bytes``) times both
+ways and keeps the faster; this script measures each way on its own (the choice turned
+off) at each size, alternating them, so the size can be checked on a machine:
+``python bench/stream_split.py [--threads 2] [--rounds 2]``. It prints a markdown table.
 """
 import argparse
 import statistics
@@ -40,11 +41,13 @@ def measure(input_size, hidden_size, num_layers, threads, split):
     m = fl.LSTM(input_size, hidden_size, num_layers, seed=0).eval()
     previous_threads = fl.get_num_threads()
     previous_split = kernels.set_stream_split_bytes(0 if split else 1 << 62)
+    adaptive = kernels.set_adaptive_threads(False)     # no choosing: this way every step
     try:
         fl.set_num_threads(threads if split else 1)
         stream = m.stream(1)
         return step_us(stream, np.ones(input_size, np.float32))
     finally:
+        kernels.set_adaptive_threads(adaptive)
         kernels.set_stream_split_bytes(previous_split)
         fl.set_num_threads(previous_threads)
 

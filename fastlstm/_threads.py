@@ -14,8 +14,6 @@ from typing import NamedTuple
 from ._kernels import openmp as _openmp
 from .validation import check_int
 
-_requested: int | None = None
-
 # Wheels bundle OpenBLAS in "<package>.libs" beside the package; its thread controls may
 # carry a prefix and a suffix (scipy-openblas64: scipy_openblas_set_num_threads64_).
 _BLAS_PACKAGES = ("numpy", "scipy")
@@ -50,8 +48,12 @@ def set_num_threads(n: int | None) -> None:
     ``None`` goes back to the default: the usable cores, limited by ``OMP_NUM_THREADS``
     and threadpoolctl's OpenMP limits.
     """
-    global _requested
-    _requested = None if n is None else check_int(n, "n", minimum=1)
+    _openmp.set_threads(0 if n is None else check_int(n, "n", minimum=1), usable_cores())
+
+
+def requested_threads() -> int | None:
+    """The count given to :func:`set_num_threads`, or None for the default."""
+    return _openmp.requested_threads() or None
 
 
 def get_num_threads() -> int:
@@ -59,12 +61,12 @@ def get_num_threads() -> int:
 
     Without :func:`set_num_threads` this is the usable cores, limited by
     ``OMP_NUM_THREADS`` and threadpoolctl's OpenMP limits; 1 in a build without OpenMP.
+    (The kernels read the same setting in C.)
     """
-    if not _openmp.openmp_enabled():
-        return 1
-    if _requested is not None:
-        return min(_requested, usable_cores())
-    return max(1, min(usable_cores(), _openmp.max_threads()))
+    return _openmp.threads()
+
+
+set_num_threads(None)   # the kernels' C copy of the setting starts at the default
 
 
 class BlasPool(NamedTuple):

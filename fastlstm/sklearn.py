@@ -113,7 +113,7 @@ def _limited_threads(n_threads):
         state = _thread_state
         with _thread_lock:
             if not state["requests"]:
-                state["saved"] = _threads._requested
+                state["saved"] = _threads.requested_threads()
             state["requests"].append(n_threads)
             _threads.set_num_threads(min(state["requests"]))
         try:
@@ -124,7 +124,7 @@ def _limited_threads(n_threads):
                 if state["requests"]:
                     _threads.set_num_threads(min(state["requests"]))
                 else:
-                    _threads._requested = state["saved"]
+                    _threads.set_num_threads(state["saved"])
 
 
 def _windows(series, window):

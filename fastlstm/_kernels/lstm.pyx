@@ -22,12 +22,13 @@ cimport numpy as cnp
 from .blas cimport blas_threads_limit, blas_threads_restore, gemm
 from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forward_f,
                    fl_stream_fence)
-from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_member_t,
-                      fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
+from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
+                      fl_chooser_record, fl_chooser_t, fl_chooser_way, fl_member_t, fl_now_ns,
+                      kernel_threads, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
                       fl_run_parts, fl_team_init, fl_team_join, fl_team_judge_call,
                       fl_team_report, fl_team_size, fl_team_t)
 
-from .._threads import get_num_threads
+from .arrays import aligned_empty
 
 cnp.import_array()
 
@@ -81,17 +82,22 @@ cdef enum:
     BATCH_SPLIT_MAX_BYTES = 1 << 21
 
 
-# A stream whose weights pass this many bytes splits each step across the threads
-# (measured on the development machine: see set_stream_split_bytes).
-cdef Py_ssize_t _stream_split_bytes = 1 << 19
+# A stream whose weights pass this many bytes may split each step across the threads: it
+# times both ways and keeps the faster (fl_chooser_t). Smaller ones stay on the calling
+# thread: on the development machine a split step lost at 96-192 KB wherever the host put
+# the cores (see bench/stream_split.py).
+cdef Py_ssize_t _stream_split_bytes = 1 << 18
 
 
 def set_stream_split_bytes(Py_ssize_t size):
-    """Split the steps of streams made from now on when their weights pass ``size`` bytes
-    (default 512 KB; 0 splits every stream). Returns the previous size.
+    """Let the streams made from now on split their steps across the threads when their
+    weights pass ``size`` bytes (default 256 KB; 0: every stream). Returns the previous
+    size.
 
+    Such a stream times its steps on one thread and split, and keeps the faster way,
+    comparing again now and then; with :func:`set_adaptive_threads` off it always splits.
     For tuning (``bench/stream_split.py`` measures both ways) and tests; streams already
-    made keep their choice.
+    made keep their setting.
     """
     global _stream_split_bytes
     if size < 0:
@@ -1414,6 +1420,20 @@ cdef void _stream_step(floating* h_next, floating* c, floating* z, const floatin
     _maybe_late(tid, 0)
 
 
+def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t calls):
+    """The ways (0: one thread, 1: split) a stream's chooser gives `calls` steps that take
+    `one_thread_ns` on one thread and `split_ns` split (for tests)."""
+    cdef fl_chooser_t chooser
+    cdef int way
+    ways = []
+    fl_chooser_init(&chooser)
+    for _ in range(calls):
+        way = fl_chooser_way(&chooser)
+        ways.append(way)
+        fl_chooser_record(&chooser, split_ns if way else one_thread_ns)
+    return ways
+
+
 cdef class StreamKernel:
     """Stateful single-step inference over all layers of a unidirectional LSTM.
 
@@ -1426,7 +1446,8 @@ cdef class StreamKernel:
     cdef object _pointers
     cdef Py_ssize_t L, B, H, in_size
     cdef int typenum
-    cdef bint split                     # weights past _stream_split_bytes: every thread
+    cdef bint split                     # weights past _stream_split_bytes: may split
+    cdef fl_chooser_t chooser           # one thread or split, by timing both
     cdef long long expected_ns
     cdef double clip
     cdef unsigned long long _generation
@@ -1472,9 +1493,11 @@ cdef class StreamKernel:
             in_sizes.append(n_in)
         self._layers = layers
         self._in_sizes = np.array(in_sizes, dtype=np.intp)
-        self._packed = [(np.empty(4 * H_pad * size, self._dtype),
-                         np.empty(4 * H_pad * self.H, self._dtype)) for size in in_sizes]
-        self._bias = [np.zeros(4 * self.H, self._dtype) for _ in layers]
+        # on cache lines, as the calls' workspaces: a panel row split across two lines
+        # made a 320 KB stream's step 0.2 us slower, depending on where NumPy put it
+        self._packed = [(aligned_empty(4 * H_pad * size, self._dtype),
+                         aligned_empty(4 * H_pad * self.H, self._dtype)) for size in in_sizes]
+        self._bias = [aligned_empty(4 * self.H, self._dtype) for _ in layers]
         self._pointers = np.zeros((4, self.L), dtype=np.uintp)
         self._packed_ih = <void**>cnp.PyArray_DATA(self._pointers)
         self._packed_hh = self._packed_ih + self.L
@@ -1486,13 +1509,15 @@ cdef class StreamKernel:
             self._bias_rows[layer] = cnp.PyArray_DATA(self._bias[layer])
             peep = layers[layer][4]
             self._peep[layer] = cnp.PyArray_DATA(peep) if peep is not None else NULL
-        self.h = np.zeros((self.L, self.B, self.H), dtype=dtype)
-        self.c = np.zeros((self.L, self.B, self.H), dtype=dtype)
-        self._z = np.empty(self.B * 4 * H_pad, dtype=dtype)
+        self.h = aligned_empty((self.L, self.B, self.H), self._dtype)
+        self.c = aligned_empty((self.L, self.B, self.H), self._dtype)
+        self.reset()
+        self._z = aligned_empty(self.B * 4 * H_pad, self._dtype)
         weights = sum(4 * self.H * (size + self.H) for size in in_sizes) * self._dtype.itemsize
         self.split = weights > _stream_split_bytes
+        fl_chooser_init(&self.chooser)
         self.expected_ns = 2 * self.B * weights // (self._dtype.itemsize * 50)
-        self._h_next = np.empty((self.L, self.B, self.H), dtype=dtype)
+        self._h_next = aligned_empty((self.L, self.B, self.H), self._dtype)
         self._y = self.h[self.L - 1]            # views of the last layer's state
         self._y_flat = self._y.reshape(-1)
         self.refresh()
@@ -1529,6 +1554,13 @@ cdef class StreamKernel:
         """Zero the state."""
         self.h.fill(0)
         self.c.fill(0)
+
+    @property
+    def split_next(self):
+        """Whether the next step is to split across the threads (unless a backoff after a
+        lost core runs it on one thread)."""
+        return bool(self.split and kernel_threads() > 1
+                    and (not fl_adaptive or fl_chooser_way(&self.chooser) == 1))
 
     cdef void _step(self, void* h_next, void* c, void* z, const void* x, const void* h,
                     const Py_ssize_t* in_sizes, fl_team_t* team) noexcept nogil:
@@ -1578,22 +1610,28 @@ cdef class StreamKernel:
         cdef const Py_ssize_t* in_sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._in_sizes)
         cdef Py_ssize_t state_bytes = self.L * self.B * self.H * cnp.PyArray_ITEMSIZE(self.h)
         cdef int n_threads = 1
+        cdef bint chosen = False    # the chooser picked the way and times it
         cdef long long started
         cdef fl_team_t team
         if self.split:
-            n_threads = fl_team_size(get_num_threads(), self.expected_ns)
+            n_threads = fl_team_size(kernel_threads(), self.expected_ns)
+            chosen = n_threads > 1 and fl_adaptive
+            if chosen and fl_chooser_way(&self.chooser) == 0:
+                n_threads = 1
         fl_team_init(&team, n_threads, self.L)
         with nogil:
+            started = fl_now_ns()
             if n_threads == 1:      # no parallel region: its start costs as much as a small step
                 self._step(h_next, c, z, x, h, in_sizes, &team)
             else:
-                started = fl_now_ns()
                 with parallel(num_threads=n_threads):
                     self._step(h_next, c, z, x, h, in_sizes, &team)
                 fl_team_judge_call(&team, fl_now_ns() - started, self.expected_ns)
             if self.split:
                 fl_team_report(&team)
             memcpy(h, h_next, state_bytes)
+            if chosen:
+                fl_chooser_record(&self.chooser, fl_now_ns() - started)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)

@@ -1,4 +1,5 @@
-"""OpenMP facts for Python: whether the build has OpenMP and the runtime's thread limit."""
+"""OpenMP facts for Python (whether the build has OpenMP, the runtime's thread limit) and
+the kernels' thread count, kept in C so that a stream step reads it without Python."""
 
 
 def openmp_enabled():
@@ -12,3 +13,36 @@ def max_threads():
     It reflects ``OMP_NUM_THREADS`` and threadpoolctl's OpenMP limits.
     """
     return fl_omp_max_threads()
+
+
+cdef int _requested = 0         # fastlstm.set_num_threads' setting; 0: the default
+cdef int _usable_cores = 1
+
+
+def set_threads(int requested, int usable_cores):
+    """Record ``fastlstm.set_num_threads``' setting (0: the default) and the usable cores."""
+    global _requested, _usable_cores
+    if requested < 0 or usable_cores < 1:
+        raise ValueError(f"set_threads: expected requested >= 0 and usable_cores >= 1, got "
+                         f"{requested} and {usable_cores}")
+    _requested, _usable_cores = requested, usable_cores
+
+
+def requested_threads():
+    """``fastlstm.set_num_threads``' setting: a count, or 0 for the default."""
+    return _requested
+
+
+def threads():
+    """The threads the next kernel call uses (:func:`fastlstm.get_num_threads`)."""
+    return kernel_threads()
+
+
+cdef int kernel_threads() noexcept nogil:
+    # the setting capped by the usable cores, or the usable cores capped by OpenMP's limit
+    # (OMP_NUM_THREADS, threadpoolctl); 1 without OpenMP
+    if not fl_openmp_enabled():
+        return 1
+    if _requested > 0:
+        return min(_requested, _usable_cores)
+    return max(1, min(_usable_cores, fl_omp_max_threads()))

@@ -16,10 +16,11 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from .cell cimport cell_forward_f
-from .openmp cimport (fl_member_t, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
-                      fl_team_init, fl_team_join, fl_team_report, fl_team_size, fl_team_t)
+from .openmp cimport (fl_adaptive, fl_chooser_init, fl_chooser_record, fl_chooser_t,
+                      fl_chooser_way, fl_member_t, fl_now_ns, fl_omp_team_size, kernel_threads,
+                      fl_omp_thread_id, fl_team_barrier, fl_team_init, fl_team_join,
+                      fl_team_report, fl_team_size, fl_team_t)
 
-from .._threads import get_num_threads
 from .lstm import setting_from_environment
 
 cnp.import_array()
@@ -335,7 +336,8 @@ def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
 
 # ---------------------------------------------------------------- streaming
 cdef enum:
-    STREAM_SPLIT_BYTES = 1 << 20    # a stream whose weights pass a core's L2 splits each step
+    STREAM_SPLIT_BYTES = 1 << 20    # a stream whose weights pass a core's L2 may split each
+                                    # step: it times both ways and keeps the faster
 
 
 cdef struct QLayer:                 # one layer of a stream: its packed weights (see QWork)
@@ -451,16 +453,18 @@ cdef class QuantStreamKernel:
 
     Holds the module's packed weights (``QuantizedLSTM._layers``, fetched again after its
     ``load_state_dict``), the state and every buffer a step needs: a step is one call
-    without the GIL and without allocation, on the calling thread, or split across the
-    threads when the weights pass 1 MB. Its results equal the module's full call bit for
-    bit.
+    without the GIL and without allocation, on the calling thread, or, when the weights pass
+    1 MB, split across the threads if that times faster (the float stream's chooser). Its
+    results equal the module's full call bit for bit.
     """
     cdef readonly object h, c           # (L, B, H) state arrays
     cdef object _module, _source, _arrays, _z, _y, _y_flat, _rows
     cdef Py_ssize_t in_size, weight_bytes
     cdef QStream w
+    cdef fl_chooser_t chooser           # one thread or split, by timing both
 
     def __cinit__(self, module, Py_ssize_t batch_size):
+        fl_chooser_init(&self.chooser)
         import numpy as np
         if not 1 <= batch_size <= 1 << 24:
             raise ValueError(f"batch_size: expected 1 to {1 << 24}, got {batch_size}")
@@ -573,20 +577,28 @@ cdef class QuantStreamKernel:
         if self._module._layers is not self._source:
             self._load()
         cdef int n_threads = 1
+        cdef bint chosen = False    # the chooser picked the way and times it
+        cdef long long started
         if self.weight_bytes > STREAM_SPLIT_BYTES:
-            n_threads = fl_team_size(max(1, min(get_num_threads(), <int>self.w.blocks)),
+            n_threads = fl_team_size(max(1, min(kernel_threads(), <int>self.w.blocks)),
                                      2 * B * self.weight_bytes // 50)
+            chosen = n_threads > 1 and fl_adaptive
+            if chosen and fl_chooser_way(&self.chooser) == 0:
+                n_threads = 1
             self._reserve(n_threads)
         self.w.x = <const float*>cnp.PyArray_DATA(arr)
         self.w.fast = _fast(self.w.kind)
         fl_team_init(&self.w.team, n_threads, 2 * self.w.L)
         with nogil:
+            started = fl_now_ns()
             if n_threads == 1:      # no parallel region: its start costs as much as a small step
                 _stream_step(&self.w)
             else:
                 with parallel(num_threads=n_threads):
                     _stream_step(&self.w)
                 fl_team_report(&self.w.team)
+            if chosen:
+                fl_chooser_record(&self.chooser, fl_now_ns() - started)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
         return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)

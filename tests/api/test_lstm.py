@@ -308,13 +308,13 @@ def test_threadpoolctl_openmp_limit_is_respected():
 
     if not _openmp.openmp_enabled():
         pytest.skip("serial build: always one thread")
-    saved = _threads._requested
-    _threads._requested = None
+    saved = _threads.requested_threads()
+    fl.set_num_threads(None)
     try:
         with threadpoolctl.threadpool_limits(1, user_api="openmp"):
             assert fl.get_num_threads() == 1
     finally:
-        _threads._requested = saved
+        fl.set_num_threads(saved)
 
 
 def test_concurrent_eval_calls_are_safe_and_identical():

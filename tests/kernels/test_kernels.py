@@ -1,4 +1,6 @@
 """The Cython kernels (through fastlstm.LSTM) against their NumPy twin, fastlstm.reference."""
+import itertools
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -295,6 +297,50 @@ def test_a_small_stream_forced_to_split_gives_the_same_steps(num_layers):
         lstm_kernels.set_adaptive_threads(adaptive)
     for whole, split in zip(steps[1 << 62], steps[0]):
         np.testing.assert_array_equal(split, whole)
+
+
+@pytest.mark.parametrize("one_thread_ns, split_ns, kept", [(1000, 800, 1), (800, 1000, 0)])
+def test_the_stream_chooser_keeps_the_faster_way_and_checks_it_less_often(one_thread_ns,
+                                                                          split_ns, kept):
+    """16 steps split, 16 on one thread, then the faster way for 256 steps; each later
+    comparison (16 steps of the other way, 16 of the kept one) doubles the time kept."""
+    ways = lstm_kernels.simulate_chooser(one_thread_ns, split_ns, 5000)
+    runs = [(way, len(list(run))) for way, run in itertools.groupby(ways)]
+    other = 1 - kept
+    expected_start = [(1, 16), (0, 16 + 256)] if kept == 0 else [(1, 16), (0, 16), (1, 256)]
+    assert runs[:len(expected_start)] == expected_start
+    trials = [length for way, length in runs if way == other]
+    assert set(trials[1:]) == {16}
+    kept_runs = [length for way, length in runs[len(expected_start):-1] if way == kept]
+    assert kept_runs == [16 + 256 * 2 ** (i + 1) for i in range(len(kept_runs))]
+
+
+def test_a_stream_that_may_split_gives_the_same_steps_either_way():
+    """With the chooser on, a stream past the split size runs its first steps split and
+    then on one thread (its first comparison): every step equals the one-thread stream's,
+    bit for bit."""
+    m = fl.LSTM(24, 144, seed=0).eval()    # 0.4 MB of weights, H not a multiple of 16
+    x = np.random.default_rng(2).standard_normal((40, 2, 24)).astype(np.float32)
+    previous = fl.get_num_threads()
+    adaptive = lstm_kernels.set_adaptive_threads(True)
+    split_size = lstm_kernels.set_stream_split_bytes(1 << 18)
+    try:
+        fl.set_num_threads(1)
+        alone = m.stream(2)
+        expected = [alone.step(x[t]) for t in range(40)]
+        fl.set_num_threads(2)
+        chosen = m.stream(2)
+        planned, steps = [], []
+        for t in range(40):
+            planned.append(chosen.split_next)
+            steps.append(chosen.step(x[t]))
+    finally:
+        lstm_kernels.set_stream_split_bytes(split_size)
+        lstm_kernels.set_adaptive_threads(adaptive)
+        fl.set_num_threads(previous)
+    assert planned[:16] == [True] * 16 and planned[16:32] == [False] * 16
+    for got, want in zip(steps, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_set_stream_split_bytes_refuses_a_negative_size():

@@ -143,3 +143,32 @@ def test_a_library_without_thread_controls_is_skipped(tmp_path):
     from fastlstm._kernels import openmp
     assert _threads._openblas_pool(openmp.__file__) is None
     assert _threads._openblas_pool(str(tmp_path / "libopenblas-missing.so")) is None
+
+
+def test_the_thread_setting_reaches_the_kernels_copy_in_c():
+    """A stream step reads the setting in C (no Python per step): set_num_threads(1) keeps
+    a stream that may split on one thread, and None gives the default back."""
+    from fastlstm._kernels import openmp
+
+    m = fl.LSTM(64, 300, seed=0).eval()       # 1.7 MB of weights: the stream may split
+    saved = _threads.requested_threads()
+    try:
+        fl.set_num_threads(1)
+        assert openmp.threads() == fl.get_num_threads() == 1
+        assert openmp.requested_threads() == 1 and _threads.requested_threads() == 1
+        assert not m.stream().split_next
+        fl.set_num_threads(None)
+        assert _threads.requested_threads() is None
+        assert openmp.threads() == fl.get_num_threads() == min(_threads.usable_cores(),
+                                                               openmp.max_threads())
+        assert m.stream().split_next == (fl.get_num_threads() > 1)
+    finally:
+        fl.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("requested, cores", [(-1, 2), (1, 0)])
+def test_the_kernels_thread_setting_refuses_bad_counts(requested, cores):
+    from fastlstm._kernels import openmp
+
+    with pytest.raises(ValueError, match="set_threads: expected requested >= 0"):
+        openmp.set_threads(requested, cores)

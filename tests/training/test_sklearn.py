@@ -52,9 +52,11 @@ def blas_threads():
 
 
 @pytest.fixture
-def restore_threads(monkeypatch):
+def restore_threads():
     """Put fastlstm's thread setting back after the test, whatever it did."""
-    monkeypatch.setattr(_threads, "_requested", _threads._requested)
+    saved = _threads.requested_threads()
+    yield
+    _threads.set_num_threads(saved)
 
 
 def sequences(n, T, F, rng):
@@ -238,7 +240,7 @@ def test_threads_set_inside_fit_and_restored(monkeypatch, restore_threads):
     # n_threads sets the kernels' threads (default: the process's setting); BLAS runs on
     # one thread either way
     assert seen == [(1, [1]), (min(2, _threads.usable_cores()), [1])]
-    assert _threads._requested == 2 and blas_threads() == before
+    assert _threads.requested_threads() == 2 and blas_threads() == before
 
 
 def test_concurrent_requests_share_the_smallest_and_restore_last(restore_threads):
@@ -254,11 +256,11 @@ def test_concurrent_requests_share_the_smallest_and_restore_last(restore_threads
     worker.start()
     entered.wait(10)
     with _limited_threads(2):
-        assert _threads._requested == 1          # the other user's 1 holds
-    assert _threads._requested == 1              # still running
+        assert _threads.requested_threads() == 1          # the other user's 1 holds
+    assert _threads.requested_threads() == 1              # still running
     release.set()
     worker.join(10)
-    assert _threads._requested == 2
+    assert _threads.requested_threads() == 2
 
 
 def test_parallel_search_with_threads_matches_sequential(restore_threads):
@@ -276,7 +278,7 @@ def test_parallel_search_with_threads_matches_sequential(restore_threads):
         results.append(search.cv_results_["mean_test_score"])
     report("threaded search vs sequential", results[1], results[0])
     assert np.array_equal(results[0], results[1])
-    assert _threads._requested == 2
+    assert _threads.requested_threads() == 2
 
 
 @pytest.mark.slow
