@@ -550,10 +550,11 @@ def measure(call: Call, timing: Timing, clock: Clock = time.perf_counter) -> dic
 
 
 def summary(samples: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Median, quartiles and extremes of ``samples`` (seconds per call)."""
+    """Median, quartiles, extremes and mean of ``samples`` (seconds per call)."""
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return dict(median_s=float(median), q1_s=float(q1), q3_s=float(q3),
-                min_s=float(np.min(samples)), max_s=float(np.max(samples)))
+                min_s=float(np.min(samples)), max_s=float(np.max(samples)),
+                mean_s=float(np.mean(samples)))
 
 
 def _blas_limit(threads: int | None) -> AbstractContextManager[Any]:
