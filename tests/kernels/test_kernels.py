@@ -317,30 +317,33 @@ def test_the_stream_chooser_keeps_the_faster_way_and_checks_it_less_often(one_th
 
 def test_a_stream_that_may_split_gives_the_same_steps_either_way():
     """With the chooser on, a stream past the split size runs its first steps split and
-    then on one thread (its first comparison): every step equals the one-thread stream's,
-    bit for bit."""
+    then on one thread (its first comparison; a step that the backoff after a slow one runs
+    on one thread does not count): every step equals the one-thread stream's, bit for bit."""
+    if _threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores")
     m = fl.LSTM(24, 144, seed=0).eval()    # 0.4 MB of weights, H not a multiple of 16
     x = np.random.default_rng(2).standard_normal((40, 2, 24)).astype(np.float32)
     previous = fl.get_num_threads()
     adaptive = lstm_kernels.set_adaptive_threads(True)
     split_size = lstm_kernels.set_stream_split_bytes(1 << 18)
+    planned = []
     try:
         fl.set_num_threads(1)
         alone = m.stream(2)
-        expected = [alone.step(x[t]) for t in range(40)]
         fl.set_num_threads(2)
         chosen = m.stream(2)
-        planned, steps = [], []
-        for t in range(40):
+        while len(planned) < 40 or (False not in planned and len(planned) < 100_000):
+            x_t = x[len(planned) % 40]
             planned.append(chosen.split_next)
-            steps.append(chosen.step(x[t]))
+            got = chosen.step(x_t)
+            fl.set_num_threads(1)
+            np.testing.assert_array_equal(got, alone.step(x_t))
+            fl.set_num_threads(2)
     finally:
         lstm_kernels.set_stream_split_bytes(split_size)
         lstm_kernels.set_adaptive_threads(adaptive)
         fl.set_num_threads(previous)
-    assert planned[:16] == [True] * 16 and planned[16:32] == [False] * 16
-    for got, want in zip(steps, expected):
-        np.testing.assert_array_equal(got, want)
+    assert planned[:16] == [True] * 16 and False in planned
 
 
 def test_set_stream_split_bytes_refuses_a_negative_size():
