@@ -1441,17 +1441,24 @@ cdef void _stream_step(floating* h_next, floating* c, floating* z, const floatin
     _maybe_late(tid, 0)
 
 
-def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t calls):
+def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t calls,
+                     bint busy=False):
     """The ways (0: one thread, 1: split) a stream's chooser gives `calls` steps that take
-    `one_thread_ns` on one thread and `split_ns` split (for tests)."""
+    `one_thread_ns` on one thread and `split_ns` split, on a machine taken as busy or idle
+    whatever it is (for tests)."""
     cdef fl_chooser_t chooser
-    cdef int way
+    cdef int way, override = fl_busy_override
+    global fl_busy_override
     ways = []
-    fl_chooser_init(&chooser)
-    for _ in range(calls):
-        way = fl_chooser_way(&chooser)
-        ways.append(way)
-        fl_chooser_record(&chooser, split_ns if way else one_thread_ns)
+    fl_busy_override = 1 if busy else 0
+    try:
+        fl_chooser_init(&chooser)
+        for _ in range(calls):
+            way = fl_chooser_way(&chooser)
+            ways.append(way)
+            fl_chooser_record(&chooser, split_ns if way else one_thread_ns)
+    finally:
+        fl_busy_override = override
     return ways
 
 

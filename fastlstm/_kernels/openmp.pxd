@@ -224,13 +224,19 @@ cdef extern from *:
     /* Which of two ways a repeated call (a stream step) runs: 0 on the calling thread
      * alone, 1 split across the team. Which is faster depends on where the host puts the
      * virtual CPUs: on the development VM, with the cores near each other, a split S1 step
-     * took 3.65 us against 3.95 us on one thread, and 6.0 us while they sat far apart (the
-     * parallel region's start and the exchanged state cross between them). So the chooser
-     * times both: FL_TRIAL_CALLS calls each way (the split first), keeps the way with the
-     * lower median for `keep` calls, then compares again; `keep` starts at FL_KEEP_MIN and
-     * doubles up to FL_KEEP_MAX while the kept way keeps winning, so a settled stream spends
-     * under 1 % of its calls on trials. Calls the backoff runs on one thread are not
-     * recorded. */
+     * took 3.0-3.1 us against 3.6 us on one thread, and 4.8-6.0 us while they sat far apart
+     * (the parallel region's start and the exchanged state cross between them). So the
+     * chooser times both: FL_TRIAL_CALLS calls each way (the split first), keeps the way
+     * with the lower mean (each trial's first call left out: it wakes the other threads, or
+     * reads the weights back from the other core) for `keep` calls, then compares again;
+     * `keep` starts at FL_KEEP_MIN and doubles up to FL_KEEP_MAX while the kept way keeps
+     * winning, so a settled stream spends under 1 % of its calls on trials. The mean, not the median: on a busy machine a split
+     * call now and then waits a scheduler time slice for its other thread, which the
+     * median of a trial hides (a median-chosen S1 stream took 4-8 us a step under two
+     * competing processes against 3.6-4 on one thread). And while the machine has more
+     * runnable threads than cores (fl_machine_busy, read when a kept period ends) the
+     * stream keeps to one thread without trying the split, whose calls would wait for a
+     * time slice now and then. Calls the backoff runs on one thread are not recorded. */
     #define FL_TRIAL_CALLS 16
     #define FL_KEEP_MIN 256
     #define FL_KEEP_MAX 65536
@@ -241,14 +247,13 @@ cdef extern from *:
         int first_trial;    /* the first of the two trials runs now */
         long long left;     /* calls left in this phase */
         long long keep;     /* calls to keep the way after the next comparison */
-        long long median[2];
-        long long times[FL_TRIAL_CALLS];
+        long long total[2]; /* ns of each way's last trial */
     } fl_chooser_t;
 
     static inline void fl_chooser_init(fl_chooser_t *c) {
         c->way = 0; c->trial = 1; c->first_trial = 1; c->left = FL_TRIAL_CALLS;
         c->keep = FL_KEEP_MIN / 2;   /* doubled at the first comparison it wins */
-        c->median[0] = c->median[1] = 0;
+        c->total[0] = c->total[1] = 0;
     }
 
     /* The way of the next call. */
@@ -256,30 +261,28 @@ cdef extern from *:
         return c->trial >= 0 ? c->trial : c->way;
     }
 
-    static inline long long fl_median_ns(long long *t, int n) {
-        for (int i = 1; i < n; i++)          /* insertion sort: 16 values per comparison */
-            for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
-                long long swap = t[j]; t[j] = t[j - 1]; t[j - 1] = swap;
-            }
-        return t[n / 2];
-    }
-
     /* Record that the call of fl_chooser_way took `ns`. */
     static inline void fl_chooser_record(fl_chooser_t *c, long long ns) {
-        if (c->trial >= 0)
-            c->times[FL_TRIAL_CALLS - c->left] = ns;
+        if (c->trial >= 0 && c->left < FL_TRIAL_CALLS)
+            c->total[c->trial] += ns;
         if (--c->left > 0)
             return;
-        if (c->trial < 0) {                  /* keeping ends: try the other way */
-            c->trial = !c->way; c->first_trial = 1; c->left = FL_TRIAL_CALLS;
+        if (c->trial < 0 && fl_machine_busy()) {  /* keeping ends on a busy machine */
+            c->way = 0;
+            c->keep = 2 * c->keep < FL_KEEP_MAX ? 2 * c->keep : FL_KEEP_MAX;
+            c->left = c->keep;
             return;
         }
-        c->median[c->trial] = fl_median_ns(c->times, FL_TRIAL_CALLS);
+        if (c->trial < 0) {                  /* keeping ends: try the other way */
+            c->trial = !c->way; c->first_trial = 1; c->left = FL_TRIAL_CALLS;
+            c->total[0] = c->total[1] = 0;
+            return;
+        }
         if (c->first_trial) {                /* then the way it competes with */
             c->trial = !c->trial; c->first_trial = 0; c->left = FL_TRIAL_CALLS;
             return;
         }
-        int best = c->median[1] < c->median[0];
+        int best = c->total[1] < c->total[0];
         c->keep = best == c->way ? (2 * c->keep < FL_KEEP_MAX ? 2 * c->keep : FL_KEEP_MAX)
                                  : FL_KEEP_MIN;
         c->way = best; c->trial = -1; c->left = c->keep;
@@ -334,7 +337,6 @@ cdef extern from *:
                       long long expected_ns) noexcept nogil
     ctypedef struct fl_chooser_t:
         int way
-        long long median[2]
     void fl_chooser_init(fl_chooser_t* c) noexcept nogil
     int fl_chooser_way(const fl_chooser_t* c) noexcept nogil
     void fl_chooser_record(fl_chooser_t* c, long long ns) noexcept nogil

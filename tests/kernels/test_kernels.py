@@ -315,6 +315,15 @@ def test_the_stream_chooser_keeps_the_faster_way_and_checks_it_less_often(one_th
     assert kept_runs == [16 + 256 * 2 ** (i + 1) for i in range(len(kept_runs))]
 
 
+def test_on_a_busy_machine_the_stream_chooser_keeps_to_one_thread():
+    """Past the first comparison (which the split wins here), a machine with more runnable
+    threads than cores keeps the stream on one thread, with no more split trials."""
+    ways = lstm_kernels.simulate_chooser(1000, 800, 5000, busy=True)
+    runs = [(way, len(list(run))) for way, run in itertools.groupby(ways)]
+    assert runs[:3] == [(1, 16), (0, 16), (1, 256)]
+    assert runs[3:] == [(0, 5000 - 288)]
+
+
 def test_a_stream_that_may_split_gives_the_same_steps_either_way():
     """With the chooser on, a stream past the split size runs its first steps split and
     then on one thread (its first comparison; a step that the backoff after a slow one runs
