@@ -23,7 +23,7 @@ from .blas cimport blas_threads_limit, blas_threads_restore, gemm
 from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forward_f,
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
-                      fl_chooser_record, fl_chooser_t, fl_chooser_way, fl_member_t, fl_now_ns,
+                      fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way, fl_member_t, fl_now_ns,
                       kernel_threads, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
                       fl_run_parts, fl_team_init, fl_team_join, fl_team_judge_call,
                       fl_team_report, fl_team_size, fl_team_t)
@@ -1638,14 +1638,12 @@ cdef class StreamKernel:
         cdef const Py_ssize_t* in_sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._in_sizes)
         cdef Py_ssize_t state_bytes = self.L * self.B * self.H * cnp.PyArray_ITEMSIZE(self.h)
         cdef int n_threads = 1
-        cdef bint chosen = False    # the chooser picked the way and times it
+        cdef int timed = 0          # the chooser picked the way and times it
         cdef long long started
         cdef fl_team_t team
         if self.split:
-            n_threads = fl_team_size(kernel_threads(), self.expected_ns)
-            chosen = n_threads > 1 and fl_adaptive
-            if chosen and fl_chooser_way(&self.chooser) == 0:
-                n_threads = 1
+            n_threads = fl_chooser_threads(&self.chooser, kernel_threads(), self.expected_ns,
+                                           &timed)
         fl_team_init(&team, n_threads, self.L)
         with nogil:
             started = fl_now_ns()
@@ -1658,7 +1656,7 @@ cdef class StreamKernel:
             if self.split:
                 fl_team_report(&team)
             memcpy(h, h_next, state_bytes)
-            if chosen:
+            if timed:
                 fl_chooser_record(&self.chooser, fl_now_ns() - started)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)

@@ -261,6 +261,16 @@ cdef extern from *:
         return c->trial >= 0 ? c->trial : c->way;
     }
 
+    /* Threads for the next call that may split: fl_team_size's count, or 1 where the
+     * chooser keeps the calling thread alone; *timed says whether the chooser picked them
+     * (then record the call with fl_chooser_record). */
+    static inline int fl_chooser_threads(const fl_chooser_t *c, int requested,
+                                         long long expected_ns, int *timed) {
+        int n = fl_team_size(requested, expected_ns);
+        *timed = n > 1 && fl_adaptive;
+        return *timed && fl_chooser_way(c) == 0 ? 1 : n;
+    }
+
     /* Record that the call of fl_chooser_way took `ns`. */
     static inline void fl_chooser_record(fl_chooser_t *c, long long ns) {
         if (c->trial >= 0 && c->left < FL_TRIAL_CALLS)
@@ -340,6 +350,8 @@ cdef extern from *:
     void fl_chooser_init(fl_chooser_t* c) noexcept nogil
     int fl_chooser_way(const fl_chooser_t* c) noexcept nogil
     void fl_chooser_record(fl_chooser_t* c, long long ns) noexcept nogil
+    int fl_chooser_threads(const fl_chooser_t* c, int requested, long long expected_ns,
+                           int* timed) noexcept nogil
     long long fl_now_ns() noexcept nogil
     void fl_backoff_reset() noexcept nogil
     int fl_adaptive

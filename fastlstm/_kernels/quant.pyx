@@ -16,8 +16,8 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from .cell cimport cell_forward_f
-from .openmp cimport (fl_adaptive, fl_chooser_init, fl_chooser_record, fl_chooser_t,
-                      fl_chooser_way, fl_member_t, fl_now_ns, fl_omp_team_size, kernel_threads,
+from .openmp cimport (fl_chooser_init, fl_chooser_record, fl_chooser_t, fl_chooser_threads,
+                      fl_member_t, fl_now_ns, fl_omp_team_size, kernel_threads,
                       fl_omp_thread_id, fl_team_barrier, fl_team_init, fl_team_join,
                       fl_team_report, fl_team_size, fl_team_t)
 
@@ -577,14 +577,12 @@ cdef class QuantStreamKernel:
         if self._module._layers is not self._source:
             self._load()
         cdef int n_threads = 1
-        cdef bint chosen = False    # the chooser picked the way and times it
+        cdef int timed = 0          # the chooser picked the way and times it
         cdef long long started
         if self.weight_bytes > STREAM_SPLIT_BYTES:
-            n_threads = fl_team_size(max(1, min(kernel_threads(), <int>self.w.blocks)),
-                                     2 * B * self.weight_bytes // 50)
-            chosen = n_threads > 1 and fl_adaptive
-            if chosen and fl_chooser_way(&self.chooser) == 0:
-                n_threads = 1
+            n_threads = fl_chooser_threads(&self.chooser,
+                                           max(1, min(kernel_threads(), <int>self.w.blocks)),
+                                           2 * B * self.weight_bytes // 50, &timed)
             self._reserve(n_threads)
         self.w.x = <const float*>cnp.PyArray_DATA(arr)
         self.w.fast = _fast(self.w.kind)
@@ -597,7 +595,7 @@ cdef class QuantStreamKernel:
                 with parallel(num_threads=n_threads):
                     _stream_step(&self.w)
                 fl_team_report(&self.w.team)
-            if chosen:
+            if timed:
                 fl_chooser_record(&self.chooser, fl_now_ns() - started)
         if cnp.PyArray_NDIM(arr) == 1:
             return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
