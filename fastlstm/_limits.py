@@ -31,14 +31,20 @@ def physical_memory():
         return None
 
 
+def fits_memory(nbytes):
+    """Whether ``nbytes`` stays within :data:`MEMORY_FRACTION` of physical memory."""
+    memory = physical_memory()
+    return memory is None or nbytes <= MEMORY_FRACTION * memory
+
+
 def check_memory(what, nbytes):
     """Raise ValueError if ``nbytes`` exceeds :data:`MEMORY_FRACTION` of physical memory.
 
     ``what`` names the argument(s) and the buffers, e.g. ``"hidden_size=1048576: the
     parameters"``.
     """
-    memory = physical_memory()
-    if memory is not None and nbytes > MEMORY_FRACTION * memory:
+    if not fits_memory(nbytes):
+        memory = physical_memory()
         raise ValueError(f"{what} would need {format_bytes(nbytes)}, more than "
                          f"{MEMORY_FRACTION:.0%} of this machine's {format_bytes(memory)} "
                          "of memory; expected smaller sizes")

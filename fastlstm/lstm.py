@@ -9,13 +9,17 @@ from ._kernels import lstm as _lstm
 from ._threads import get_num_threads
 from . import _limits
 from .modules import Lookup, Module
-from .validation import as_dtype, as_real_array, check_bool, check_float, check_int
+from .validation import FLOAT_DTYPES, as_dtype, as_real_array, check_bool, check_float, check_int
 
 _EMPTY_INDEX = np.empty(0, dtype=np.intp)
 # Below this many multiply-adds per time step (B * 4H * (in + H)) a second thread costs more
 # in per-step barriers than it saves; threads also own at least one block of units each.
 _MIN_WORK_PER_THREAD = 1 << 13
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
+# Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
+# read them, and making them cost a microsecond a call. A few shapes are kept.
+_ZERO_STATES: dict = {}
+_ZERO_STATES_KEPT = 8
 
 
 class LSTM(Module):
@@ -101,7 +105,7 @@ class LSTM(Module):
     peephole = property(lambda self: self._config["peephole"])
     reverse = property(lambda self: self._config["reverse"])
     clip = property(lambda self: self._config["clip"])
-    dtype = property(lambda self: np.dtype(self._config["dtype"]))
+    dtype = property(lambda self: FLOAT_DTYPES[self._config["dtype"]])
     num_directions = property(lambda self: 2 if self.bidirectional else 1)
 
     def get_config(self):
@@ -206,8 +210,14 @@ class LSTM(Module):
 
     def _state_input(self, hx, batch, unbatched):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        if hx is None:
-            zeros = aligned_zeros(shape, self.dtype)
+        if hx is None:     # the kernels only read the initial state
+            zeros = _ZERO_STATES.get((shape, self.dtype))
+            if zeros is None:
+                zeros = aligned_zeros(shape, self.dtype)
+                zeros.flags.writeable = False
+                if len(_ZERO_STATES) >= _ZERO_STATES_KEPT:
+                    _ZERO_STATES.clear()
+                _ZERO_STATES[shape, self.dtype] = zeros
             return zeros, zeros
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx: expected a tuple (h0, c0), got {type(hx).__name__}")
@@ -315,15 +325,17 @@ class LSTM(Module):
     def _check_call_size(self, steps, batch, training):
         """Refuse, before allocating, a call the kernels cannot index or memory cannot hold."""
         H, D, L, n_in = self.hidden_size, self.num_directions, self.num_layers, self.input_size
-        what = f"x with T={steps}, B={batch} for hidden_size={H}"
-        _limits.check_index(f"{what}: T * B * max(input_size, 4 * hidden_size)",
-                            steps * batch * max(n_in, D * H, 4 * H))
+        count = steps * batch * max(n_in, D * H, 4 * H)
         per_step = batch * (n_in + 2 * D * H)              # x, two layers' outputs
         if training:   # kept gates (dgates in place), hidden and cell states of every layer
             per_step += L * batch * D * (6 * H + H)
         nbytes = steps * per_step * self.dtype.itemsize
         if training and self.clip is not None:
             nbytes += steps * L * batch * D * 4 * H
+        if count <= _limits.INDEX_LIMIT and _limits.fits_memory(nbytes):
+            return      # the messages below cost more than the checks
+        what = f"x with T={steps}, B={batch} for hidden_size={H}"
+        _limits.check_index(f"{what}: T * B * max(input_size, 4 * hidden_size)", count)
         _limits.check_memory(f"{what}: the {'training' if training else 'inference'} buffers",
                              nbytes)
 

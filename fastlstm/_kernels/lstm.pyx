@@ -97,6 +97,7 @@ cdef enum:
     # than line by line as the product reaches them. S1 forward 358 -> 345 us and training
     # step 1.04 -> 1.03 ms with the cores far apart, 251 -> 248 us and 676 -> 671 us near.
     PREFETCH_MAX_BYTES = 8192
+    INT_INDEX_MAX = 2147483647   # 2**31 - 1: the products and the cell pass index with C ints
 
 
 # A stream whose weights pass this many bytes may split each step across the threads: it
@@ -811,11 +812,26 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
 
 
 # ---------------------------------------------------------------- Python entry points
-def _check_shapes(str function, list checks):
-    """Raise ValueError for the first (name, actual, expected) that differs."""
-    for name, actual, expected in checks:
-        if actual != expected:
-            raise ValueError(f"{function}: {name}: expected {expected}, got {actual}")
+# Argument checks in C: a message is formatted only when its check fails (a layer call
+# makes about thirty; a list of tuples of them had cost a microsecond a call).
+cdef inline int _expect(str function, str name, Py_ssize_t actual,
+                        Py_ssize_t expected) except -1:
+    """Raise ValueError unless actual == expected."""
+    if actual != expected:
+        raise ValueError(f"{function}: {name}: expected {expected}, got {actual}")
+    return 0
+
+
+cdef inline bint _int_product(Py_ssize_t rows, Py_ssize_t columns) noexcept:
+    """Whether rows x columns elements can be indexed with a C int (< 2**31)."""
+    return columns == 0 or rows <= INT_INDEX_MAX // columns
+
+
+cdef inline int _require(str function, str name, bint holds) except -1:
+    """Raise ValueError unless the condition `name` stands for holds."""
+    if not holds:
+        raise ValueError(f"{function}: {name}: expected True, got False")
+    return 0
 
 
 def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
@@ -970,26 +986,35 @@ def prepare_forward(floating[:, :, :] out, Py_ssize_t out_col,
     """
     cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = W_hh.shape[1], steps
     steps = T if training else 2
-    _check_shapes("prepare_forward", [
-        ("out", out.shape[2] >= out_col + H, True),
-        ("out: a contiguous last axis", out.shape[2] == 1 or out.strides[2] == out.itemsize,
-         True),
-        ("x", x.shape[0], x.shape[0] if tokens.shape[0] > 0 else T * B),
-        ("tokens", tokens.shape[0] in (0, T * B), True),
-        ("out_col", out_col >= 0, True), ("h_n", h_n.shape[0], B), ("h_n", h_n.shape[1], H),
-        ("c_n", c_n.shape[0], B), ("c_n", c_n.shape[1], H),
-        ("gates", gates.shape[0], T * B * 4 * H if training else 0),
-        ("hidden", hidden.shape[0], steps * B * H), ("cells", cells.shape[0], steps * B * H),
-        ("clipped", clipped.shape[0], T * B * 4 * H if training and clip > 0 else 0),
-        ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
-        ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H),
-        ("W_ih", W_ih.shape[1], x.shape[1]), ("W_hh", W_hh.shape[0], 4 * H),
-        ("bias", bias.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True),
-        ("T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0, True),
-        # BLAS and the cell pass index with C ints
-        ("T * B * max(in, 4H)", max(T * B, x.shape[0]) * max(x.shape[1], 4 * H) < 2 ** 31,
-         True)])
+    cdef str function = "prepare_forward"
+    _require(function, "out", out.shape[2] >= out_col + H)
+    _require(function, "out: a contiguous last axis",
+             out.shape[2] == 1 or out.strides[2] == out.itemsize)
+    _expect(function, "x", x.shape[0], x.shape[0] if tokens.shape[0] > 0 else T * B)
+    _require(function, "tokens", tokens.shape[0] in (0, T * B))
+    _require(function, "out_col", out_col >= 0)
+    _expect(function, "h_n", h_n.shape[0], B)
+    _expect(function, "h_n", h_n.shape[1], H)
+    _expect(function, "c_n", c_n.shape[0], B)
+    _expect(function, "c_n", c_n.shape[1], H)
+    _expect(function, "gates", gates.shape[0], T * B * 4 * H if training else 0)
+    _expect(function, "hidden", hidden.shape[0], steps * B * H)
+    _expect(function, "cells", cells.shape[0], steps * B * H)
+    _expect(function, "clipped", clipped.shape[0],
+            T * B * 4 * H if training and clip > 0 else 0)
+    _expect(function, "h0", h0.shape[0], B)
+    _expect(function, "h0", h0.shape[1], H)
+    _expect(function, "c0", c0.shape[0], B)
+    _expect(function, "c0", c0.shape[1], H)
+    _expect(function, "W_ih", W_ih.shape[0], 4 * H)
+    _expect(function, "W_ih", W_ih.shape[1], x.shape[1])
+    _expect(function, "W_hh", W_hh.shape[0], 4 * H)
+    _expect(function, "bias", bias.shape[0], 4 * H)
+    _require(function, "peep", peep.shape[0] in (0, 3 * H))
+    _require(function, "lengths", lengths.shape[0] in (0, B))
+    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0)
+    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, x.shape[0]),
+                                                           max(x.shape[1], 4 * H)))
     _check_lengths(lengths, T)
     _check_tokens(tokens, x.shape[0])
     cdef ForwardCall call = ForwardCall()
@@ -1101,28 +1126,43 @@ def lstm_backward(floating[:, ::1] dx, bint accumulate_dx, floating[:, ::1] dtab
     cdef Py_ssize_t T = grad_out.shape[0], B = grad_out.shape[1], H = W_hh.shape[1]
     cdef Py_ssize_t n_in = x.shape[1]
     cdef bint lookup = tokens.shape[0] > 0
-    _check_shapes("lstm_backward", [
-        ("x", x.shape[0], x.shape[0] if lookup else T * B),
-        ("tokens", tokens.shape[0] in (0, T * B), True),
-        ("dx", dx.shape[0], 0 if lookup else T * B), ("dx", dx.shape[1], n_in),
-        ("dtable", dtable.shape[0], x.shape[0] if lookup else 0),
-        ("dtable", dtable.shape[1], 4 * H),
-        ("dh", dh.shape[0], B), ("dh", dh.shape[1], H), ("dc", dc.shape[0], B),
-        ("dc", dc.shape[1], H), ("dW_ih", dW_ih.shape[0], 4 * H), ("dW_ih", dW_ih.shape[1], n_in),
-        ("dW_hh", dW_hh.shape[0], 4 * H), ("dW_hh", dW_hh.shape[1], H),
-        ("db", db.shape[0] in (0, 4 * H), True), ("dpeep", dpeep.shape[0], peep.shape[0]),
-        ("grad_out", grad_out.shape[2] >= grad_col + H, True), ("grad_col", grad_col >= 0, True),
-        ("grad_out: a contiguous last axis",
-         grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize, True),
-        ("gates", gates.shape[0], T * B * 4 * H), ("hidden", hidden.shape[0], T * B * H),
-        ("cells", cells.shape[0], T * B * H), ("clipped", clipped.shape[0] in (0, T * B * 4 * H), True),
-        ("h0", h0.shape[0], B), ("h0", h0.shape[1], H), ("c0", c0.shape[0], B),
-        ("c0", c0.shape[1], H), ("W_ih", W_ih.shape[0], 4 * H), ("W_ih", W_ih.shape[1], n_in),
-        ("W_hh", W_hh.shape[0], 4 * H), ("peep", peep.shape[0] in (0, 3 * H), True),
-        ("lengths", lengths.shape[0] in (0, B), True),
-        ("T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0, True),
-        # BLAS and the cell pass index with C ints
-        ("T * B * max(in, 4H)", max(T * B, x.shape[0]) * max(n_in, 4 * H) < 2 ** 31, True)])
+    cdef str function = "lstm_backward"
+    _expect(function, "x", x.shape[0], x.shape[0] if lookup else T * B)
+    _require(function, "tokens", tokens.shape[0] in (0, T * B))
+    _expect(function, "dx", dx.shape[0], 0 if lookup else T * B)
+    _expect(function, "dx", dx.shape[1], n_in)
+    _expect(function, "dtable", dtable.shape[0], x.shape[0] if lookup else 0)
+    _expect(function, "dtable", dtable.shape[1], 4 * H)
+    _expect(function, "dh", dh.shape[0], B)
+    _expect(function, "dh", dh.shape[1], H)
+    _expect(function, "dc", dc.shape[0], B)
+    _expect(function, "dc", dc.shape[1], H)
+    _expect(function, "dW_ih", dW_ih.shape[0], 4 * H)
+    _expect(function, "dW_ih", dW_ih.shape[1], n_in)
+    _expect(function, "dW_hh", dW_hh.shape[0], 4 * H)
+    _expect(function, "dW_hh", dW_hh.shape[1], H)
+    _require(function, "db", db.shape[0] in (0, 4 * H))
+    _expect(function, "dpeep", dpeep.shape[0], peep.shape[0])
+    _require(function, "grad_out", grad_out.shape[2] >= grad_col + H)
+    _require(function, "grad_col", grad_col >= 0)
+    _require(function, "grad_out: a contiguous last axis",
+             grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize)
+    _expect(function, "gates", gates.shape[0], T * B * 4 * H)
+    _expect(function, "hidden", hidden.shape[0], T * B * H)
+    _expect(function, "cells", cells.shape[0], T * B * H)
+    _require(function, "clipped", clipped.shape[0] in (0, T * B * 4 * H))
+    _expect(function, "h0", h0.shape[0], B)
+    _expect(function, "h0", h0.shape[1], H)
+    _expect(function, "c0", c0.shape[0], B)
+    _expect(function, "c0", c0.shape[1], H)
+    _expect(function, "W_ih", W_ih.shape[0], 4 * H)
+    _expect(function, "W_ih", W_ih.shape[1], n_in)
+    _expect(function, "W_hh", W_hh.shape[0], 4 * H)
+    _require(function, "peep", peep.shape[0] in (0, 3 * H))
+    _require(function, "lengths", lengths.shape[0] in (0, B))
+    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0)
+    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, x.shape[0]),
+                                                           max(n_in, 4 * H)))
     _check_lengths(lengths, T)
     _check_tokens(tokens, x.shape[0])
     cdef LSTMWork w
@@ -1216,7 +1256,7 @@ cdef tuple _twin_operands(floating[:, ::1] C, const floating[:, ::1] W, str func
     whole panels; checks C against W."""
     cdef Py_ssize_t N = W.shape[0], K = W.shape[1], lanes = 64 // sizeof(floating), p
     cdef Py_ssize_t n_panels = (N + lanes - 1) // lanes
-    _check_shapes(function, [("C", C.shape[1], N)])
+    _expect(function, "C", C.shape[1], N)
     import numpy as np
     dtype = np.float32 if floating is float else np.float64
     panels = np.zeros(max(1, n_panels * lanes * K), dtype)
@@ -1238,7 +1278,8 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     if isa not in supported_isas():
         raise ValueError(f"isa: expected one of {supported_isas()} on this CPU, got {isa!r}")
     cdef int level = ISAS.index(isa)
-    _check_shapes("packed_product_twin", [("C", C.shape[0], M), ("W", W.shape[1], K)])
+    _expect("packed_product_twin", "C", C.shape[0], M)
+    _expect("packed_product_twin", "W", W.shape[1], K)
     panels_array, result_array = _twin_operands(C, W, "packed_product_twin")
     cdef floating[::1] panels = panels_array
     cdef floating[:, ::1] result = result_array
@@ -1259,7 +1300,8 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     test twin. C (M, N), A_T (K, M), W (N, K).
     """
     cdef Py_ssize_t K = A_T.shape[0], M = A_T.shape[1], N = W.shape[0]
-    _check_shapes("packed_product_at_twin", [("C", C.shape[0], M), ("W", W.shape[1], K)])
+    _expect("packed_product_at_twin", "C", C.shape[0], M)
+    _expect("packed_product_at_twin", "W", W.shape[1], K)
     panels_array, result_array = _twin_operands(C, W, "packed_product_at_twin")
     import numpy as np
     cdef floating[::1] panels = panels_array

@@ -226,6 +226,75 @@ def test_matmul_with_no_depth_and_bad_shapes():
         lstm_kernels.matmul(c, np.zeros((4, 2)), np.zeros((2, 3)), False, False, False, 1)
 
 
+def _forward_arguments(T=2, B=3, n_in=4, H=5, dtype=np.float32, **changes):
+    """prepare_forward's arguments for an eval-mode call, with `changes` by name."""
+    z = lambda *shape: np.zeros(shape, dtype)    # noqa: E731
+    args = dict(out=z(T, B, H), out_col=0, h_n=z(B, H), c_n=z(B, H), gates=z(0),
+                hidden=z(2 * B * H), cells=z(2 * B * H), clipped=np.zeros(0, np.uint8),
+                x=z(T * B, n_in), tokens=np.zeros(0, np.intp), h0=z(B, H), c0=z(B, H),
+                W_ih=z(4 * H, n_in), W_hh=z(4 * H, H), bias=z(4 * H), peep=z(0),
+                lengths=np.zeros(0, np.intp), reverse=False, training=False, clip=0.0)
+    args.update(changes)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("h0", np.zeros((2, 5), np.float32), "prepare_forward: h0: expected 3, got 2"),
+    ("W_hh", np.zeros((21, 5), np.float32), "prepare_forward: W_hh: expected 20, got 21"),
+    ("bias", np.zeros(19, np.float32), "prepare_forward: bias: expected 20, got 19"),
+    ("hidden", np.zeros(29, np.float32), "prepare_forward: hidden: expected 30, got 29"),
+    ("out_col", 1, "prepare_forward: out: expected True, got False"),
+    ("peep", np.zeros(7, np.float32), "prepare_forward: peep: expected True, got False"),
+])
+def test_kernel_entry_names_the_argument_and_the_sizes(name, value, message):
+    """The kernels' own checks (behind the modules' checks) say what they expected and got."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        lstm_kernels.prepare_forward(*_forward_arguments(**{name: value}))
+    call = lstm_kernels.prepare_forward(*_forward_arguments())
+    assert not lstm_kernels.run_forward([call], 1)
+
+
+def test_backward_kernel_entry_names_the_argument_and_the_sizes():
+    m = fl.LSTM(4, 5, seed=0)
+    x = np.ones((2, 3, 4), np.float32)
+    m(x)
+    recorded = {}
+    real = lstm_kernels.lstm_backward
+
+    def record(*args):
+        recorded["args"] = list(args)
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastlstm.lstm._lstm, "lstm_backward", record)
+        m.backward(np.ones((2, 3, 5), np.float32))
+    args = recorded["args"]
+    args[6] = np.zeros((20, 4), np.float32)      # dW_hh (4H, H) with H = 5
+    with pytest.raises(ValueError, match=r"^lstm_backward: dW_hh: expected 5, got 4$"):
+        real(*args)
+
+
+def test_calls_without_a_state_share_read_only_zeros():
+    """Without hx every call starts from zeros; the module keeps them (read-only, a few
+    shapes) instead of making them per call, and results equal explicit zero states."""
+    m = fl.LSTM(4, 6, num_layers=2, seed=0)
+    rng = np.random.default_rng(0)
+    for batch in (1, 3, 1, 5):
+        x = rng.standard_normal((3, batch, 4)).astype(np.float32)
+        zeros = np.zeros((2, batch, 6), np.float32)
+        out, (h_n, c_n) = m(x)
+        m.backward(np.ones_like(out))
+        expected, (h_e, c_e) = m(x, (zeros, zeros))
+        m.backward(np.ones_like(out))
+        assert np.array_equal(out, expected) and np.array_equal(h_n, h_e)
+        assert np.array_equal(c_n, c_e)
+    kept = list(fastlstm.lstm._ZERO_STATES.values())
+    assert kept and all(not z.flags.writeable and not z.any() for z in kept)
+    for batch in range(1, 3 * fastlstm.lstm._ZERO_STATES_KEPT):
+        m.eval()(np.zeros((1, batch, 4), np.float32))
+    assert len(fastlstm.lstm._ZERO_STATES) <= fastlstm.lstm._ZERO_STATES_KEPT
+
+
 # ---------------------------------------------------------------- workspace pool
 def test_workspaces_are_kept_for_the_next_call_and_released_on_request():
     lstm_kernels.release_workspaces()
