@@ -16,6 +16,7 @@ _EMPTY_INDEX = np.empty(0, dtype=np.intp)
 # in per-step barriers than it saves; threads also own at least one block of units each.
 _MIN_WORK_PER_THREAD = 1 << 13
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
+_EMPTY = {dtype: np.empty(0, dtype) for dtype in FLOAT_DTYPES.values()}   # absent arrays
 # Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
 # read them, and making them cost a microsecond a call. A few shapes are kept.
 _ZERO_STATES: dict = {}
@@ -300,12 +301,20 @@ class LSTM(Module):
         return out, (h_n, c_n)
 
     def _direction_params(self, layer, direction):
+        """(suffix, W_ih, W_hh, peep) of one layer and direction; peep is empty without
+        peepholes."""
         suffix = f"_l{layer}{self._suffix(direction)}"
         params = self._params
-        bias = (params["bias_ih" + suffix] + params["bias_hh" + suffix] if self.bias
-                else np.zeros(4 * self.hidden_size, self.dtype))
-        peep = self._peephole_blocks.get((layer, direction), np.empty(0, self.dtype))
-        return suffix, params["weight_ih" + suffix], params["weight_hh" + suffix], bias, peep
+        peep = self._peephole_blocks.get((layer, direction))
+        return (suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
+                _EMPTY[self.dtype] if peep is None else peep)
+
+    def _gate_bias(self, suffix):
+        """b_ih + b_hh of one layer and direction (zeros without biases): the kernels add
+        one bias to the gates."""
+        if not self.bias:
+            return np.zeros(4 * self.hidden_size, self.dtype)
+        return self._params["bias_ih" + suffix] + self._params["bias_hh" + suffix]
 
     def _kernel_threads(self, batch):
         """Threads for one kernel call: the setting, capped by the work per time step."""
@@ -366,7 +375,7 @@ class LSTM(Module):
             calls = []
             for direction in range(D):
                 index = layer * D + direction
-                _, W_ih, W_hh, bias, peep = self._direction_params(layer, direction)
+                suffix, W_ih, W_hh, peep = self._direction_params(layer, direction)
                 if training:   # what backward needs, in buffers reused from call to call
                     buffers = {name: self._reuse((index, name), (size,), kind) for name, size, kind in (
                         ("gates", steps * batch * 4 * H, dtype),
@@ -374,13 +383,13 @@ class LSTM(Module):
                         ("cells", steps * batch * H, dtype),
                         ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
                 else:          # inference keeps nothing: per-call rings, safe from many threads
-                    buffers = dict(gates=np.empty(0, dtype),
+                    buffers = dict(gates=_EMPTY[dtype],
                                    hidden=aligned_empty(2 * batch * H, dtype),
                                    cells=aligned_empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
                 calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
                     buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
-                    layer_tokens, h0[index], c0[index], W_ih, W_hh, bias, peep,
+                    layer_tokens, h0[index], c0[index], W_ih, W_hh, self._gate_bias(suffix), peep,
                     _EMPTY_INDEX if lengths is None else lengths,
                     direction == 1 or self.reverse, training, self.clip or 0.0))
                 record["directions"].append(buffers)
@@ -450,10 +459,10 @@ class LSTM(Module):
                 dtable = self._reuse("dtable", (len(rows), 4 * H), dtype)
             for direction in range(D):
                 index = layer * D + direction
-                suffix, W_ih, W_hh, _, peep = self._direction_params(layer, direction)
+                suffix, W_ih, W_hh, peep = self._direction_params(layer, direction)
                 buffers = record["directions"][direction]
-                db = np.zeros(4 * H, dtype=dtype) if self.bias else np.empty(0, dtype)
-                dpeep = self._peephole_grad_blocks.get((layer, direction), np.empty(0, dtype))
+                db = np.zeros(4 * H, dtype=dtype) if self.bias else _EMPTY[dtype]
+                dpeep = self._peephole_grad_blocks.get((layer, direction), _EMPTY[dtype])
                 _lstm.lstm_backward(
                     dx_rows, direction == 1, dtable, dh0[index], dc0[index],
                     self._grads["weight_ih" + suffix], self._grads["weight_hh" + suffix], db,
