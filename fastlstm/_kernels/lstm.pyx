@@ -834,19 +834,61 @@ cdef inline int _require(str function, str name, bint holds) except -1:
     return 0
 
 
-def _check_lengths(const Py_ssize_t[::1] lengths, Py_ssize_t T):
+cdef enum:
+    C_CONTIGUOUS = 1    # _array flags
+    WRITABLE = 2
+
+
+cdef char* _array(str function, str name, object array, int typenum, int ndim,
+                  int flags) except? NULL:
+    """The data of `array`, checked to be an ndarray of `typenum` with `ndim` axes (and
+    C-contiguous and writable as `flags` ask). Through NumPy's C API: typed memoryviews of
+    a call's twenty arrays had cost 3 us a call."""
+    if not cnp.PyArray_Check(array):
+        raise TypeError(f"{function}: {name}: expected a NumPy array, got "
+                        f"{type(array).__name__}")
+    if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(array), typenum):
+        raise TypeError(f"{function}: {name}: expected dtype "
+                        f"{cnp.PyArray_DescrFromType(typenum)}, got {array.dtype}")
+    if cnp.PyArray_NDIM(array) != ndim:
+        raise ValueError(f"{function}: {name}: expected {ndim} dimensions, got {array.ndim}")
+    if flags & C_CONTIGUOUS and not cnp.PyArray_IS_C_CONTIGUOUS(array):
+        raise ValueError(f"{function}: {name}: expected a C-contiguous array")
+    if flags & WRITABLE and not cnp.PyArray_ISWRITEABLE(array):
+        raise ValueError(f"{function}: {name}: expected a writable array")
+    return <char*>cnp.PyArray_DATA(array)
+
+
+cdef inline Py_ssize_t _dim(object array, int axis):
+    """Length of an axis of an array _array checked."""
+    return cnp.PyArray_DIM(<cnp.ndarray>array, axis)
+
+
+cdef int _real_type(str function, object W_hh) except -1:
+    """The float type of a call, W_hh's: NPY_FLOAT32 or NPY_FLOAT64."""
+    if cnp.PyArray_Check(W_hh) and cnp.PyArray_TYPE(W_hh) in (cnp.NPY_FLOAT32,
+                                                              cnp.NPY_FLOAT64):
+        return cnp.PyArray_TYPE(W_hh)
+    raise TypeError(f"{function}: W_hh: expected a float32 or float64 NumPy array, got "
+                    f"{getattr(W_hh, 'dtype', type(W_hh).__name__)}")
+
+
+cdef int _check_lengths(const Py_ssize_t* lengths, Py_ssize_t n, Py_ssize_t T) except -1:
     cdef Py_ssize_t b
-    for b in range(lengths.shape[0]):
+    for b in range(n):
         if lengths[b] < 1 or lengths[b] > T:
             raise ValueError(f"lengths: expected values in [1, {T}], got {lengths[b]}")
+    return 0
 
 
-def _check_tokens(const Py_ssize_t[::1] tokens, Py_ssize_t rows):
+cdef int _check_tokens(const Py_ssize_t* tokens, Py_ssize_t n, Py_ssize_t rows) except -1:
     cdef Py_ssize_t r
-    for r in range(tokens.shape[0]):
+    for r in range(n):
         if tokens[r] < 0 or tokens[r] >= rows:
             raise ValueError(f"tokens: expected values in [0, {rows}) (the rows of x), got "
                              f"{tokens[r]}")
+    return 0
+
 
 
 # ---------------------------------------------------------------- workspace pool
@@ -962,18 +1004,13 @@ cdef class ForwardCall:
     cdef bint double
 
 
-def prepare_forward(floating[:, :, :] out, Py_ssize_t out_col,
-                    floating[:, ::1] h_n, floating[:, ::1] c_n,
-                    floating[::1] gates, floating[::1] hidden, floating[::1] cells,
-                    unsigned char[::1] clipped,
-                    const floating[:, ::1] x, const Py_ssize_t[::1] tokens,
-                    const floating[:, ::1] h0,
-                    const floating[:, ::1] c0, const floating[:, ::1] W_ih,
-                    const floating[:, ::1] W_hh, const floating[::1] bias,
-                    const floating[::1] peep, const Py_ssize_t[::1] lengths,
-                    bint reverse, bint training, double clip):
+def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, clipped, x,
+                    tokens, h0, c0, W_ih, W_hh, bias, peep, lengths, bint reverse,
+                    bint training, double clip):
     """Check the arrays of one layer and direction, time-major; return a ForwardCall.
 
+    All are NumPy arrays of W_hh's float type (float32 or float64), C-contiguous but out;
+    clipped is uint8, tokens and lengths intp.
     out (T, B, D*H) receives h_t in columns [out_col, out_col + H) (0 past a sequence's end);
     its step and batch axes may have any strides (a batch-first array, transposed).
     x (T*B, in) holds the input rows t*B + b; or, with tokens (T*B,) not empty, x is a table
@@ -984,62 +1021,81 @@ def prepare_forward(floating[:, :, :] out, Py_ssize_t out_col,
     empty, hidden/cells are (2*B*H,) rings. bias (4H,) is b_ih + b_hh (zeros without
     biases); empty peep/lengths arrays mean absent.
     """
-    cdef Py_ssize_t T = out.shape[0], B = out.shape[1], H = W_hh.shape[1], steps
-    steps = T if training else 2
     cdef str function = "prepare_forward"
-    _require(function, "out", out.shape[2] >= out_col + H)
+    cdef int real = _real_type(function, W_hh)
+    cdef Py_ssize_t itemsize = 4 if real == cnp.NPY_FLOAT32 else 8
+    cdef int C = C_CONTIGUOUS, CW = C_CONTIGUOUS | WRITABLE
+    cdef char* p_out = _array(function, "out", out, real, 3, WRITABLE)
+    cdef char* p_h_n = _array(function, "h_n", h_n, real, 2, CW)
+    cdef char* p_c_n = _array(function, "c_n", c_n, real, 2, CW)
+    cdef char* p_gates = _array(function, "gates", gates, real, 1, CW)
+    cdef char* p_hidden = _array(function, "hidden", hidden, real, 1, CW)
+    cdef char* p_cells = _array(function, "cells", cells, real, 1, CW)
+    cdef char* p_clipped = _array(function, "clipped", clipped, cnp.NPY_UINT8, 1, CW)
+    cdef char* p_x = _array(function, "x", x, real, 2, C)
+    cdef char* p_tokens = _array(function, "tokens", tokens, cnp.NPY_INTP, 1, C)
+    cdef char* p_h0 = _array(function, "h0", h0, real, 2, C)
+    cdef char* p_c0 = _array(function, "c0", c0, real, 2, C)
+    cdef char* p_W_ih = _array(function, "W_ih", W_ih, real, 2, C)
+    cdef char* p_W_hh = _array(function, "W_hh", W_hh, real, 2, C)
+    cdef char* p_bias = _array(function, "bias", bias, real, 1, C)
+    cdef char* p_peep = _array(function, "peep", peep, real, 1, C)
+    cdef char* p_lengths = _array(function, "lengths", lengths, cnp.NPY_INTP, 1, C)
+    cdef Py_ssize_t T = _dim(out, 0), B = _dim(out, 1), H = _dim(W_hh, 1), n_in = _dim(x, 1)
+    cdef Py_ssize_t steps = T if training else 2
+    _require(function, "out", _dim(out, 2) >= out_col + H)
     _require(function, "out: a contiguous last axis",
-             out.shape[2] == 1 or out.strides[2] == out.itemsize)
-    _expect(function, "x", x.shape[0], x.shape[0] if tokens.shape[0] > 0 else T * B)
-    _require(function, "tokens", tokens.shape[0] in (0, T * B))
+             _dim(out, 2) == 1 or cnp.PyArray_STRIDE(out, 2) == itemsize)
+    _require(function, "out: strides in whole elements",
+             cnp.PyArray_STRIDE(out, 0) % itemsize == 0
+             and cnp.PyArray_STRIDE(out, 1) % itemsize == 0)
+    _expect(function, "x", _dim(x, 0), _dim(x, 0) if _dim(tokens, 0) > 0 else T * B)
+    _require(function, "tokens", _dim(tokens, 0) in (0, T * B))
     _require(function, "out_col", out_col >= 0)
-    _expect(function, "h_n", h_n.shape[0], B)
-    _expect(function, "h_n", h_n.shape[1], H)
-    _expect(function, "c_n", c_n.shape[0], B)
-    _expect(function, "c_n", c_n.shape[1], H)
-    _expect(function, "gates", gates.shape[0], T * B * 4 * H if training else 0)
-    _expect(function, "hidden", hidden.shape[0], steps * B * H)
-    _expect(function, "cells", cells.shape[0], steps * B * H)
-    _expect(function, "clipped", clipped.shape[0],
-            T * B * 4 * H if training and clip > 0 else 0)
-    _expect(function, "h0", h0.shape[0], B)
-    _expect(function, "h0", h0.shape[1], H)
-    _expect(function, "c0", c0.shape[0], B)
-    _expect(function, "c0", c0.shape[1], H)
-    _expect(function, "W_ih", W_ih.shape[0], 4 * H)
-    _expect(function, "W_ih", W_ih.shape[1], x.shape[1])
-    _expect(function, "W_hh", W_hh.shape[0], 4 * H)
-    _expect(function, "bias", bias.shape[0], 4 * H)
-    _require(function, "peep", peep.shape[0] in (0, 3 * H))
-    _require(function, "lengths", lengths.shape[0] in (0, B))
-    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0)
-    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, x.shape[0]),
-                                                           max(x.shape[1], 4 * H)))
-    _check_lengths(lengths, T)
-    _check_tokens(tokens, x.shape[0])
+    _expect(function, "h_n", _dim(h_n, 0), B)
+    _expect(function, "h_n", _dim(h_n, 1), H)
+    _expect(function, "c_n", _dim(c_n, 0), B)
+    _expect(function, "c_n", _dim(c_n, 1), H)
+    _expect(function, "gates", _dim(gates, 0), T * B * 4 * H if training else 0)
+    _expect(function, "hidden", _dim(hidden, 0), steps * B * H)
+    _expect(function, "cells", _dim(cells, 0), steps * B * H)
+    _expect(function, "clipped", _dim(clipped, 0), T * B * 4 * H if training and clip > 0 else 0)
+    _expect(function, "h0", _dim(h0, 0), B)
+    _expect(function, "h0", _dim(h0, 1), H)
+    _expect(function, "c0", _dim(c0, 0), B)
+    _expect(function, "c0", _dim(c0, 1), H)
+    _expect(function, "W_ih", _dim(W_ih, 0), 4 * H)
+    _expect(function, "W_ih", _dim(W_ih, 1), n_in)
+    _expect(function, "W_hh", _dim(W_hh, 0), 4 * H)
+    _expect(function, "bias", _dim(bias, 0), 4 * H)
+    _require(function, "peep", _dim(peep, 0) in (0, 3 * H))
+    _require(function, "lengths", _dim(lengths, 0) in (0, B))
+    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and _dim(x, 0) > 0)
+    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, _dim(x, 0)),
+                                                           max(n_in, 4 * H)))
+    _check_lengths(<const Py_ssize_t*>p_lengths, _dim(lengths, 0), T)
+    _check_tokens(<const Py_ssize_t*>p_tokens, _dim(tokens, 0), _dim(x, 0))
     cdef ForwardCall call = ForwardCall()
     cdef LSTMWork* w = &call.w
     memset(w, 0, sizeof(LSTMWork))
-    w.T, w.B, w.n_in, w.H = T, B, x.shape[1], H
-    w.n_rows = x.shape[0]
-    w.tokens = &tokens[0] if tokens.shape[0] > 0 else NULL
-    w.out_t, w.out_b = out.strides[0] // out.itemsize, out.strides[1] // out.itemsize
+    w.T, w.B, w.n_in, w.H = T, B, n_in, H
+    w.n_rows = _dim(x, 0)
+    w.tokens = <const Py_ssize_t*>p_tokens if _dim(tokens, 0) > 0 else NULL
+    w.out_t = cnp.PyArray_STRIDE(out, 0) // itemsize
+    w.out_b = cnp.PyArray_STRIDE(out, 1) // itemsize
     w.reverse, w.training, w.clip = reverse, training, clip
-    w.x, w.h0, w.c0 = <void*>&x[0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
-    w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
-    w.bias = <void*>&bias[0]
-    w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
-    w.lengths = <Py_ssize_t*>&lengths[0] if lengths.shape[0] > 0 else NULL
-    w.out, w.h_n, w.c_n = <void*>&out[0, 0, out_col], <void*>&h_n[0, 0], <void*>&c_n[0, 0]
-    w.gates = <void*>&gates[0] if training else NULL
-    w.hidden, w.cells = <void*>&hidden[0], <void*>&cells[0]
-    w.clipped = &clipped[0] if clipped.shape[0] > 0 else NULL
+    w.x, w.h0, w.c0, w.W_ih, w.W_hh, w.bias = p_x, p_h0, p_c0, p_W_ih, p_W_hh, p_bias
+    w.peep = p_peep if _dim(peep, 0) > 0 else NULL
+    w.lengths = <Py_ssize_t*>p_lengths if _dim(lengths, 0) > 0 else NULL
+    w.out, w.h_n, w.c_n = p_out + out_col * itemsize, p_h_n, p_c_n
+    w.gates = p_gates if training else NULL
+    w.hidden, w.cells = p_hidden, p_cells
+    w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
     w.chunk = max(1, min(w.T, CHUNK_ROWS // w.B))
-    w.stream_gates = (training
-                      and gates.shape[0] * <Py_ssize_t>sizeof(floating) > _stream_gates_bytes)
+    w.stream_gates = training and _dim(gates, 0) * itemsize > _stream_gates_bytes
     call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, tokens, h0, c0, W_ih, W_hh,
                    bias, peep, lengths)
-    call.double = floating is double
+    call.double = real == cnp.NPY_FLOAT64
     return call
 
 
@@ -1066,7 +1122,7 @@ def run_forward(list calls, int n_threads):
         n_threads = fl_team_size(n_threads, 2 * _expected_ns(&first.w, 1))
         if n_threads >= 2:
             for call in (first, second):
-                _scratch(&(<ForwardCall>call).w, 1, depth, first.arrays[0].itemsize, 0,
+                _scratch(&(<ForwardCall>call).w, 1, depth, 8 if double else 4, 0,
                          (<ForwardCall>call).w.tokens != NULL)
                 fl_team_init(&(<ForwardCall>call).w.team, 1, first.w.T + 1)
             with nogil:
@@ -1090,7 +1146,7 @@ def run_forward(list calls, int n_threads):
 cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     cdef LSTMWork* w = &call.w
     n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
-    _scratch(w, n_threads, w.n_in + w.H, call.arrays[0].itemsize, 0, w.tokens != NULL)
+    _scratch(w, n_threads, w.n_in + w.H, 8 if call.double else 4, 0, w.tokens != NULL)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):
@@ -1099,18 +1155,9 @@ cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     return _finish(w)
 
 
-def lstm_backward(floating[:, ::1] dx, bint accumulate_dx, floating[:, ::1] dtable,
-                  floating[:, ::1] dh, floating[:, ::1] dc,
-                  floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db,
-                  floating[::1] dpeep,
-                  const floating[:, :, :] grad_out, Py_ssize_t grad_col,
-                  floating[::1] gates, const floating[::1] hidden,
-                  const floating[::1] cells, const unsigned char[::1] clipped,
-                  const floating[:, ::1] x, const Py_ssize_t[::1] tokens,
-                  const floating[:, ::1] h0,
-                  const floating[:, ::1] c0, const floating[:, ::1] W_ih,
-                  const floating[:, ::1] W_hh, const floating[::1] peep,
-                  const Py_ssize_t[::1] lengths, bint reverse, int n_threads):
+def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpeep, grad_out,
+                  Py_ssize_t grad_col, gates, hidden, cells, clipped, x, tokens, h0, c0, W_ih,
+                  W_hh, peep, lengths, bint reverse, int n_threads):
     """Backward of a training-mode forward (:func:`prepare_forward`) for one layer and direction.
 
     dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; gates holds the
@@ -1121,81 +1168,112 @@ def lstm_backward(floating[:, ::1] dx, bint accumulate_dx, floating[:, ::1] dtab
     and batch axes strided like out's in :func:`prepare_forward`). x and
     tokens as in :func:`prepare_forward`; with tokens, dx is empty and dtable (rows of x,
     4H) receives dgates summed per table row (dx of the lookup is dtable @ W_ih).
+    Arrays as in :func:`prepare_forward`: the float type of W_hh, C-contiguous but grad_out.
     Returns True when another thread lost its core and the call finished on one thread.
     """
-    cdef Py_ssize_t T = grad_out.shape[0], B = grad_out.shape[1], H = W_hh.shape[1]
-    cdef Py_ssize_t n_in = x.shape[1]
-    cdef bint lookup = tokens.shape[0] > 0
     cdef str function = "lstm_backward"
-    _expect(function, "x", x.shape[0], x.shape[0] if lookup else T * B)
-    _require(function, "tokens", tokens.shape[0] in (0, T * B))
-    _expect(function, "dx", dx.shape[0], 0 if lookup else T * B)
-    _expect(function, "dx", dx.shape[1], n_in)
-    _expect(function, "dtable", dtable.shape[0], x.shape[0] if lookup else 0)
-    _expect(function, "dtable", dtable.shape[1], 4 * H)
-    _expect(function, "dh", dh.shape[0], B)
-    _expect(function, "dh", dh.shape[1], H)
-    _expect(function, "dc", dc.shape[0], B)
-    _expect(function, "dc", dc.shape[1], H)
-    _expect(function, "dW_ih", dW_ih.shape[0], 4 * H)
-    _expect(function, "dW_ih", dW_ih.shape[1], n_in)
-    _expect(function, "dW_hh", dW_hh.shape[0], 4 * H)
-    _expect(function, "dW_hh", dW_hh.shape[1], H)
-    _require(function, "db", db.shape[0] in (0, 4 * H))
-    _expect(function, "dpeep", dpeep.shape[0], peep.shape[0])
-    _require(function, "grad_out", grad_out.shape[2] >= grad_col + H)
+    cdef int real = _real_type(function, W_hh)
+    cdef Py_ssize_t itemsize = 4 if real == cnp.NPY_FLOAT32 else 8
+    cdef int C = C_CONTIGUOUS, CW = C_CONTIGUOUS | WRITABLE
+    cdef char* p_dx = _array(function, "dx", dx, real, 2, CW)
+    cdef char* p_dtable = _array(function, "dtable", dtable, real, 2, CW)
+    cdef char* p_dh = _array(function, "dh", dh, real, 2, CW)
+    cdef char* p_dc = _array(function, "dc", dc, real, 2, CW)
+    cdef char* p_dW_ih = _array(function, "dW_ih", dW_ih, real, 2, CW)
+    cdef char* p_dW_hh = _array(function, "dW_hh", dW_hh, real, 2, CW)
+    cdef char* p_db = _array(function, "db", db, real, 1, CW)
+    cdef char* p_dpeep = _array(function, "dpeep", dpeep, real, 1, CW)
+    cdef char* p_grad = _array(function, "grad_out", grad_out, real, 3, 0)
+    cdef char* p_gates = _array(function, "gates", gates, real, 1, CW)
+    cdef char* p_hidden = _array(function, "hidden", hidden, real, 1, C)
+    cdef char* p_cells = _array(function, "cells", cells, real, 1, C)
+    cdef char* p_clipped = _array(function, "clipped", clipped, cnp.NPY_UINT8, 1, C)
+    cdef char* p_x = _array(function, "x", x, real, 2, C)
+    cdef char* p_tokens = _array(function, "tokens", tokens, cnp.NPY_INTP, 1, C)
+    cdef char* p_h0 = _array(function, "h0", h0, real, 2, C)
+    cdef char* p_c0 = _array(function, "c0", c0, real, 2, C)
+    cdef char* p_W_ih = _array(function, "W_ih", W_ih, real, 2, C)
+    cdef char* p_W_hh = _array(function, "W_hh", W_hh, real, 2, C)
+    cdef char* p_peep = _array(function, "peep", peep, real, 1, C)
+    cdef char* p_lengths = _array(function, "lengths", lengths, cnp.NPY_INTP, 1, C)
+    cdef Py_ssize_t T = _dim(grad_out, 0), B = _dim(grad_out, 1), H = _dim(W_hh, 1)
+    cdef Py_ssize_t n_in = _dim(x, 1)
+    cdef bint lookup = _dim(tokens, 0) > 0
+    _expect(function, "x", _dim(x, 0), _dim(x, 0) if lookup else T * B)
+    _require(function, "tokens", _dim(tokens, 0) in (0, T * B))
+    _expect(function, "dx", _dim(dx, 0), 0 if lookup else T * B)
+    _expect(function, "dx", _dim(dx, 1), n_in)
+    _expect(function, "dtable", _dim(dtable, 0), _dim(x, 0) if lookup else 0)
+    _expect(function, "dtable", _dim(dtable, 1), 4 * H)
+    _expect(function, "dh", _dim(dh, 0), B)
+    _expect(function, "dh", _dim(dh, 1), H)
+    _expect(function, "dc", _dim(dc, 0), B)
+    _expect(function, "dc", _dim(dc, 1), H)
+    _expect(function, "dW_ih", _dim(dW_ih, 0), 4 * H)
+    _expect(function, "dW_ih", _dim(dW_ih, 1), n_in)
+    _expect(function, "dW_hh", _dim(dW_hh, 0), 4 * H)
+    _expect(function, "dW_hh", _dim(dW_hh, 1), H)
+    _require(function, "db", _dim(db, 0) in (0, 4 * H))
+    _expect(function, "dpeep", _dim(dpeep, 0), _dim(peep, 0))
+    _require(function, "grad_out", _dim(grad_out, 2) >= grad_col + H)
     _require(function, "grad_col", grad_col >= 0)
     _require(function, "grad_out: a contiguous last axis",
-             grad_out.shape[2] == 1 or grad_out.strides[2] == grad_out.itemsize)
-    _expect(function, "gates", gates.shape[0], T * B * 4 * H)
-    _expect(function, "hidden", hidden.shape[0], T * B * H)
-    _expect(function, "cells", cells.shape[0], T * B * H)
-    _require(function, "clipped", clipped.shape[0] in (0, T * B * 4 * H))
-    _expect(function, "h0", h0.shape[0], B)
-    _expect(function, "h0", h0.shape[1], H)
-    _expect(function, "c0", c0.shape[0], B)
-    _expect(function, "c0", c0.shape[1], H)
-    _expect(function, "W_ih", W_ih.shape[0], 4 * H)
-    _expect(function, "W_ih", W_ih.shape[1], n_in)
-    _expect(function, "W_hh", W_hh.shape[0], 4 * H)
-    _require(function, "peep", peep.shape[0] in (0, 3 * H))
-    _require(function, "lengths", lengths.shape[0] in (0, B))
-    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and x.shape[0] > 0)
-    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, x.shape[0]),
+             _dim(grad_out, 2) == 1 or cnp.PyArray_STRIDE(grad_out, 2) == itemsize)
+    _require(function, "grad_out: strides in whole elements",
+             cnp.PyArray_STRIDE(grad_out, 0) % itemsize == 0
+             and cnp.PyArray_STRIDE(grad_out, 1) % itemsize == 0)
+    _expect(function, "gates", _dim(gates, 0), T * B * 4 * H)
+    _expect(function, "hidden", _dim(hidden, 0), T * B * H)
+    _expect(function, "cells", _dim(cells, 0), T * B * H)
+    _require(function, "clipped", _dim(clipped, 0) in (0, T * B * 4 * H))
+    _expect(function, "h0", _dim(h0, 0), B)
+    _expect(function, "h0", _dim(h0, 1), H)
+    _expect(function, "c0", _dim(c0, 0), B)
+    _expect(function, "c0", _dim(c0, 1), H)
+    _expect(function, "W_ih", _dim(W_ih, 0), 4 * H)
+    _expect(function, "W_ih", _dim(W_ih, 1), n_in)
+    _expect(function, "W_hh", _dim(W_hh, 0), 4 * H)
+    _require(function, "peep", _dim(peep, 0) in (0, 3 * H))
+    _require(function, "lengths", _dim(lengths, 0) in (0, B))
+    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and _dim(x, 0) > 0)
+    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, _dim(x, 0)),
                                                            max(n_in, 4 * H)))
-    _check_lengths(lengths, T)
-    _check_tokens(tokens, x.shape[0])
+    _check_lengths(<const Py_ssize_t*>p_lengths, _dim(lengths, 0), T)
+    _check_tokens(<const Py_ssize_t*>p_tokens, _dim(tokens, 0), _dim(x, 0))
     cdef LSTMWork w
     memset(&w, 0, sizeof(w))
     w.T, w.B, w.n_in, w.H = T, B, n_in, H
-    w.n_rows = x.shape[0]
-    w.tokens = &tokens[0] if lookup else NULL
-    w.grad_t = grad_out.strides[0] // grad_out.itemsize
-    w.grad_b = grad_out.strides[1] // grad_out.itemsize
+    w.n_rows = _dim(x, 0)
+    w.tokens = <const Py_ssize_t*>p_tokens if lookup else NULL
+    w.grad_t = cnp.PyArray_STRIDE(grad_out, 0) // itemsize
+    w.grad_b = cnp.PyArray_STRIDE(grad_out, 1) // itemsize
     w.reverse, w.training, w.accumulate_dx = reverse, True, accumulate_dx
-    w.x, w.h0, w.c0 = <void*>&x[0, 0], <void*>&h0[0, 0], <void*>&c0[0, 0]
-    w.W_ih, w.W_hh = <void*>&W_ih[0, 0], <void*>&W_hh[0, 0]
-    w.peep = <void*>&peep[0] if peep.shape[0] > 0 else NULL
-    w.lengths = <Py_ssize_t*>&lengths[0] if lengths.shape[0] > 0 else NULL
-    w.grad_out = <void*>&grad_out[0, 0, grad_col]
-    w.gates, w.hidden, w.cells = <void*>&gates[0], <void*>&hidden[0], <void*>&cells[0]
-    w.clipped = <unsigned char*>&clipped[0] if clipped.shape[0] > 0 else NULL
-    w.dx = NULL if lookup else <void*>&dx[0, 0]
-    w.dtable = <void*>&dtable[0, 0] if lookup else NULL
-    w.dh, w.dc = <void*>&dh[0, 0], <void*>&dc[0, 0]
-    w.dW_ih, w.dW_hh, w.dgates = <void*>&dW_ih[0, 0], <void*>&dW_hh[0, 0], <void*>&gates[0]
-    w.db = <void*>&db[0] if db.shape[0] > 0 else NULL
-    w.dpeep = <void*>&dpeep[0] if dpeep.shape[0] > 0 else NULL
+    w.x, w.h0, w.c0, w.W_ih, w.W_hh = p_x, p_h0, p_c0, p_W_ih, p_W_hh
+    w.peep = p_peep if _dim(peep, 0) > 0 else NULL
+    w.lengths = <Py_ssize_t*>p_lengths if _dim(lengths, 0) > 0 else NULL
+    w.grad_out = p_grad + grad_col * itemsize
+    w.gates, w.hidden, w.cells = p_gates, p_hidden, p_cells
+    w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
+    w.dx = NULL if lookup else p_dx
+    w.dtable = p_dtable if lookup else NULL
+    w.dh, w.dc = p_dh, p_dc
+    w.dW_ih, w.dW_hh, w.dgates = p_dW_ih, p_dW_hh, p_gates
+    w.db = p_db if _dim(db, 0) > 0 else NULL
+    w.dpeep = p_dpeep if _dim(dpeep, 0) > 0 else NULL
     n_threads = fl_team_size(n_threads, _expected_ns(&w, 2))
     # weight gradients: each thread's packed dgates block and panels, then two (4H, lanes)
     # edges
-    w.grad_panels_size = GRAD_DEPTH * (_padded(4 * w.H, 8) + _grad_columns(sizeof(floating)))
-    _scratch(&w, n_threads, w.H, sizeof(floating),
-             n_threads * w.grad_panels_size + 2 * 4 * w.H * (64 // sizeof(floating)))
+    w.grad_panels_size = GRAD_DEPTH * (_padded(4 * w.H, 8) + _grad_columns(itemsize))
+    _scratch(&w, n_threads, w.H, itemsize,
+             n_threads * w.grad_panels_size + 2 * 4 * w.H * (64 // itemsize))
     fl_team_init(&w.team, n_threads, w.T + 1)
+    cdef bint double = real == cnp.NPY_FLOAT64
     with nogil:     # no BLAS in the backward either: every product is packed
         with parallel(num_threads=n_threads):
-            _backward_thread(&w, <floating*>NULL)
+            if double:
+                _backward_thread(&w, <double*>NULL)
+            else:
+                _backward_thread(&w, <float*>NULL)
         fl_team_report(&w.team)
     return _finish(&w)
 

@@ -254,6 +254,47 @@ def test_kernel_entry_names_the_argument_and_the_sizes(name, value, message):
     assert not lstm_kernels.run_forward([call], 1)
 
 
+def _read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize("name, value, error, message", [
+    ("h0", [[0.0] * 5] * 3, TypeError, "h0: expected a NumPy array, got list"),
+    ("h0", np.zeros((3, 5)), TypeError, "h0: expected dtype float32, got float64"),
+    ("W_hh", np.zeros((20, 5), np.int64), TypeError,
+     "W_hh: expected a float32 or float64 NumPy array, got int64"),
+    ("lengths", np.ones(3, np.int32), TypeError, "lengths: expected dtype int64, got int32"),
+    ("out", np.zeros((6, 5), np.float32), ValueError, "out: expected 3 dimensions, got 2"),
+    ("x", np.zeros((4, 6), np.float32)[:, ::1].T, ValueError,
+     "x: expected a C-contiguous array"),
+    ("h_n", _read_only(np.zeros((3, 5), np.float32)), ValueError,
+     "h_n: expected a writable array"),
+])
+def test_kernel_entry_refuses_arrays_it_cannot_use(name, value, error, message):
+    """Arrays the kernels would read or write wrongly through raw pointers: another type,
+    dtype or rank, strided rows, or read-only outputs."""
+    with pytest.raises(error, match=f"^prepare_forward: {message}$"):
+        lstm_kernels.prepare_forward(*_forward_arguments(**{name: value}))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_entry_writes_a_strided_output(dtype):
+    """out may be any view with a contiguous last axis (a batch-first array, transposed):
+    the kernel writes through its strides, and into the columns from out_col."""
+    T, B, n_in, H = 3, 2, 4, 5
+    m = fl.LSTM(n_in, H, dtype=np.dtype(dtype).name, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((T, B, n_in)).astype(dtype)
+    expected, _ = m(x)
+    batch_first = np.full((B, T, H + 3), 7, dtype)
+    args = _forward_arguments(T, B, n_in, H, dtype, out=batch_first.transpose(1, 0, 2),
+                              out_col=2, x=x.reshape(T * B, n_in), W_ih=m.weight_ih_l0,
+                              W_hh=m.weight_hh_l0, bias=m.bias_ih_l0 + m.bias_hh_l0)
+    lstm_kernels.run_forward([lstm_kernels.prepare_forward(*args)], 2)
+    assert np.array_equal(batch_first[:, :, 2:2 + H].transpose(1, 0, 2), expected)
+    assert (batch_first[:, :, :2] == 7).all() and (batch_first[:, :, 2 + H:] == 7).all()
+
+
 def test_backward_kernel_entry_names_the_argument_and_the_sizes():
     m = fl.LSTM(4, 5, seed=0)
     x = np.ones((2, 3, 4), np.float32)
