@@ -90,6 +90,7 @@ class LSTM(Module):
         self.training = True
         self._kept = None
         self._workspace = {}   # training buffers reused from call to call (_reuse)
+        self._passed_size = None   # (T, B, training) of the last call _check_call_size passed
         self._rng = np.random.default_rng(seed)
         self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
         self._peephole_grad_blocks = {}
@@ -107,7 +108,7 @@ class LSTM(Module):
     reverse = property(lambda self: self._config["reverse"])
     clip = property(lambda self: self._config["clip"])
     dtype = property(lambda self: FLOAT_DTYPES[self._config["dtype"]])
-    num_directions = property(lambda self: 2 if self.bidirectional else 1)
+    num_directions = property(lambda self: 2 if self._config["bidirectional"] else 1)
 
     def get_config(self):
         """Return the constructor arguments as a dict (dtype as a string)."""
@@ -332,7 +333,10 @@ class LSTM(Module):
         return count
 
     def _check_call_size(self, steps, batch, training):
-        """Refuse, before allocating, a call the kernels cannot index or memory cannot hold."""
+        """Refuse, before allocating, a call the kernels cannot index or memory cannot hold
+        (a call of the sizes the last one passed with passes)."""
+        if (steps, batch, training) == self._passed_size:
+            return
         H, D, L, n_in = self.hidden_size, self.num_directions, self.num_layers, self.input_size
         count = steps * batch * max(n_in, D * H, 4 * H)
         per_step = batch * (n_in + 2 * D * H)              # x, two layers' outputs
@@ -342,7 +346,8 @@ class LSTM(Module):
         if training and self.clip is not None:
             nbytes += steps * L * batch * D * 4 * H
         if count <= _limits.INDEX_LIMIT and _limits.fits_memory(nbytes):
-            return      # the messages below cost more than the checks
+            self._passed_size = (steps, batch, training)
+            return
         what = f"x with T={steps}, B={batch} for hidden_size={H}"
         _limits.check_index(f"{what}: T * B * max(input_size, 4 * hidden_size)", count)
         _limits.check_memory(f"{what}: the {'training' if training else 'inference'} buffers",

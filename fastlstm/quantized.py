@@ -133,6 +133,7 @@ class QuantizedLSTM:
         self._config = config
         self._state = {}
         self._layers = None     # per (layer, direction): the kernel's packed arguments
+        self._passed_size = None   # (T, B, training) of the last call _check_call_size passed
 
     input_size = property(lambda self: self._config["input_size"])
     hidden_size = property(lambda self: self._config["hidden_size"])
@@ -144,7 +145,7 @@ class QuantizedLSTM:
     reverse = property(lambda self: self._config["reverse"])
     clip = property(lambda self: self._config["clip"])
     quantization = property(lambda self: self._config["quantization"])
-    num_directions = property(lambda self: 2 if self.bidirectional else 1)
+    num_directions = property(lambda self: 2 if self._config["bidirectional"] else 1)
 
     # The float32 module's input checks, shared.
     _time_major_input = LSTM._time_major_input

@@ -25,6 +25,8 @@ def as_real_array(value: Any, name: str, dtype: Any) -> np.ndarray:
 
     bool, complex, object and string data raise TypeError naming ``name``.
     """
+    if type(value) is np.ndarray and value.dtype == dtype:     # the common case, first
+        return value
     if value is None:
         raise TypeError(f"{name}: expected a real array-like, got None")
     if hasattr(value, "detach") and hasattr(value, "cpu"):   # a PyTorch tensor
