@@ -18,9 +18,11 @@ _MIN_WORK_PER_THREAD = 1 << 13
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 _EMPTY = {dtype: np.empty(0, dtype) for dtype in FLOAT_DTYPES.values()}   # absent arrays
 # Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
-# read them, and making them cost a microsecond a call. A few shapes are kept.
+# read them, and making them cost a microsecond a call, which matters to small calls. A
+# few shapes are kept, up to 64 KB each.
 _ZERO_STATES: dict = {}
 _ZERO_STATES_KEPT = 8
+_ZERO_STATE_MAX_BYTES = 1 << 16
 
 
 class LSTM(Module):
@@ -217,9 +219,10 @@ class LSTM(Module):
             if zeros is None:
                 zeros = aligned_zeros(shape, self.dtype)
                 zeros.flags.writeable = False
-                if len(_ZERO_STATES) >= _ZERO_STATES_KEPT:
-                    _ZERO_STATES.clear()
-                _ZERO_STATES[shape, self.dtype] = zeros
+                if zeros.nbytes <= _ZERO_STATE_MAX_BYTES:
+                    if len(_ZERO_STATES) >= _ZERO_STATES_KEPT:
+                        _ZERO_STATES.clear()
+                    _ZERO_STATES[shape, self.dtype] = zeros
             return zeros, zeros
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx: expected a tuple (h0, c0), got {type(hx).__name__}")

@@ -850,6 +850,9 @@ cdef char* _array(str function, str name, object array, int typenum, int ndim,
     if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(array), typenum):
         raise TypeError(f"{function}: {name}: expected dtype "
                         f"{cnp.PyArray_DescrFromType(typenum)}, got {array.dtype}")
+    if not (cnp.PyArray_ISNOTSWAPPED(array) and cnp.PyArray_ISALIGNED(array)):
+        raise ValueError(f"{function}: {name}: expected an aligned array in native byte "
+                         f"order, got {array.dtype}, aligned {array.flags.aligned}")
     if cnp.PyArray_NDIM(array) != ndim:
         raise ValueError(f"{function}: {name}: expected {ndim} dimensions, got {array.ndim}")
     if flags & C_CONTIGUOUS and not cnp.PyArray_IS_C_CONTIGUOUS(array):

@@ -270,6 +270,10 @@ def _read_only(array):
      "x: expected a C-contiguous array"),
     ("h_n", _read_only(np.zeros((3, 5), np.float32)), ValueError,
      "h_n: expected a writable array"),
+    ("h0", np.zeros((3, 5), ">f4"), ValueError,
+     r"h0: expected an aligned array in native byte order, got >f4, aligned True"),
+    ("h0", np.frombuffer(bytes(61), np.float32, 15, 1).reshape(3, 5), ValueError,
+     r"h0: expected an aligned array in native byte order, got float32, aligned False"),
 ])
 def test_kernel_entry_refuses_arrays_it_cannot_use(name, value, error, message):
     """Arrays the kernels would read or write wrongly through raw pointers: another type,
@@ -334,6 +338,10 @@ def test_calls_without_a_state_share_read_only_zeros():
     for batch in range(1, 3 * fastlstm.lstm._ZERO_STATES_KEPT):
         m.eval()(np.zeros((1, batch, 4), np.float32))
     assert len(fastlstm.lstm._ZERO_STATES) <= fastlstm.lstm._ZERO_STATES_KEPT
+    large = fastlstm.lstm._ZERO_STATE_MAX_BYTES // (2 * 6 * 4) + 1    # batch past 64 KB
+    m.eval()(np.zeros((1, large, 4), np.float32))
+    assert all(z.nbytes <= fastlstm.lstm._ZERO_STATE_MAX_BYTES
+               for z in fastlstm.lstm._ZERO_STATES.values())
 
 
 # ---------------------------------------------------------------- workspace pool
