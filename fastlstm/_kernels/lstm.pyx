@@ -23,10 +23,10 @@ from .blas cimport blas_threads_limit, blas_threads_restore, gemm
 from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forward_f,
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
-                      fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way, fl_member_t, fl_now_ns,
-                      kernel_threads, fl_omp_team_size, fl_omp_thread_id, fl_team_barrier,
-                      fl_run_parts, fl_team_init, fl_team_join, fl_team_judge_call,
-                      fl_team_report, fl_team_size, fl_team_t)
+                      fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
+                      fl_member_t, fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
+                      fl_team_barrier, fl_team_init, fl_team_join, fl_team_judge_call,
+                      fl_team_report, fl_team_size, fl_team_t, kernel_threads)
 
 from .arrays import aligned_empty
 
@@ -876,6 +876,63 @@ cdef int _real_type(str function, object W_hh) except -1:
                     f"{getattr(W_hh, 'dtype', type(W_hh).__name__)}")
 
 
+cdef char* _time_major(str function, str name, str column_name, object array,
+                       Py_ssize_t column, Py_ssize_t H, Py_ssize_t itemsize,
+                       Py_ssize_t* step_stride, Py_ssize_t* batch_stride) except? NULL:
+    """Column `column` of `array` (T, B, >= column + H), whose step and batch axes may have
+    any strides in whole elements and whose last axis is contiguous: out, or grad_out.
+    Its strides go to step_stride and batch_stride (in elements)."""
+    _require(function, name, _dim(array, 2) >= column + H)
+    _require(function, column_name, column >= 0)
+    if not (_dim(array, 2) == 1 or cnp.PyArray_STRIDE(array, 2) == itemsize):
+        _require(function, f"{name}: a contiguous last axis", False)
+    if cnp.PyArray_STRIDE(array, 0) % itemsize or cnp.PyArray_STRIDE(array, 1) % itemsize:
+        _require(function, f"{name}: strides in whole elements", False)
+    step_stride[0] = cnp.PyArray_STRIDE(array, 0) // itemsize
+    batch_stride[0] = cnp.PyArray_STRIDE(array, 1) // itemsize
+    return <char*>cnp.PyArray_DATA(array) + column * itemsize
+
+
+cdef int _layer_inputs(LSTMWork* w, str function, int real, Py_ssize_t T, Py_ssize_t B, x,
+                       tokens, h0, c0, W_ih, W_hh, peep, lengths) except -1:
+    """Check what a forward and its backward both read (the input rows or a table and its
+    tokens, the initial state, the weights, peepholes, lengths) against T, B and W_hh's
+    H, and point w at it, with its sizes."""
+    cdef int C = C_CONTIGUOUS
+    cdef char* p_x = _array(function, "x", x, real, 2, C)
+    cdef char* p_tokens = _array(function, "tokens", tokens, cnp.NPY_INTP, 1, C)
+    cdef char* p_h0 = _array(function, "h0", h0, real, 2, C)
+    cdef char* p_c0 = _array(function, "c0", c0, real, 2, C)
+    cdef char* p_W_ih = _array(function, "W_ih", W_ih, real, 2, C)
+    cdef char* p_W_hh = _array(function, "W_hh", W_hh, real, 2, C)
+    cdef char* p_peep = _array(function, "peep", peep, real, 1, C)
+    cdef char* p_lengths = _array(function, "lengths", lengths, cnp.NPY_INTP, 1, C)
+    cdef Py_ssize_t H = _dim(W_hh, 1), n_in = _dim(x, 1), rows = _dim(x, 0)
+    cdef bint lookup = _dim(tokens, 0) > 0
+    _expect(function, "x", rows, rows if lookup else T * B)
+    _require(function, "tokens", _dim(tokens, 0) in (0, T * B))
+    _expect(function, "h0", _dim(h0, 0), B)
+    _expect(function, "h0", _dim(h0, 1), H)
+    _expect(function, "c0", _dim(c0, 0), B)
+    _expect(function, "c0", _dim(c0, 1), H)
+    _expect(function, "W_ih", _dim(W_ih, 0), 4 * H)
+    _expect(function, "W_ih", _dim(W_ih, 1), n_in)
+    _expect(function, "W_hh", _dim(W_hh, 0), 4 * H)
+    _require(function, "peep", _dim(peep, 0) in (0, 3 * H))
+    _require(function, "lengths", _dim(lengths, 0) in (0, B))
+    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and rows > 0)
+    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, rows),
+                                                           max(n_in, 4 * H)))
+    _check_lengths(<const Py_ssize_t*>p_lengths, _dim(lengths, 0), T)
+    _check_tokens(<const Py_ssize_t*>p_tokens, _dim(tokens, 0), rows)
+    w.T, w.B, w.n_in, w.H, w.n_rows = T, B, n_in, H, rows
+    w.tokens = <const Py_ssize_t*>p_tokens if lookup else NULL
+    w.x, w.h0, w.c0, w.W_ih, w.W_hh = p_x, p_h0, p_c0, p_W_ih, p_W_hh
+    w.peep = p_peep if _dim(peep, 0) > 0 else NULL
+    w.lengths = <Py_ssize_t*>p_lengths if _dim(lengths, 0) > 0 else NULL
+    return 0
+
+
 cdef int _check_lengths(const Py_ssize_t* lengths, Py_ssize_t n, Py_ssize_t T) except -1:
     cdef Py_ssize_t b
     for b in range(n):
@@ -1026,35 +1083,24 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     """
     cdef str function = "prepare_forward"
     cdef int real = _real_type(function, W_hh)
-    cdef Py_ssize_t itemsize = 4 if real == cnp.NPY_FLOAT32 else 8
-    cdef int C = C_CONTIGUOUS, CW = C_CONTIGUOUS | WRITABLE
-    cdef char* p_out = _array(function, "out", out, real, 3, WRITABLE)
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(W_hh)
+    cdef int CW = C_CONTIGUOUS | WRITABLE
+    _array(function, "out", out, real, 3, WRITABLE)
     cdef char* p_h_n = _array(function, "h_n", h_n, real, 2, CW)
     cdef char* p_c_n = _array(function, "c_n", c_n, real, 2, CW)
     cdef char* p_gates = _array(function, "gates", gates, real, 1, CW)
     cdef char* p_hidden = _array(function, "hidden", hidden, real, 1, CW)
     cdef char* p_cells = _array(function, "cells", cells, real, 1, CW)
     cdef char* p_clipped = _array(function, "clipped", clipped, cnp.NPY_UINT8, 1, CW)
-    cdef char* p_x = _array(function, "x", x, real, 2, C)
-    cdef char* p_tokens = _array(function, "tokens", tokens, cnp.NPY_INTP, 1, C)
-    cdef char* p_h0 = _array(function, "h0", h0, real, 2, C)
-    cdef char* p_c0 = _array(function, "c0", c0, real, 2, C)
-    cdef char* p_W_ih = _array(function, "W_ih", W_ih, real, 2, C)
-    cdef char* p_W_hh = _array(function, "W_hh", W_hh, real, 2, C)
-    cdef char* p_bias = _array(function, "bias", bias, real, 1, C)
-    cdef char* p_peep = _array(function, "peep", peep, real, 1, C)
-    cdef char* p_lengths = _array(function, "lengths", lengths, cnp.NPY_INTP, 1, C)
-    cdef Py_ssize_t T = _dim(out, 0), B = _dim(out, 1), H = _dim(W_hh, 1), n_in = _dim(x, 1)
+    cdef char* p_bias = _array(function, "bias", bias, real, 1, C_CONTIGUOUS)
+    cdef Py_ssize_t T = _dim(out, 0), B = _dim(out, 1), H = _dim(W_hh, 1)
     cdef Py_ssize_t steps = T if training else 2
-    _require(function, "out", _dim(out, 2) >= out_col + H)
-    _require(function, "out: a contiguous last axis",
-             _dim(out, 2) == 1 or cnp.PyArray_STRIDE(out, 2) == itemsize)
-    _require(function, "out: strides in whole elements",
-             cnp.PyArray_STRIDE(out, 0) % itemsize == 0
-             and cnp.PyArray_STRIDE(out, 1) % itemsize == 0)
-    _expect(function, "x", _dim(x, 0), _dim(x, 0) if _dim(tokens, 0) > 0 else T * B)
-    _require(function, "tokens", _dim(tokens, 0) in (0, T * B))
-    _require(function, "out_col", out_col >= 0)
+    cdef ForwardCall call = ForwardCall()
+    cdef LSTMWork* w = &call.w
+    memset(w, 0, sizeof(LSTMWork))
+    w.out = _time_major(function, "out", "out_col", out, out_col, H, itemsize, &w.out_t,
+                        &w.out_b)
+    _layer_inputs(w, function, real, T, B, x, tokens, h0, c0, W_ih, W_hh, peep, lengths)
     _expect(function, "h_n", _dim(h_n, 0), B)
     _expect(function, "h_n", _dim(h_n, 1), H)
     _expect(function, "c_n", _dim(c_n, 0), B)
@@ -1063,34 +1109,9 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     _expect(function, "hidden", _dim(hidden, 0), steps * B * H)
     _expect(function, "cells", _dim(cells, 0), steps * B * H)
     _expect(function, "clipped", _dim(clipped, 0), T * B * 4 * H if training and clip > 0 else 0)
-    _expect(function, "h0", _dim(h0, 0), B)
-    _expect(function, "h0", _dim(h0, 1), H)
-    _expect(function, "c0", _dim(c0, 0), B)
-    _expect(function, "c0", _dim(c0, 1), H)
-    _expect(function, "W_ih", _dim(W_ih, 0), 4 * H)
-    _expect(function, "W_ih", _dim(W_ih, 1), n_in)
-    _expect(function, "W_hh", _dim(W_hh, 0), 4 * H)
     _expect(function, "bias", _dim(bias, 0), 4 * H)
-    _require(function, "peep", _dim(peep, 0) in (0, 3 * H))
-    _require(function, "lengths", _dim(lengths, 0) in (0, B))
-    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and _dim(x, 0) > 0)
-    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, _dim(x, 0)),
-                                                           max(n_in, 4 * H)))
-    _check_lengths(<const Py_ssize_t*>p_lengths, _dim(lengths, 0), T)
-    _check_tokens(<const Py_ssize_t*>p_tokens, _dim(tokens, 0), _dim(x, 0))
-    cdef ForwardCall call = ForwardCall()
-    cdef LSTMWork* w = &call.w
-    memset(w, 0, sizeof(LSTMWork))
-    w.T, w.B, w.n_in, w.H = T, B, n_in, H
-    w.n_rows = _dim(x, 0)
-    w.tokens = <const Py_ssize_t*>p_tokens if _dim(tokens, 0) > 0 else NULL
-    w.out_t = cnp.PyArray_STRIDE(out, 0) // itemsize
-    w.out_b = cnp.PyArray_STRIDE(out, 1) // itemsize
     w.reverse, w.training, w.clip = reverse, training, clip
-    w.x, w.h0, w.c0, w.W_ih, w.W_hh, w.bias = p_x, p_h0, p_c0, p_W_ih, p_W_hh, p_bias
-    w.peep = p_peep if _dim(peep, 0) > 0 else NULL
-    w.lengths = <Py_ssize_t*>p_lengths if _dim(lengths, 0) > 0 else NULL
-    w.out, w.h_n, w.c_n = p_out + out_col * itemsize, p_h_n, p_c_n
+    w.bias, w.h_n, w.c_n = p_bias, p_h_n, p_c_n
     w.gates = p_gates if training else NULL
     w.hidden, w.cells = p_hidden, p_cells
     w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
@@ -1176,7 +1197,7 @@ def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpee
     """
     cdef str function = "lstm_backward"
     cdef int real = _real_type(function, W_hh)
-    cdef Py_ssize_t itemsize = 4 if real == cnp.NPY_FLOAT32 else 8
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(W_hh)
     cdef int C = C_CONTIGUOUS, CW = C_CONTIGUOUS | WRITABLE
     cdef char* p_dx = _array(function, "dx", dx, real, 2, CW)
     cdef char* p_dtable = _array(function, "dtable", dtable, real, 2, CW)
@@ -1186,75 +1207,37 @@ def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpee
     cdef char* p_dW_hh = _array(function, "dW_hh", dW_hh, real, 2, CW)
     cdef char* p_db = _array(function, "db", db, real, 1, CW)
     cdef char* p_dpeep = _array(function, "dpeep", dpeep, real, 1, CW)
-    cdef char* p_grad = _array(function, "grad_out", grad_out, real, 3, 0)
+    _array(function, "grad_out", grad_out, real, 3, 0)
     cdef char* p_gates = _array(function, "gates", gates, real, 1, CW)
     cdef char* p_hidden = _array(function, "hidden", hidden, real, 1, C)
     cdef char* p_cells = _array(function, "cells", cells, real, 1, C)
     cdef char* p_clipped = _array(function, "clipped", clipped, cnp.NPY_UINT8, 1, C)
-    cdef char* p_x = _array(function, "x", x, real, 2, C)
-    cdef char* p_tokens = _array(function, "tokens", tokens, cnp.NPY_INTP, 1, C)
-    cdef char* p_h0 = _array(function, "h0", h0, real, 2, C)
-    cdef char* p_c0 = _array(function, "c0", c0, real, 2, C)
-    cdef char* p_W_ih = _array(function, "W_ih", W_ih, real, 2, C)
-    cdef char* p_W_hh = _array(function, "W_hh", W_hh, real, 2, C)
-    cdef char* p_peep = _array(function, "peep", peep, real, 1, C)
-    cdef char* p_lengths = _array(function, "lengths", lengths, cnp.NPY_INTP, 1, C)
     cdef Py_ssize_t T = _dim(grad_out, 0), B = _dim(grad_out, 1), H = _dim(W_hh, 1)
-    cdef Py_ssize_t n_in = _dim(x, 1)
-    cdef bint lookup = _dim(tokens, 0) > 0
-    _expect(function, "x", _dim(x, 0), _dim(x, 0) if lookup else T * B)
-    _require(function, "tokens", _dim(tokens, 0) in (0, T * B))
+    cdef LSTMWork w
+    memset(&w, 0, sizeof(w))
+    w.grad_out = _time_major(function, "grad_out", "grad_col", grad_out, grad_col, H,
+                             itemsize, &w.grad_t, &w.grad_b)
+    _layer_inputs(&w, function, real, T, B, x, tokens, h0, c0, W_ih, W_hh, peep, lengths)
+    cdef bint lookup = w.tokens != NULL
     _expect(function, "dx", _dim(dx, 0), 0 if lookup else T * B)
-    _expect(function, "dx", _dim(dx, 1), n_in)
-    _expect(function, "dtable", _dim(dtable, 0), _dim(x, 0) if lookup else 0)
+    _expect(function, "dx", _dim(dx, 1), w.n_in)
+    _expect(function, "dtable", _dim(dtable, 0), w.n_rows if lookup else 0)
     _expect(function, "dtable", _dim(dtable, 1), 4 * H)
     _expect(function, "dh", _dim(dh, 0), B)
     _expect(function, "dh", _dim(dh, 1), H)
     _expect(function, "dc", _dim(dc, 0), B)
     _expect(function, "dc", _dim(dc, 1), H)
     _expect(function, "dW_ih", _dim(dW_ih, 0), 4 * H)
-    _expect(function, "dW_ih", _dim(dW_ih, 1), n_in)
+    _expect(function, "dW_ih", _dim(dW_ih, 1), w.n_in)
     _expect(function, "dW_hh", _dim(dW_hh, 0), 4 * H)
     _expect(function, "dW_hh", _dim(dW_hh, 1), H)
     _require(function, "db", _dim(db, 0) in (0, 4 * H))
     _expect(function, "dpeep", _dim(dpeep, 0), _dim(peep, 0))
-    _require(function, "grad_out", _dim(grad_out, 2) >= grad_col + H)
-    _require(function, "grad_col", grad_col >= 0)
-    _require(function, "grad_out: a contiguous last axis",
-             _dim(grad_out, 2) == 1 or cnp.PyArray_STRIDE(grad_out, 2) == itemsize)
-    _require(function, "grad_out: strides in whole elements",
-             cnp.PyArray_STRIDE(grad_out, 0) % itemsize == 0
-             and cnp.PyArray_STRIDE(grad_out, 1) % itemsize == 0)
     _expect(function, "gates", _dim(gates, 0), T * B * 4 * H)
     _expect(function, "hidden", _dim(hidden, 0), T * B * H)
     _expect(function, "cells", _dim(cells, 0), T * B * H)
     _require(function, "clipped", _dim(clipped, 0) in (0, T * B * 4 * H))
-    _expect(function, "h0", _dim(h0, 0), B)
-    _expect(function, "h0", _dim(h0, 1), H)
-    _expect(function, "c0", _dim(c0, 0), B)
-    _expect(function, "c0", _dim(c0, 1), H)
-    _expect(function, "W_ih", _dim(W_ih, 0), 4 * H)
-    _expect(function, "W_ih", _dim(W_ih, 1), n_in)
-    _expect(function, "W_hh", _dim(W_hh, 0), 4 * H)
-    _require(function, "peep", _dim(peep, 0) in (0, 3 * H))
-    _require(function, "lengths", _dim(lengths, 0) in (0, B))
-    _require(function, "T, B, H, rows of x", T > 0 and B > 0 and H > 0 and _dim(x, 0) > 0)
-    _require(function, "T * B * max(in, 4H)", _int_product(max(T * B, _dim(x, 0)),
-                                                           max(n_in, 4 * H)))
-    _check_lengths(<const Py_ssize_t*>p_lengths, _dim(lengths, 0), T)
-    _check_tokens(<const Py_ssize_t*>p_tokens, _dim(tokens, 0), _dim(x, 0))
-    cdef LSTMWork w
-    memset(&w, 0, sizeof(w))
-    w.T, w.B, w.n_in, w.H = T, B, n_in, H
-    w.n_rows = _dim(x, 0)
-    w.tokens = <const Py_ssize_t*>p_tokens if lookup else NULL
-    w.grad_t = cnp.PyArray_STRIDE(grad_out, 0) // itemsize
-    w.grad_b = cnp.PyArray_STRIDE(grad_out, 1) // itemsize
     w.reverse, w.training, w.accumulate_dx = reverse, True, accumulate_dx
-    w.x, w.h0, w.c0, w.W_ih, w.W_hh = p_x, p_h0, p_c0, p_W_ih, p_W_hh
-    w.peep = p_peep if _dim(peep, 0) > 0 else NULL
-    w.lengths = <Py_ssize_t*>p_lengths if _dim(lengths, 0) > 0 else NULL
-    w.grad_out = p_grad + grad_col * itemsize
     w.gates, w.hidden, w.cells = p_gates, p_hidden, p_cells
     w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
     w.dx = NULL if lookup else p_dx
