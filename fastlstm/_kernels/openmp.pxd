@@ -205,15 +205,15 @@ cdef extern from *:
             __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
     }
 
-    /* Record how a call with a team of n threads ended. */
-    static inline void fl_team_report(const fl_team_t *team) {
-        __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
+    /* Record how a call with a team of n threads ended, at `ended_ns` (fl_now_ns). */
+    static inline void fl_team_report(const fl_team_t *team, long long ended_ns) {
+        __atomic_store_n(&fl_last_call_ns, ended_ns, __ATOMIC_RELAXED);
         if (team->n < 2 || !team->adaptive)
             return;
         if (team->stalled) {
             long long backoff = fl_backoff_ns ? 2 * fl_backoff_ns : FL_BACKOFF_MIN_NS;
             fl_backoff_ns = backoff < FL_BACKOFF_MAX_NS ? backoff : FL_BACKOFF_MAX_NS;
-            __atomic_store_n(&fl_backoff_until, fl_now_ns() + fl_backoff_ns, __ATOMIC_RELAXED);
+            __atomic_store_n(&fl_backoff_until, ended_ns + fl_backoff_ns, __ATOMIC_RELAXED);
         } else {
             /* a clean probe halves the period: under intermittent load some probes pass,
              * and a reset would make every other call pay for a stall again */
@@ -321,8 +321,9 @@ cdef extern from *:
                 team.n = fl_omp_team_size();    /* OpenMP may give fewer than asked */
             part(arg, fl_omp_thread_id(), fl_omp_team_size());
         }
-        fl_team_judge_call(&team, fl_now_ns() - started, expected_ns);
-        fl_team_report(&team);
+        long long ended = fl_now_ns();
+        fl_team_judge_call(&team, ended - started, expected_ns);
+        fl_team_report(&team, ended);
     }
     """
     int fl_openmp_enabled() noexcept nogil
@@ -339,7 +340,7 @@ cdef extern from *:
     void fl_team_join(fl_team_t* team, fl_member_t* me, int n) noexcept nogil
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
     int fl_team_size(int requested, long long expected_ns) noexcept nogil
-    void fl_team_report(const fl_team_t* team) noexcept nogil
+    void fl_team_report(const fl_team_t* team, long long ended_ns) noexcept nogil
     void fl_team_judge_call(fl_team_t* team, long long elapsed_ns,
                             long long expected_ns) noexcept nogil
     ctypedef void (*fl_part_fn)(void* arg, int part, int parts) noexcept nogil

@@ -15,6 +15,7 @@ from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
+from .arrays cimport copy_contiguous
 from .cell cimport cell_forward_f
 from .openmp cimport (fl_chooser_init, fl_chooser_record, fl_chooser_t, fl_chooser_threads,
                       fl_member_t, fl_now_ns, fl_omp_team_size, kernel_threads,
@@ -330,7 +331,7 @@ def quantized_forward(str dtype, float[:, :, ::1] out, Py_ssize_t out_col,
         else:
             with parallel(num_threads=n_threads):
                 _thread(&w)
-        fl_team_report(&w.team)
+        fl_team_report(&w.team, fl_now_ns())
     free(w.scratch)
 
 
@@ -578,7 +579,7 @@ cdef class QuantStreamKernel:
             self._load()
         cdef int n_threads = 1
         cdef int timed = 0          # the chooser picked the way and times it
-        cdef long long started
+        cdef long long started = 0, ended
         if self.weight_bytes > STREAM_SPLIT_BYTES:
             n_threads = fl_chooser_threads(&self.chooser,
                                            max(1, min(kernel_threads(), <int>self.w.blocks)),
@@ -588,18 +589,20 @@ cdef class QuantStreamKernel:
         self.w.fast = _fast(self.w.kind)
         fl_team_init(&self.w.team, n_threads, 2 * self.w.L)
         with nogil:
-            started = fl_now_ns()
+            if timed:
+                started = fl_now_ns()
             if n_threads == 1:      # no parallel region: its start costs as much as a small step
                 _stream_step(&self.w)
             else:
                 with parallel(num_threads=n_threads):
                     _stream_step(&self.w)
-                fl_team_report(&self.w.team)
-            if timed:
-                fl_chooser_record(&self.chooser, fl_now_ns() - started)
-        if cnp.PyArray_NDIM(arr) == 1:
-            return cnp.PyArray_NewCopy(self._y_flat, cnp.NPY_CORDER)
-        return cnp.PyArray_NewCopy(self._y, cnp.NPY_CORDER)
+            if n_threads > 1 or timed:
+                ended = fl_now_ns()
+                if n_threads > 1:
+                    fl_team_report(&self.w.team, ended)
+                if timed:
+                    fl_chooser_record(&self.chooser, ended - started)
+        return copy_contiguous(self._y_flat if cnp.PyArray_NDIM(arr) == 1 else self._y)
 
 
 setting_from_environment("FASTLSTM_QUANT_PATH", set_quantized_path)

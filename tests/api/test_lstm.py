@@ -161,6 +161,9 @@ def test_stream_steps_equal_one_full_call(dtype, batch):
     out, (h_n, c_n) = m(x)
     s = m.stream(batch)
     steps = [s.step(x[t] if batch > 1 else x[t, 0]) for t in range(6)]
+    shape = (batch, 7) if batch > 1 else (7,)   # each step a new array, not a view of the state
+    assert all(y.shape == shape and y.dtype == dtype and y.flags.owndata and
+               y.flags.c_contiguous for y in steps)
     tol = 1e-5 if dtype == "float32" else 1e-12
     assert_close("stream out", np.stack(steps).reshape(out.shape), out, tol)
     assert_close("stream h", s.state[0], h_n, tol)
