@@ -1,7 +1,7 @@
-# Type stub of blas.pyx: scipy's OpenBLAS thread count and the test twins of the
+# Type stub of blas.pyx: the loading of scipy's BLAS and the test twin of the
 # row-major gemm wrapper (a, b, c: C-contiguous, all float32 or float64).
 import numpy as np
 
-def blas_threads() -> int | None: ...
+def load() -> None: ...
 def gemm_twin(trans_a: bool, trans_b: bool, alpha: float, a: np.ndarray, b: np.ndarray,
               beta: float, c: np.ndarray) -> None: ...

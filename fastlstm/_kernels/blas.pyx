@@ -1,27 +1,42 @@
+# cython: language_level=3
 """Row-major gemm on scipy's BLAS, and control of scipy's OpenBLAS thread pool.
 
 Row-major callers swap operands instead of transposing data: C = op(A) op(B) in row-major
 order is C^T = op(B)^T op(A)^T in the column-major order Fortran BLAS expects.
+
+SciPy's BLAS is found on first use (:func:`load`, from the first product that needs it),
+not at import: importing ``scipy.linalg`` took 0.17 s and 32 MB here, and loading its
+OpenBLAS starts a thread pool that spins for about 0.1 s. An LSTM alone never needs it.
 """
 import ctypes
 import os
 
-import numpy as np
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+
+# scipy.linalg.cython_blas's sgemm / dgemm (Fortran argument order, all by pointer)
+ctypedef void (*sgemm_t)(char* transa, char* transb, int* m, int* n, int* k, float* alpha,
+                         float* a, int* lda, float* b, int* ldb, float* beta, float* c,
+                         int* ldc) noexcept nogil
+ctypedef void (*dgemm_t)(char* transa, char* transb, int* m, int* n, int* k, double* alpha,
+                         double* a, int* lda, double* b, int* ldb, double* beta, double* c,
+                         int* ldc) noexcept nogil
+cdef sgemm_t _sgemm = NULL
+cdef dgemm_t _dgemm = NULL
 
 
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                const floating* a, int lda, const floating* b, int ldb, floating beta,
                floating* c, int ldc) noexcept nogil:
-    """C := alpha * op(A) @ op(B) + beta * C, row-major; C is (m, n), op(A) (m, k)."""
+    """C := alpha * op(A) @ op(B) + beta * C, row-major; C is (m, n), op(A) (m, k). The
+    caller has run require_blas()."""
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     if m <= 0 or n <= 0:
         return
     if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+        _sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+        _dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
 # scipy's OpenBLAS keeps its own thread pool. While OpenMP owns the cores inside a kernel,
@@ -50,8 +65,18 @@ def _find_openblas():
     return None
 
 
-def _load():
-    global _set_threads, _get_threads
+cdef void* _function(dict capi, str name) except NULL:
+    """The C function `name` that a Cython module exports in its ``__pyx_capi__``."""
+    capsule = capi[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+def load():
+    """Find scipy's sgemm and dgemm, and its OpenBLAS thread controls (once)."""
+    global _sgemm, _dgemm, _set_threads, _get_threads
+    if _sgemm != NULL:
+        return
+    from scipy.linalg import cython_blas
     try:
         found = _find_openblas()
     except OSError:
@@ -59,9 +84,15 @@ def _load():
     if found is not None:
         _set_threads = <set_threads_t><size_t>found[0]
         _get_threads = <get_threads_t><size_t>found[1]
+    _dgemm = <dgemm_t>_function(cython_blas.__pyx_capi__, "dgemm")
+    _sgemm = <sgemm_t>_function(cython_blas.__pyx_capi__, "sgemm")
 
 
-_load()
+cdef int require_blas() except -1:
+    """Run load() unless it has run: before the first gemm (with the GIL)."""
+    if _sgemm == NULL:
+        load()
+    return 0
 
 
 cdef int blas_threads_limit(int n_threads) noexcept nogil:
@@ -80,16 +111,12 @@ cdef void blas_threads_restore(int previous) noexcept nogil:
         _set_threads(previous)
 
 
-def blas_threads():
-    """Return scipy's OpenBLAS thread count, or None when it cannot be controlled."""
-    return _get_threads() if _get_threads != NULL else None
-
-
 # Test twins: the cdef wrappers called from Python, checked against NumPy.
 def gemm_twin(bint trans_a, bint trans_b, double alpha, floating[:, ::1] a,
               floating[:, ::1] b, double beta, floating[:, ::1] c):
     """c := alpha * op(a) @ op(b) + beta * c (in place) through the row-major wrapper."""
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
+    require_blas()
     gemm(trans_a, trans_b, m, n, k, <floating>alpha, &a[0, 0], a.shape[1], &b[0, 0],
          b.shape[1], <floating>beta, &c[0, 0], c.shape[1])

@@ -19,7 +19,7 @@ from posix.unistd cimport usleep
 
 cimport numpy as cnp
 
-from .blas cimport blas_threads_limit, blas_threads_restore, gemm
+from .blas cimport blas_threads_limit, blas_threads_restore, gemm, require_blas
 from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forward_f,
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
@@ -1456,6 +1456,7 @@ def matmul(floating[:, ::1] c, const floating[:, ::1] a, const floating[:, ::1] 
                          f"(transposed: {bool(trans_b)})")
     if m == 0 or n == 0:
         return
+    require_blas()
     cdef long long work = <long long>m * n * k
     cdef MatmulCall call
     cdef int previous

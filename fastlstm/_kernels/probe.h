@@ -158,8 +158,10 @@ static double fl_l2_read_gbps(double seconds)
 /* Nanoseconds per round trip of one cache line between two OpenMP threads, over about
  * `seconds`: thread 0 writes an odd count and waits for the next even one, which thread 1
  * writes when it sees the odd one (both spin without pausing, which would add its own
- * latency). -1 without a second thread. Thread 1 also watches a stop flag and thread 0 the
- * clock, so neither waits forever when the other loses its core. */
+ * latency). -1 without a second thread; 0 when no trip completed (the scheduler ran both
+ * threads on one core throughout, as it may for a few ms after creating the second).
+ * Thread 1 also watches a stop flag and thread 0 the clock, so neither waits forever when
+ * the other loses its core. */
 static double fl_core_round_trip_ns(double seconds)
 {
     double result = -1.0;
@@ -187,6 +189,7 @@ static double fl_core_round_trip_ns(double seconds)
         }
         elapsed = fl_probe_seconds() - start;
         trips = rounds;
+        result = 0.0;
         __atomic_store_n(&shared.stop, 1, __ATOMIC_RELEASE);
     } else if (omp_get_num_threads() == 2) {
         long long expect = 1;

@@ -1,4 +1,6 @@
 """fastlstm.LSTM module semantics: modes, state dicts, streaming, threads, bad input."""
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -25,6 +27,21 @@ def test_gemm_twin_matches_numpy(dtype, trans_a, trans_b):
     expected = 0.5 * (a.T if trans_a else a) @ (b.T if trans_b else b) + 2.0 * c
     _blas.gemm_twin(trans_a, trans_b, 0.5, a, b, 2.0, c)
     assert_close("gemm", c, expected, 1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_an_lstm_alone_never_loads_scipys_blas_and_a_linear_layer_does():
+    """scipy.linalg (0.17 s to import, and an OpenBLAS pool that spins at load) is loaded by
+    the first product that needs BLAS, not by ``import fastlstm``."""
+    code = ("import sys, numpy as np, fastlstm as fl\n"
+            "m = fl.LSTM(3, 5)\n"
+            "y, _ = m(np.ones((4, 2, 3), np.float32)); m.backward(np.ones_like(y))\n"
+            "m.eval().stream(2).step(np.ones((2, 3), np.float32))\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg imported'\n"
+            "lin = fl.modules.Linear(5, 2)\n"
+            "x = np.random.default_rng(0).standard_normal((300, 5)).astype(np.float32)\n"
+            "np.testing.assert_allclose(lin(x), x @ lin.weight.T + lin.bias, rtol=1e-5)\n"
+            "assert 'scipy.linalg' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------- modes and state

@@ -1,6 +1,8 @@
 """The machine probes of the benchmark report: the float32 FMA peak, the L2 read bandwidth
 and the core-to-core round trip, run briefly (a few hundredths of a second each)."""
 import math
+import os
+import threading
 import time
 
 import pytest
@@ -38,6 +40,32 @@ def test_core_round_trip_is_a_positive_time_measured_quickly():
     print(f"core-to-core round trip {trip:.0f} ns, measured in {elapsed:.3f} s")
     assert trip is not None and 1 < trip < 1e6
     assert elapsed < 2.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"),
+                    reason="thread CPU times come from Linux /proc")
+def test_the_probes_wait_until_the_other_threads_stop_running():
+    stop = threading.Event()
+
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, args=(10.0,))
+    spinner.start()
+    try:
+        assert probe.wait_until_quiet(timeout=0.15) is False    # it never stops in time
+    finally:
+        stop.set()
+        spinner.join()
+    stop.clear()
+    spinner = threading.Thread(target=spin, args=(0.15,))
+    started = time.perf_counter()
+    spinner.start()
+    assert probe.wait_until_quiet(timeout=2.0) is True
+    assert time.perf_counter() - started >= 0.15 and not spinner.is_alive()
+    spinner.join()
 
 
 def test_the_probes_run_the_best_instruction_set_of_the_cpu():
