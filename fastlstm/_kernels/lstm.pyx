@@ -951,7 +951,6 @@ cdef int _check_tokens(const Py_ssize_t* tokens, Py_ssize_t n, Py_ssize_t rows) 
     return 0
 
 
-
 # ---------------------------------------------------------------- workspace pool
 # A call's scratch is one block that goes back to this pool when the call ends. A fresh
 # block of tens of MB costs a page fault and a zeroing per 4 KB page on first touch (about a

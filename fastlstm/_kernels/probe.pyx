@@ -46,7 +46,8 @@ def wait_until_quiet(timeout=1.0):
     while time.monotonic() < deadline:
         time.sleep(QUIET_WINDOW_S)
         after = _other_threads_cpu_ns()
-        if all(ns - before.get(task, ns) < QUIET_WINDOW_S * 1e8 for task, ns in after.items()):
+        ran_ns = [ns - before.get(task, ns) for task, ns in after.items()]
+        if all(ran < 0.1 * QUIET_WINDOW_S * 1e9 for ran in ran_ns):
             return True
         before = after
     return False
