@@ -116,7 +116,8 @@ cdef extern from *:
         me->judged_ns = 0;
     }
 
-    static inline void fl_team_wait(fl_team_t *team, fl_member_t *me) {
+    /* Returns when the member left the wait (fl_now_ns). */
+    static inline long long fl_team_wait(fl_team_t *team, fl_member_t *me) {
         long long start = fl_now_ns(), now = start, work = start - me->left_ns, allowed;
         unsigned spins = 0;
         const int first = me->first_ns == 0;
@@ -138,9 +139,9 @@ cdef extern from *:
                 }
             }
         }
-        if (first)
-            return;
         now = fl_now_ns();
+        if (first)
+            return now;
         me->waited_ns += now - start;
         allowed = team->steps * work / 10;
         if (allowed < FL_WAIT_MIN_NS)
@@ -151,6 +152,7 @@ cdef extern from *:
             else
                 me->judged_ns = me->waited_ns;
         }
+        return now;
     }
 
     /* Wait for every member; returns 1 while this thread still has work in the team. */
@@ -163,10 +165,10 @@ cdef extern from *:
             if (team->adaptive && __atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
                 __atomic_store_n(&team->solo, 1, __ATOMIC_RELAXED);
             __atomic_store_n(&team->sense, me->sense, __ATOMIC_RELEASE);
+            me->left_ns = fl_now_ns();
         } else {
-            fl_team_wait(team, me);
+            me->left_ns = fl_team_wait(team, me);
         }
-        me->left_ns = fl_now_ns();
         if (me->first_ns == 0)
             me->first_ns = me->left_ns;
         return !__atomic_load_n(&team->solo, __ATOMIC_RELAXED) || tid == 0;
