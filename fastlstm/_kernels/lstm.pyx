@@ -45,8 +45,14 @@ cdef extern from *:
         for (size_t i = 0; i < bytes; i += 64)
             __builtin_prefetch(c + i);
     }
+
+    /* The next task of a queue the team shares: the value of *next, which it advances. */
+    static inline Py_ssize_t fl_claim(Py_ssize_t *next) {
+        return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    }
     """
     void fl_prefetch_lines(const void* p, size_t bytes) noexcept nogil
+    Py_ssize_t fl_claim(Py_ssize_t* next) noexcept nogil
 
 cdef extern from "packed.h":
     void pack_panel_f(float* panel, const float* src, Py_ssize_t col_stride,
@@ -272,6 +278,7 @@ cdef struct LSTMWork:
     Py_ssize_t table_size           # elements of table per slice
     Py_ssize_t grad_panels_size     # elements of one thread's weight-gradient scratch
     fl_team_t team
+    Py_ssize_t dx_next              # the next dx task to claim (_input_gradient)
 
 
 # ---------------------------------------------------------------- small typed helpers
@@ -597,7 +604,8 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b
 
 
 cdef enum:
-    DX_BLOCKS = 4       # dx products, whatever the thread count
+    DX_TASK_ROWS = 64   # rows of dx per task at least (each a product of ~DX_TASK_WORK)
+    DX_TASK_WORK = 1 << 20  # multiply-adds
     DX_COLUMNS = 256    # columns of dx per packed block of W_ih (fits a part's a_rows)
     GRAD_DEPTH = 512    # rows (steps x batch) per depth block of the weight-gradient products
     GRAD_PANEL_BYTES = 1 << 19  # one block's panels (GRAD_DEPTH x columns) stay in L2
@@ -608,9 +616,9 @@ cdef inline Py_ssize_t _edge_rows(floating* kind) noexcept nogil:
     return GRAD_DEPTH * _grad_columns(sizeof(floating)) // _lanes(kind)
 
 
-cdef inline Py_ssize_t _dx_block(Py_ssize_t rows) noexcept nogil:
-    # Rows per block: a quarter, in multiples of 16 (a function of the shape only)
-    return max(16, (rows + 16 * DX_BLOCKS - 1) // (16 * DX_BLOCKS) * 16)
+cdef inline Py_ssize_t _dx_task_rows(Py_ssize_t n_in, Py_ssize_t G) noexcept nogil:
+    # Rows of dx per task: DX_TASK_ROWS, or more (multiples of 16) for DX_TASK_WORK
+    return max(<Py_ssize_t>DX_TASK_ROWS, _padded(DX_TASK_WORK // max(1, n_in * G), 16))
 
 
 cdef inline Py_ssize_t _padded(Py_ssize_t n, Py_ssize_t multiple) noexcept nogil:
@@ -682,42 +690,49 @@ cdef void _add_edge(floating* dW, Py_ssize_t N, const floating* edge, Py_ssize_t
                 dW[g * N + start + c] = edge[g * lanes + c]
 
 
-cdef void _input_gradient(LSTMWork* w, int part, int parts, floating* panels, floating* edge,
+cdef void _input_gradient(LSTMWork* w, floating* panels, floating* edge,
                           floating* kind) noexcept nogil:
-    # dx (+)= dgates @ W_ih, packed: W_ih's columns in panels (DX_COLUMNS at a time), row
-    # blocks of _dx_block rows (a function of the shape) dealt round-robin; a ragged last
-    # panel goes through edge (EDGE_ROWS x lanes). Each row of dx sums in the same order on
-    # any thread, so dx does not depend on the threads, bit for bit.
+    # dx (+)= dgates @ W_ih, packed, in tasks the team claims one by one (fl_claim): task i
+    # is a block of _dx_task_rows rows of dx for DX_COLUMNS of its columns, i // (row blocks)
+    # the column block. A thread packs a column block's W_ih into panels when its task
+    # moves to it; a ragged last panel goes through edge (EDGE_ROWS x lanes). Claimed as the
+    # threads come free, the tasks even out whatever the phases before left uneven (the
+    # host slowing one core for a while). Each row of dx sums in the same order on any
+    # thread, so dx does not depend on the threads, bit for bit.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
-    cdef Py_ssize_t x_rows = _dx_block(TB), edge_rows = _edge_rows(kind)
-    cdef Py_ssize_t c0 = 0, nc, full, u, block, r0, r1, m0, m1
+    cdef Py_ssize_t task_rows = _dx_task_rows(n_in, G), edge_rows = _edge_rows(kind)
+    cdef Py_ssize_t row_blocks = (TB + task_rows - 1) // task_rows
+    cdef Py_ssize_t tasks = row_blocks * ((n_in + DX_COLUMNS - 1) // DX_COLUMNS)
+    cdef Py_ssize_t task, c0, packed_c0 = -1, nc, full, u, r0, r1, m0, m1
     cdef const floating* dgates = <const floating*>w.dgates
     cdef floating* dx = <floating*>w.dx
     cdef int accumulate = 1 if w.accumulate_dx else 0
-    while c0 < n_in:
+    task = fl_claim(&w.dx_next)
+    while task < tasks:
+        c0 = task // row_blocks * DX_COLUMNS
         nc = min(<Py_ssize_t>DX_COLUMNS, n_in - c0)
         full = nc // lanes
-        for u in range((nc + lanes - 1) // lanes):
-            # panel u: columns c0 + u*lanes + c of W_ih (4H, in).  NumPy: W_ih[:, cols].T
-            _pack(panels + u * G * lanes, <const floating*>w.W_ih + c0 + u * lanes, 1, n_in, G,
-                  <int>min(lanes, nc - u * lanes))
-        block = part
-        while block * x_rows < TB:
-            r0, r1 = block * x_rows, min(TB, (block + 1) * x_rows)
-            # dx[r0:r1, c0:c0 + nc] (+)= dgates[r0:r1] @ W_ih[:, c0:c0 + nc]
-            if full > 0:
-                _product(dx + r0 * n_in + c0, n_in, dgates + r0 * G, G, panels, r1 - r0, full,
-                         G, accumulate)
-            m0 = r0
-            while nc % lanes and m0 < r1:
-                m1 = min(r1, m0 + edge_rows)
-                _product(edge, lanes, dgates + m0 * G, G, panels + full * G * lanes, m1 - m0, 1,
-                         G, 0)
-                # a ragged panel is the last one of dx (DX_COLUMNS is whole panels)
-                _add_edge(dx + m0 * n_in, n_in, edge, m1 - m0, accumulate, kind)
-                m0 = m1
-            block += parts
-        c0 += nc
+        if c0 != packed_c0:
+            for u in range((nc + lanes - 1) // lanes):
+                # panel u: columns c0 + u*lanes + c of W_ih (4H, in).  NumPy: W_ih[:, cols].T
+                _pack(panels + u * G * lanes, <const floating*>w.W_ih + c0 + u * lanes, 1, n_in,
+                      G, <int>min(lanes, nc - u * lanes))
+            packed_c0 = c0
+        r0 = task % row_blocks * task_rows
+        r1 = min(TB, r0 + task_rows)
+        # dx[r0:r1, c0:c0 + nc] (+)= dgates[r0:r1] @ W_ih[:, c0:c0 + nc]
+        if full > 0:
+            _product(dx + r0 * n_in + c0, n_in, dgates + r0 * G, G, panels, r1 - r0, full, G,
+                     accumulate)
+        m0 = r0
+        while nc % lanes and m0 < r1:
+            m1 = min(r1, m0 + edge_rows)
+            _product(edge, lanes, dgates + m0 * G, G, panels + full * G * lanes, m1 - m0, 1, G,
+                     0)
+            # a ragged panel is the last one of dx (DX_COLUMNS is whole panels)
+            _add_edge(dx + m0 * n_in, n_in, edge, m1 - m0, accumulate, kind)
+            m0 = m1
+        task = fl_claim(&w.dx_next)
 
 
 cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) noexcept nogil:
@@ -768,7 +783,7 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
                   kind)
     # this part's blocks are free now: W_ih's panels in a_rows, the edge in panels
     if w.tokens == NULL:
-        _input_gradient(w, part, parts, a_rows, panels, kind)
+        _input_gradient(w, a_rows, panels, kind)
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
