@@ -1392,6 +1392,27 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     C[:, :] = result[:, :N]
 
 
+def pack_rows8_twin(floating[::1] out, floating[::1] sums, floating[:, ::1] table,
+                    const Py_ssize_t[::1] tokens, const floating[:, ::1] A):
+    """The weight gradients' packing of the instruction set in use (:func:`set_packed_isa`);
+    a test twin. A (K, M); out (ceil(M / 8) * 8 * K,): A's columns in blocks of 8,
+    out[8b*K + 8k + i] = A[k, 8b + i]; sums (M,) += A.sum(axis=0), adding the rows in order;
+    table (V, M): table[tokens[k]] += A[k], in order; tokens (K,) in [0, V).
+    """
+    cdef Py_ssize_t K = A.shape[0], M = A.shape[1], k
+    _expect("pack_rows8_twin", "out", out.shape[0], _padded(M, 8) * K)
+    _expect("pack_rows8_twin", "sums", sums.shape[0], M)
+    _expect("pack_rows8_twin", "table", table.shape[1], M)
+    _expect("pack_rows8_twin", "tokens", tokens.shape[0], K)
+    for k in range(K):
+        if not 0 <= tokens[k] < table.shape[0]:
+            raise ValueError(f"pack_rows8_twin: tokens: expected values in [0, "
+                             f"{table.shape[0]}), got {tokens[k]}")
+    if K == 0 or M == 0:
+        return
+    _pack_rows8(&out[0], &sums[0], &table[0, 0], &tokens[0], M, &A[0, 0], M, M, K)
+
+
 # ---------------------------------------------------------------- products of other layers
 # The products of the Dense / Linear layers run on the OpenMP threads, as the LSTM kernels
 # do: each thread takes a block of C (rows, or columns) on single-threaded BLAS, so no

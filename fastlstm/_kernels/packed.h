@@ -150,63 +150,6 @@ static void pack_panel_d(double *panel, const double *src, ptrdiff_t col_stride,
         pack_panel_d_scalar(panel, src, col_stride, k_stride, K, ncols);
 }
 
-/* Rows [0, M) of A (K, M), row stride lda, in blocks of 8 rows for packed_product_at:
- * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. With sums, also
- * sums[i] += A[k, i], added in the order of k (NumPy: sums += A[:, :M].sum(axis=0)). With
- * table, also table[tokens[k] * ldt + i] += A[k, i], in the order of k (NumPy:
- * np.add.at(table[:, :M], tokens[:K], A[:K, :M])).
- * Blocks go 8 at a time (64 columns), so each depth reads whole cache lines of A and the
- * 8 running sums hide the add latency. */
-#define FL_DEFINE_PACK_ROWS8(REAL, NAME)                                                     \
-static void NAME(REAL *out, REAL *sums, REAL *table, const ptrdiff_t *tokens, ptrdiff_t ldt,  \
-                 const REAL *A, ptrdiff_t lda, ptrdiff_t M, ptrdiff_t K)                     \
-{                                                                                            \
-    typedef REAL v8 __attribute__((vector_size(8 * sizeof(REAL))));                          \
-    ptrdiff_t b = 0;                                                                         \
-    for (; b + 64 <= M; b += 64) {                                                           \
-        v8 acc[8];                                                                           \
-        if (sums)                                                                            \
-            memcpy(acc, sums + b, sizeof acc);                                               \
-        for (ptrdiff_t k = 0; k < K; k++) {                                                  \
-            REAL *row = table ? table + tokens[k] * ldt + b : NULL;                          \
-            for (int q = 0; q < 8; q++) {                                                    \
-                v8 v;                                                                        \
-                memcpy(&v, A + k * lda + b + 8 * q, sizeof v);                               \
-                acc[q] += v;                                                                 \
-                memcpy(out + (b + 8 * q) * K + 8 * k, &v, sizeof v);                         \
-                if (row) {                                                                   \
-                    v8 t;                                                                    \
-                    memcpy(&t, row + 8 * q, sizeof t);                                       \
-                    t += v;                                                                  \
-                    memcpy(row + 8 * q, &t, sizeof t);                                       \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        if (sums)                                                                            \
-            memcpy(sums + b, acc, sizeof acc);                                               \
-    }                                                                                        \
-    for (; b < M; b += 8) {                                                                  \
-        const int n = M - b < 8 ? (int)(M - b) : 8;                                          \
-        REAL *dst = out + b * K;                                                             \
-        v8 acc = {0};                                                                        \
-        if (sums)                                                                            \
-            memcpy(&acc, sums + b, n * sizeof(REAL));                                        \
-        for (ptrdiff_t k = 0; k < K; k++) {                                                  \
-            v8 v = {0};                                                                      \
-            memcpy(&v, A + k * lda + b, n * sizeof(REAL));                                   \
-            acc += v;                                                                        \
-            memcpy(dst + 8 * k, &v, sizeof v);                                               \
-            if (table)                                                                       \
-                for (int i = 0; i < n; i++)                                                  \
-                    table[tokens[k] * ldt + b + i] += A[k * lda + b + i];                    \
-        }                                                                                    \
-        if (sums)                                                                            \
-            memcpy(sums + b, &acc, n * sizeof(REAL));                                        \
-    }                                                                                        \
-}
-FL_DEFINE_PACK_ROWS8(float, fl_pack_rows8_f)
-FL_DEFINE_PACK_ROWS8(double, fl_pack_rows8_d)
-#undef FL_DEFINE_PACK_ROWS8
 
 /* Micro-kernels and drivers, one set per (REAL, instruction set). */
 typedef float fl_v32_f __attribute__((vector_size(32)));
@@ -304,5 +247,28 @@ static inline void packed_product_at_d(double *C, ptrdiff_t ldc, const double *A
                                                 packed_product_at_d_avx512};
     by_isa[fl_packed_isa()](C, ldc, A, panels, M, n_panels, K, accumulate);
 }
+
+/* Rows [0, M) of A (K, M), row stride lda, in blocks of 8 rows for packed_product_at:
+ * out[8b * K + 8k + i] = A[k * lda + 8b + i], zero for 8b + i >= M. With sums, also
+ * sums[i] += A[k, i], added in the order of k (NumPy: sums += A[:, :M].sum(axis=0)). With
+ * table, also table[tokens[k] * ldt + i] += A[k, i], in the order of k (NumPy:
+ * np.add.at(table[:, :M], tokens[:K], A[:K, :M])).
+ * Blocks go 8 at a time (64 columns), so each depth reads whole cache lines of A and the
+ * 8 running sums hide the add latency. Every instruction set gives the same bits: it only
+ * adds, in the same order. */
+#define FL_DEFINE_PACK_ROWS8(REAL, T)                                                        \
+static inline void fl_pack_rows8_##T(REAL *out, REAL *sums, REAL *table,                     \
+                                     const ptrdiff_t *tokens, ptrdiff_t ldt, const REAL *A,  \
+                                     ptrdiff_t lda, ptrdiff_t M, ptrdiff_t K)                \
+{                                                                                            \
+    typedef void (*pack_t)(REAL *, REAL *, REAL *, const ptrdiff_t *, ptrdiff_t,             \
+                           const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t);                   \
+    static const pack_t by_isa[3] = {pack_rows8_##T##_portable, pack_rows8_##T##_avx2,       \
+                                     pack_rows8_##T##_avx512};                               \
+    by_isa[fl_packed_isa()](out, sums, table, tokens, ldt, A, lda, M, K);                    \
+}
+FL_DEFINE_PACK_ROWS8(float, f)
+FL_DEFINE_PACK_ROWS8(double, d)
+#undef FL_DEFINE_PACK_ROWS8
 
 #endif

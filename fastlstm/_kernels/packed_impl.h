@@ -149,3 +149,54 @@ FL_TARGET static void FL_NAME(packed_product_at)(
         }
     }
 }
+
+/* fl_pack_rows8 of packed.h (its dispatcher), compiled for this instruction set: scalar
+ * code would split its 8-wide vectors and spill the running sums. */
+FL_TARGET static void FL_NAME(pack_rows8)(REAL *out, REAL *sums, REAL *table,
+                                         const ptrdiff_t *tokens, ptrdiff_t ldt,
+                                         const REAL *A, ptrdiff_t lda, ptrdiff_t M,
+                                         ptrdiff_t K)
+{
+    typedef REAL v8 __attribute__((vector_size(8 * sizeof(REAL))));
+    ptrdiff_t b = 0;
+    for (; b + 64 <= M; b += 64) {
+        v8 acc[8];
+        if (sums)
+            memcpy(acc, sums + b, sizeof acc);
+        for (ptrdiff_t k = 0; k < K; k++) {
+            REAL *row = table ? table + tokens[k] * ldt + b : NULL;
+            for (int q = 0; q < 8; q++) {
+                v8 v;
+                memcpy(&v, A + k * lda + b + 8 * q, sizeof v);
+                acc[q] += v;
+                memcpy(out + (b + 8 * q) * K + 8 * k, &v, sizeof v);
+                if (row) {
+                    v8 t;
+                    memcpy(&t, row + 8 * q, sizeof t);
+                    t += v;
+                    memcpy(row + 8 * q, &t, sizeof t);
+                }
+            }
+        }
+        if (sums)
+            memcpy(sums + b, acc, sizeof acc);
+    }
+    for (; b < M; b += 8) {
+        const int n = M - b < 8 ? (int)(M - b) : 8;
+        REAL *dst = out + b * K;
+        v8 acc = {0};
+        if (sums)
+            memcpy(&acc, sums + b, n * sizeof(REAL));
+        for (ptrdiff_t k = 0; k < K; k++) {
+            v8 v = {0};
+            memcpy(&v, A + k * lda + b, n * sizeof(REAL));
+            acc += v;
+            memcpy(dst + 8 * k, &v, sizeof v);
+            if (table)
+                for (int i = 0; i < n; i++)
+                    table[tokens[k] * ldt + b + i] += A[k * lda + b + i];
+        }
+        if (sums)
+            memcpy(sums + b, &acc, n * sizeof(REAL));
+    }
+}

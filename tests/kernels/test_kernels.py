@@ -157,6 +157,43 @@ def test_packed_product_matches_numpy(isa, dtype, shape):
 
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (33, 64), (20, 70), (3, 130)], ids=str)
+def test_weight_gradient_packing_is_exact(isa, dtype, shape):
+    """The packing of dgates for the weight gradients, with db's column sums and the
+    embedding table's row sums, gives the bits of adding the rows in order on every
+    instruction set: whole blocks of 64 columns, a ragged last block, M below 8."""
+    K, M = shape
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((K, M)).astype(dtype)
+    sums0, table0 = rng.standard_normal(M).astype(dtype), rng.standard_normal((4, M)).astype(dtype)
+    tokens = rng.integers(0, 4, K)
+    expected_sums, expected_table = sums0.copy(), table0.copy()
+    for k in range(K):
+        expected_sums += A[k]
+        expected_table[tokens[k]] += A[k]
+    expected_out = np.zeros((-(-M // 8) * 8, K), dtype)
+    expected_out[:M] = A.T
+    expected_out = expected_out.reshape(-1, 8, K).transpose(0, 2, 1).ravel()
+    out, sums, table = np.full(expected_out.size, np.nan, dtype), sums0.copy(), table0.copy()
+    lstm_kernels.set_packed_isa(isa)
+    try:
+        lstm_kernels.pack_rows8_twin(out, sums, table, tokens, A)
+    finally:
+        lstm_kernels.set_packed_isa(None)
+    assert np.array_equal(out, expected_out)
+    assert np.array_equal(sums, expected_sums)
+    assert np.array_equal(table, expected_table)
+
+
+def test_weight_gradient_packing_checks_tokens():
+    A = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"tokens: expected values in \[0, 4\), got 4"):
+        lstm_kernels.pack_rows8_twin(np.zeros(16, np.float32), np.zeros(3, np.float32),
+                                     np.zeros((4, 3), np.float32), np.array([0, 4]), A)
+
+
+@pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 17, 5), (9, 40, 300), (70, 33, 129),
                                    (130, 64, 20)], ids=str)
 def test_transposed_product_matches_numpy(isa, dtype, shape):
