@@ -58,8 +58,9 @@ def linear(x, weight, bias):
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
-def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
-    """Add dweight (out, in) and dbias (or skip it if None) of :func:`linear`; return dx.
+def linear_backward(grad_out, x, weight, grad_weight, grad_bias, input_grad=True):
+    """Add dweight (out, in) and dbias (or skip it if None) of :func:`linear`; return dx,
+    or None without ``input_grad``.
 
     grad_weight is C-contiguous, like weight."""
     threads = get_num_threads()
@@ -69,6 +70,8 @@ def linear_backward(grad_out, x, weight, grad_weight, grad_bias):
     if grad_bias is not None:   # the column sums, as a product: ones (1, rows) @ rows
         _lstm.matmul(grad_bias.reshape(1, -1), _ones(len(rows), rows.dtype)[None], rows, False,
                      False, True, threads)
+    if not input_grad:
+        return None
     dx = aligned_empty((rows.shape[0], weight.shape[1]), weight.dtype)
     _lstm.matmul(dx, rows, weight, False, False, False, threads)
     return dx.reshape(grad_out.shape[:-1] + (weight.shape[1],))

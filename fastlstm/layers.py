@@ -158,6 +158,8 @@ class Layer(Module):
 
     #: whether ``forward`` takes ``lengths`` (the mask of its input)
     takes_lengths = False
+    #: whether ``backward`` takes ``input_grad=False``, to skip the gradient of its input
+    takes_input_grad = False
 
     def output_lengths(self, x, lengths):
         """The mask of this layer's output, as valid steps per sample (B,) or None, given
@@ -284,15 +286,17 @@ class Dense(Layer):
         self._keep((None if logits else out,))
         return out
 
-    def backward(self, grad_out):
-        """Accumulate dkernel, dbias; return dx."""
+    takes_input_grad = True
+
+    def backward(self, grad_out, input_grad=True):
+        """Accumulate dkernel, dbias; return dx (None without ``input_grad``)."""
         (out,) = self._take()
         grad = as_real_array(grad_out, "grad_out", self.dtype)
         if out is not None:
             if grad.shape != out.shape:
                 raise ValueError(f"grad_out: expected shape {out.shape}, got {grad.shape}")
             grad = _ACTIVATIONS[self.activation][1](grad, out)
-        return self._module.backward(grad)
+        return self._module.backward(grad, input_grad)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation,
@@ -470,6 +474,7 @@ class LSTM(Layer):
     _num_directions = 1
     _merge_mode = "concat"
     takes_lengths = True
+    takes_input_grad = True
 
     def __init__(self, units, return_sequences=False, return_state=False, stateful=False,
                  dropout=0.0, use_bias=True, unit_forget_bias=True, go_backwards=False,
@@ -634,9 +639,10 @@ class LSTM(Layer):
             states += [h_n[d], c_n[d]]
         return [y, *states]
 
-    def backward(self, grad_out, grad_state=None):
+    def backward(self, grad_out, grad_state=None, input_grad=True):
         """Backward of the last train-mode call; returns dx (B, T, in) (None for an
-        embedding lookup, whose gradient the embedding receives).
+        embedding lookup, whose gradient the embedding receives, and without
+        ``input_grad``).
 
         With ``return_state``, ``grad_state`` holds the gradients of the returned states in
         their order (h, c per direction); any may be None.
@@ -661,13 +667,13 @@ class LSTM(Layer):
         if grad_c is None:
             grad_c = np.zeros_like(grad_h)
         if rows is None:
-            dx, _ = self._module.backward(grad_seq, (grad_h, grad_c))
+            dx, _ = self._module.backward(grad_seq, (grad_h, grad_c), input_grad)
         else:
-            dx = None if lookup else np.zeros(grad_seq.shape[:2] + (self._module.input_size,),
-                                              self.dtype)
+            dx = None if lookup or not input_grad else np.zeros(
+                grad_seq.shape[:2] + (self._module.input_size,), self.dtype)
             if len(rows):
-                dx_rows, _ = self._module.backward(grad_seq[rows],
-                                                   (grad_h[:, rows], grad_c[:, rows]))
+                dx_rows, _ = self._module.backward(
+                    grad_seq[rows], (grad_h[:, rows], grad_c[:, rows]), input_grad)
                 if dx is not None:
                     dx[rows] = dx_rows
         return dx if mask is None or dx is None else dx * mask
@@ -790,8 +796,10 @@ class Bidirectional(Layer):
     def forward(self, x, lengths=None):
         return self.layer(x, lengths)
 
-    def backward(self, grad_out, grad_state=None):
-        return self.layer.backward(grad_out, grad_state)
+    takes_input_grad = True
+
+    def backward(self, grad_out, grad_state=None, input_grad=True):
+        return self.layer.backward(grad_out, grad_state, input_grad)
 
     def reset_states(self):
         self.layer.reset_states()

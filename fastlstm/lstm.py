@@ -422,7 +422,7 @@ class LSTM(Module):
             np.copyto(buffer, like)
         return buffer
 
-    def backward(self, grad_out, grad_state=None):
+    def backward(self, grad_out, grad_state=None, input_grad=True):
         """Backpropagate through the last train-mode call.
 
         Parameters
@@ -431,20 +431,26 @@ class LSTM(Module):
             dL/d out, shaped like the ``out`` that call returned.
         grad_state : tuple, optional
             (dL/dh_n, dL/dc_n), each shaped like h_n / c_n or None.
+        input_grad : bool
+            False skips dL/dx (returned as None): the input needs no gradient, as for a
+            PyTorch input that does not require grad. The parameter gradients are the same.
 
         Returns
         -------
-        dx : ndarray
+        dx : ndarray or None
             dL/dx, shaped like that call's x.
         (dh0, dc0) : tuple of ndarray
             Gradients of the initial states, shaped like h_n / c_n.
 
         Parameter gradients are added to :attr:`grads`.
         """
+        input_grad = check_bool(input_grad, "input_grad")
         kept = self._kept
         if kept is None:
             raise RuntimeError("backward: no train-mode call to backpropagate through (call the "
                                "module in train mode first; each call supports one backward)")
+        # an embedding's gradient (a lookup's dx) is a parameter's: always computed
+        skip_dx = not input_grad and kept["lookup"] is None
         steps, batch = kept["steps"], kept["batch"]
         H, D, L, dtype = self.hidden_size, self.num_directions, self.num_layers, self.dtype
         grad = self._grad_output(grad_out, steps, batch)
@@ -458,7 +464,10 @@ class LSTM(Module):
             layer_input = record["input"]
             rows = layer_input.reshape(-1, layer_input.shape[-1])
             tokens = kept["tokens"] if layer == 0 else None
-            if tokens is None:   # dx (T, B, in), through its rows
+            if layer == 0 and skip_dx:     # the kernels skip dx given no rows for it
+                dx, dx_rows = None, np.empty((0, rows.shape[1]), dtype)
+                dtable = np.empty((0, 4 * H), dtype)
+            elif tokens is None:   # dx (T, B, in), through its rows
                 dx = aligned_empty((steps, batch, rows.shape[1]), dtype)
                 dx_rows, dtable = dx.reshape(-1, rows.shape[1]), np.empty((0, 4 * H), dtype)
             else:                # dL/dtable = sum over directions of dtable @ W_ih
@@ -528,6 +537,8 @@ class LSTM(Module):
         if unbatched:
             dh0, dc0 = dh0[:, 0, :], dc0[:, 0, :]
         lookup = kept["lookup"]
+        if dx is None:  # not asked for
+            return None, (dh0, dc0)
         if lookup is not None and kept["tokens"] is not None:
             lookup.add_grad(dx)
             return None, (dh0, dc0)

@@ -31,7 +31,7 @@ from . import metrics as metrics_module
 from . import optim
 from ._threads import single_threaded_blas
 from .modules import Module
-from .validation import check_float, check_int
+from .validation import check_bool, check_float, check_int
 
 
 def _layer_seed(seed, index):
@@ -178,12 +178,18 @@ class Sequential(Module):
         return (isinstance(self.layers[index], layers_module.Embedding)
                 and isinstance(following, layers_module.LSTM) and following.reads_lookups)
 
-    def backward(self, grad_out):
-        """Backpropagate ``grad_out`` through the layers of the last train-mode call."""
+    def backward(self, grad_out, input_grad=True):
+        """Backpropagate ``grad_out`` through the layers of the last train-mode call; returns
+        the gradient of the model's input, or None without ``input_grad`` (the first layer
+        then skips computing it, where it can: training does this)."""
+        input_grad = check_bool(input_grad, "input_grad")
         grad = grad_out
-        for layer in reversed(self.layers):
+        for index in reversed(range(len(self.layers))):
+            layer = self.layers[index]
+            if index == 0 and not input_grad and layer.takes_input_grad:
+                return layer.backward(grad, input_grad=False)
             grad = layer.backward(grad)
-        return grad
+        return grad if input_grad else None
 
     # ----------------------------------------------------------------- training
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None):
@@ -274,7 +280,7 @@ class Sequential(Module):
         self.optimizer.zero_grad()      # bound to exactly this model's parameters
         value, grad, y_pred, out_lengths = self._loss_and_predictions(x, y, sample_weight,
                                                                       lengths)
-        self.backward(grad)
+        self.backward(grad, input_grad=False)
         self.optimizer.step()
         return value, y_pred, out_lengths
 

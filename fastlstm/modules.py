@@ -273,15 +273,17 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias if self.has_bias else None)
 
     @single_threaded_blas()
-    def backward(self, grad_out):
-        """Accumulate dweight, dbias; return dx, shaped like the kept ``x``."""
+    def backward(self, grad_out, input_grad=True):
+        """Accumulate dweight, dbias; return dx, shaped like the kept ``x`` (None without
+        ``input_grad``: the input needs no gradient)."""
+        input_grad = check_bool(input_grad, "input_grad")
         x = self._take()
         grad_out = as_real_array(grad_out, "grad_out", self.dtype)
         if grad_out.shape != x.shape[:-1] + (self.out_features,):
             raise ValueError(f"grad_out: expected shape {x.shape[:-1] + (self.out_features,)}, "
                              f"got {grad_out.shape}")
         return F.linear_backward(grad_out, x, self.weight, self._grads["weight"],
-                                 self._grads["bias"] if self.has_bias else None)
+                                 self._grads["bias"] if self.has_bias else None, input_grad)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

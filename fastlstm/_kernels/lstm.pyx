@@ -740,7 +740,8 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
     # gate axis, over depth blocks of GRAD_DEPTH rows (steps x batch): dgates' block packed
     # once (fl_pack_rows8, which adds its rows to db), then _weight_gradient for x and
     # h_prev. Every element sums the rows in the same order for any thread count, so the
-    # results do not depend on the threads, bit for bit. Then dx (_input_gradient).
+    # results do not depend on the threads, bit for bit. Then dx (_input_gradient), unless
+    # the caller asked for none.
     # With tokens, the packing also sums dgates per table row (dtable), dW_ih comes from
     # those sums and the table, and the caller computes dtable @ W_ih.
     cdef Py_ssize_t G = 4 * w.H, n_in = w.n_in, TB = w.T * w.B, lanes = _lanes(kind)
@@ -782,7 +783,7 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
         _add_edge(<floating*>w.dW_hh + g0 * w.H, w.H, edge_hh + g0 * lanes, g1 - g0, True,
                   kind)
     # this part's blocks are free now: W_ih's panels in a_rows, the edge in panels
-    if w.tokens == NULL:
+    if w.dx != NULL:
         _input_gradient(w, a_rows, panels, kind)
 
 
@@ -1202,7 +1203,8 @@ def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpee
     dh, dc hold dL/dh_n, dL/dc_n on entry and dL/dh0, dL/dc0 on return; gates holds the
     forward's activated gates on entry and dL/d(pre-activations) on return (each step's row
     is overwritten once read, so the pass writes no second buffer); dW_ih, dW_hh, db,
-    dpeep accumulate; dx (T*B, in) is overwritten, or accumulated into when accumulate_dx.
+    dpeep accumulate; dx (T*B, in) is overwritten, or accumulated into when accumulate_dx;
+    a dx of no rows (0, in) skips it (the input needs no gradient).
     grad_out columns [grad_col, grad_col + H) are this direction's output gradient (its step
     and batch axes strided like out's in :func:`prepare_forward`). x and
     tokens as in :func:`prepare_forward`; with tokens, dx is empty and dtable (rows of x,
@@ -1234,7 +1236,8 @@ def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpee
                              itemsize, &w.grad_t, &w.grad_b)
     _layer_inputs(&w, function, real, T, B, x, tokens, h0, c0, W_ih, W_hh, peep, lengths)
     cdef bint lookup = w.tokens != NULL
-    _expect(function, "dx", _dim(dx, 0), 0 if lookup else T * B)
+    if _dim(dx, 0) != 0:    # no rows: no dx
+        _expect(function, "dx", _dim(dx, 0), 0 if lookup else T * B)
     _expect(function, "dx", _dim(dx, 1), w.n_in)
     _expect(function, "dtable", _dim(dtable, 0), w.n_rows if lookup else 0)
     _expect(function, "dtable", _dim(dtable, 1), 4 * H)
@@ -1255,7 +1258,7 @@ def lstm_backward(dx, bint accumulate_dx, dtable, dh, dc, dW_ih, dW_hh, db, dpee
     w.reverse, w.training, w.accumulate_dx = reverse, True, accumulate_dx
     w.gates, w.hidden, w.cells = p_gates, p_hidden, p_cells
     w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
-    w.dx = NULL if lookup else p_dx
+    w.dx = NULL if lookup or _dim(dx, 0) == 0 else p_dx
     w.dtable = p_dtable if lookup else NULL
     w.dh, w.dc = p_dh, p_dc
     w.dW_ih, w.dW_hh, w.dgates = p_dW_ih, p_dW_hh, p_gates

@@ -131,6 +131,50 @@ def test_lstm_layer_gradients(return_state):
                      central_differences(objective_param, array.copy()), 1e-7)
 
 
+@pytest.mark.parametrize("first", ["lstm", "masked-lstm", "bidirectional", "dense"])
+def test_training_skips_the_input_gradient_with_the_same_parameter_gradients(first):
+    """Sequential.backward(input_grad=False), as training calls it, skips the first layer's
+    dx (None comes back) and leaves every parameter gradient's bits as they were."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 7, 4)).astype(np.float32)
+    if first == "masked-lstm":
+        x[1, 3:] = 0
+        x[4] = 0    # a sample with no steps
+    g = rng.standard_normal((6, 3)).astype(np.float32)
+
+    def model():
+        stack = {"lstm": [L.LSTM(5)], "masked-lstm": [L.Masking(), L.LSTM(5)],
+                 "bidirectional": [L.Bidirectional(L.LSTM(5))],
+                 "dense": [L.Dense(5), L.LSTM(5)]}[first]
+        return fl.Sequential(stack + [L.Dense(3)], seed=0)
+
+    grads = []
+    for input_grad in (True, False):
+        m = model()
+        m.build((7, 4))
+        m.train()
+        m(x)
+        dx = m.backward(g, input_grad=input_grad)
+        assert dx is None if not input_grad else dx.shape == x.shape
+        grads.append({k: v.copy() for k, v in m.grads.items()})
+    assert all(np.array_equal(grads[0][k], grads[1][k]) for k in grads[0])
+
+
+def test_train_on_batch_asks_the_first_lstm_for_no_input_gradient(monkeypatch):
+    from fastlstm import lstm as lstm_module
+    dx_rows = []
+    backward = lstm_module._lstm.lstm_backward
+
+    def recording(dx, *args):
+        dx_rows.append(dx.shape[0])
+        return backward(dx, *args)
+    monkeypatch.setattr(lstm_module._lstm, "lstm_backward", recording)
+    model = fl.Sequential([L.LSTM(5, return_sequences=True), L.LSTM(5), L.Dense(2)], seed=0)
+    model.compile("sgd", "mse")
+    model.train_on_batch(np.ones((3, 4, 2), np.float32), np.zeros((3, 2), np.float32))
+    assert dx_rows == [12, 0]   # the second LSTM's dx feeds the first; the first's is skipped
+
+
 def test_input_dropout_shares_one_mask_over_time():
     rng = np.random.default_rng(3)
     layer = L.LSTM(4, return_sequences=True, dropout=0.5, seed=2, dtype="float64")

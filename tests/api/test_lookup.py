@@ -63,6 +63,21 @@ def test_lookup_equals_the_looked_up_rows(monkeypatch, dtype, num_layers, bidire
         assert_close(name, actual[name], value, rtol)
 
 
+@pytest.mark.parametrize("V", [7, 40])   # the table path, and the rows
+def test_lookup_gradient_is_kept_without_input_grad(V):
+    """The embedding's gradient is a parameter's: input_grad=False leaves it as it was."""
+    grads = []
+    for input_grad in (True, False):
+        embedding = fl.Embedding(V, 6, seed=1)
+        lstm = fl.LSTM(6, 5, seed=2)
+        indices = np.random.default_rng(3).integers(0, V, (9, 5))
+        out, _ = lstm(embedding.lookup(indices))
+        dx, _ = lstm.backward(np.cos(out), input_grad=input_grad)
+        assert dx is None
+        grads.append({"embedding": embedding.grads["weight"].copy(), **lstm.grads})
+    assert all(np.array_equal(grads[0][k], grads[1][k]) for k in grads[0])
+
+
 def test_lookup_of_unbatched_indices_and_of_another_dtype():
     embedding = fl.Embedding(5, 4, seed=1)
     for lstm in (fl.LSTM(4, 3, seed=2), fl.LSTM(4, 3, dtype="float64", seed=2)):

@@ -81,6 +81,46 @@ def test_gradients_accumulate_until_zero_grad():
     assert all(not np.any(g) for g in m.grads.values())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs, shape, lengths", [
+    ({}, (5, 3, 6), None),
+    ({"num_layers": 2, "bidirectional": True}, (5, 3, 6), None),
+    ({"batch_first": True, "num_layers": 2}, (3, 5, 6), [5, 2, 4]),
+    ({"reverse": True, "peephole": True}, (1, 1, 6), None),
+    ({}, (4, 6), None),     # unbatched
+], ids=["plain", "two-layer-bidirectional", "batch-first-lengths", "reverse-peephole-T1",
+        "unbatched"])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(
+        dtype, kwargs, shape, lengths, monkeypatch):
+    """input_grad=False skips dx (None comes back); every parameter and state gradient
+    keeps its bits, on 1 and 2 threads."""
+    monkeypatch.setattr(fl.lstm, "_MIN_WORK_PER_THREAD", 1)   # 2 threads even at these sizes
+    x = make_input(shape, dtype=dtype)
+    previous = fl.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fl.set_num_threads(threads)
+            results = []
+            for input_grad in (True, False):
+                m = fl.LSTM(6, 5, dtype=np.dtype(dtype).name, seed=0, **kwargs)
+                out, _ = m(x, lengths=lengths)
+                dx, (dh0, dc0) = m.backward(np.cos(out), input_grad=input_grad)
+                results.append((dx, dh0, dc0, {k: v.copy() for k, v in m.grads.items()}))
+            (dx, dh0, dc0, grads), (no_dx, dh0_, dc0_, grads_) = results
+            assert dx.shape == x.shape and no_dx is None
+            assert np.array_equal(dh0, dh0_) and np.array_equal(dc0, dc0_)
+            assert all(np.array_equal(grads[k], grads_[k]) for k in grads)
+    finally:
+        fl.set_num_threads(previous)
+
+
+def test_backward_input_grad_must_be_a_bool():
+    m = fl.LSTM(3, 4)
+    out, _ = m(make_input((2, 1, 3)))
+    with pytest.raises(TypeError, match="input_grad"):
+        m.backward(np.zeros_like(out), input_grad="no")
+
+
 def test_eval_and_train_forward_agree_without_dropout():
     m = fl.LSTM(3, 6, num_layers=2, bidirectional=True, seed=0)
     x = make_input((7, 3, 3))

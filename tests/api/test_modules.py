@@ -114,6 +114,22 @@ def test_linear_gradients(shape, out_features, dtype):
                  projection.reshape(-1, out_features).sum(0), rtol)
 
 
+def test_linear_backward_without_input_grad():
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((6, 5, 4)), rng.standard_normal((6, 5, 3))
+    grads = []
+    for input_grad in (True, False):
+        layer = fl.Linear(4, 3, seed=3)
+        layer(x)
+        dx = layer.backward(g, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append({k: v.copy() for k, v in layer.grads.items()})
+    assert all(np.array_equal(grads[0][k], grads[1][k]) for k in grads[0])
+    layer(x)
+    with pytest.raises(TypeError, match="input_grad"):
+        layer.backward(g, input_grad=None)
+
+
 def test_linear_without_bias_and_bad_input():
     layer = fl.Linear(3, 2, bias=False)
     assert [name for name, _ in layer.named_parameters()] == ["weight"]
