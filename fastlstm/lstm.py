@@ -464,12 +464,12 @@ class LSTM(Module):
             layer_input = record["input"]
             rows = layer_input.reshape(-1, layer_input.shape[-1])
             tokens = kept["tokens"] if layer == 0 else None
-            if layer == 0 and skip_dx:     # the kernels skip dx given no rows for it
-                dx, dx_rows = None, np.empty((0, rows.shape[1]), dtype)
+            if tokens is None:   # dx (T, B, in), through its rows; no rows: the kernels skip it
+                dx = None if layer == 0 and skip_dx else aligned_empty(
+                    (steps, batch, rows.shape[1]), dtype)
+                dx_rows = (np.empty((0, rows.shape[1]), dtype) if dx is None
+                           else dx.reshape(-1, rows.shape[1]))
                 dtable = np.empty((0, 4 * H), dtype)
-            elif tokens is None:   # dx (T, B, in), through its rows
-                dx = aligned_empty((steps, batch, rows.shape[1]), dtype)
-                dx_rows, dtable = dx.reshape(-1, rows.shape[1]), np.empty((0, 4 * H), dtype)
             else:                # dL/dtable = sum over directions of dtable @ W_ih
                 dx = np.zeros(rows.shape, dtype)
                 dx_rows = np.empty((0, rows.shape[1]), dtype)
