@@ -25,8 +25,9 @@ from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forwa
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
                       fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
                       fl_member_t, fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
-                      fl_team_barrier, fl_team_init, fl_team_join, fl_team_judge_call,
-                      fl_team_report, fl_team_size, fl_team_t, kernel_threads)
+                      fl_team_await, fl_team_barrier, fl_team_init, fl_team_join,
+                      fl_team_judge_call, fl_team_publish, fl_team_report, fl_team_size,
+                      fl_team_t, kernel_threads)
 
 from .arrays cimport copy_contiguous
 from .arrays import aligned_empty
@@ -44,6 +45,8 @@ cdef extern from *:
         const char *c = (const char *)p;
         for (size_t i = 0; i < bytes; i += 64)
             __builtin_prefetch(c + i);
+        if (bytes > 0)
+            __builtin_prefetch(c + bytes - 1);   /* the last line of an unaligned range */
     }
 
     /* The next task of a queue the team shares: the value of *next, which it advances. */
@@ -60,17 +63,19 @@ cdef extern from "packed.h":
     void pack_panel_d(double* panel, const double* src, Py_ssize_t col_stride,
                       Py_ssize_t k_stride, Py_ssize_t K, int ncols) noexcept nogil
     void packed_product_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
-                          const float* panels, Py_ssize_t M, Py_ssize_t n_panels,
-                          Py_ssize_t K, int accumulate) noexcept nogil
+                          const float* panels, Py_ssize_t panel_stride, Py_ssize_t M,
+                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
     void packed_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
-                          const double* panels, Py_ssize_t M, Py_ssize_t n_panels,
-                          Py_ssize_t K, int accumulate) noexcept nogil
+                          const double* panels, Py_ssize_t panel_stride, Py_ssize_t M,
+                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
     void packed_product_isa_f(int isa, float* C, Py_ssize_t ldc, const float* A,
-                              Py_ssize_t lda, const float* panels, Py_ssize_t M,
-                              Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+                              Py_ssize_t lda, const float* panels, Py_ssize_t panel_stride,
+                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                              int accumulate) noexcept nogil
     void packed_product_isa_d(int isa, double* C, Py_ssize_t ldc, const double* A,
-                              Py_ssize_t lda, const double* panels, Py_ssize_t M,
-                              Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+                              Py_ssize_t lda, const double* panels, Py_ssize_t panel_stride,
+                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                              int accumulate) noexcept nogil
     void packed_product_at_f(float* C, Py_ssize_t ldc, const float* A, const float* panels,
                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
                              int accumulate) noexcept nogil
@@ -299,10 +304,23 @@ cdef inline void _product(floating* C, Py_ssize_t ldc, const floating* A, Py_ssi
                           const floating* panels, Py_ssize_t M, Py_ssize_t n_panels,
                           Py_ssize_t K, int accumulate) noexcept nogil:
     # C[:, :n_panels*lanes] (+)= A @ W.T for the W packed into `panels`
+    _product_depths(C, ldc, A, lda, panels, K, M, n_panels, 0, K, accumulate)
+
+
+cdef inline void _product_depths(floating* C, Py_ssize_t ldc, const floating* A,
+                                 Py_ssize_t lda, const floating* panels, Py_ssize_t depth,
+                                 Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t k0,
+                                 Py_ssize_t k1, int accumulate) noexcept nogil:
+    # C[:, :n_panels*lanes] (+)= A[:, k0:k1] @ W[:, k0:k1].T for the W packed into `panels`
+    # `depth` deep. Each element of C adds its products in the order of k, so the product
+    # over [0, k) then, accumulated, over [k, K) gives the bits of the one over [0, K).
+    cdef Py_ssize_t lanes = _lanes(C)
     if floating is float:
-        packed_product_f(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+        packed_product_f(C, ldc, A + k0, lda, panels + k0 * lanes, depth * lanes, M, n_panels,
+                         k1 - k0, accumulate)
     else:
-        packed_product_d(C, ldc, A, lda, panels, M, n_panels, K, accumulate)
+        packed_product_d(C, ldc, A + k0, lda, panels + k0 * lanes, depth * lanes, M, n_panels,
+                         k1 - k0, accumulate)
 
 
 cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
@@ -422,18 +440,68 @@ cdef void _pack_forward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil
                     table[(v * 4 + g) * blocks * lanes + j] += bias[g * H + j0 + j]
 
 
-cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
-                              Py_ssize_t b1, floating* kind) noexcept nogil:
-    # One time step for the units of slice s and the sequences [b0, b1):
-    # z = x_t @ W_ih[rows].T + h_{t-1} @ W_hh[rows].T from the packed panels, then the cell
-    # pass.
-    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, n_in = w.n_in
-    cdef Py_ssize_t j0, nj, blocks, nj_pad, b, row, first, count, t_low, tc
+cdef inline Py_ssize_t _chunk_offset(LSTMWork* w, Py_ssize_t step) noexcept nogil:
+    # t - t_low: the place of step's time in its chunk's rows of z (_forward_slice_product)
+    cdef Py_ssize_t first = step - step % w.chunk, count = min(w.chunk, w.T - first)
+    return (w.T - 1 - step) - (w.T - first - count) if w.reverse else step - first
+
+
+cdef void _forward_slice_product(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
+                                 Py_ssize_t b1, Py_ssize_t k0, Py_ssize_t k1,
+                                 floating* kind) noexcept nogil:
+    # The products of one time step for the units of slice s and the sequences [b0, b1),
+    # over the depths [k0, k1) of h_{t-1}: z = x_t @ W_ih[rows].T (at a chunk's first step,
+    # with k0 = 0) + h_{t-1}[:, k0:k1] @ W_hh[rows, k0:k1].T from the packed panels. Depth
+    # ranges in order, [0, k) then [k, H), give the bits of [0, H) at once.
+    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, n_in = w.n_in
+    cdef Py_ssize_t j0, nj, blocks, nj_pad, first, count, t_low, tc, b
+    cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
+    cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
+    cdef floating* z = <floating*>w.z + s * w.z_size
+    cdef floating* panels = <floating*>w.packed + s * w.slice_panels
+    cdef const floating* h_prev = (<floating*>w.hidden + prev_slot * B * H if step > 0
+                                   else <floating*>w.h0)
+    _slice_units(w, s, &j0, &nj)
+    if nj <= 0:
+        return
+    blocks = (nj + lanes - 1) // lanes
+    nj_pad = blocks * lanes
+    # This step's chunk: steps [first, first + count), times [t_low, t_low + count).
+    first = step - step % w.chunk
+    count = min(w.chunk, w.T - first)
+    t_low = w.T - first - count if w.reverse else first
+    if step == first and k0 == 0 and w.tokens == NULL and b1 - b0 == B:
+        # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
+        # rows, so each W_ih panel is read once per chunk instead of once per step
+        _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
+                 count * B, 4 * blocks, n_in, 0)
+    elif step == first and k0 == 0 and w.tokens == NULL:
+        # the same for the sequences [b0, b1): one product per step of the chunk
+        for tc in range(count):
+            _product(z + (tc * B + b0) * 4 * nj_pad, 4 * nj_pad,
+                     <const floating*>w.x + ((t_low + tc) * B + b0) * n_in, n_in, panels,
+                     b1 - b0, 4 * blocks, n_in, 0)
+    # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T; with tokens z = h_prev[b] @ W_hh[rows].T,
+    # to which the cell pass adds the looked-up table row (the bias in it) instead of the bias
+    z += _chunk_offset(w, step) * B * 4 * nj_pad
+    if b1 - b0 == B and B * H * <Py_ssize_t>sizeof(floating) <= PREFETCH_MAX_BYTES:
+        for b in range(B):      # the units other cores wrote, asked for at once
+            fl_prefetch_lines(h_prev + b * H + k0, (k1 - k0) * sizeof(floating))
+    _product_depths(z + b0 * 4 * nj_pad, 4 * nj_pad, h_prev + b0 * H, H,
+                    panels + 4 * blocks * lanes * n_in, H, b1 - b0, 4 * blocks, k0, k1,
+                    0 if w.tokens != NULL and k0 == 0 else 1)
+
+
+cdef void _forward_slice_cells(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
+                               Py_ssize_t b1, floating* kind) noexcept nogil:
+    # The cell pass of one time step for the units of slice s and the sequences [b0, b1),
+    # from the products in z (_forward_slice_product).
+    cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H
+    cdef Py_ssize_t j0, nj, nj_pad, b, row
     cdef Py_ssize_t t = w.T - 1 - step if w.reverse else step
     cdef Py_ssize_t slot = t if w.training else step % 2
     cdef Py_ssize_t prev_slot = (t + 1 if w.reverse else t - 1) if w.training else (step + 1) % 2
     cdef floating* z = <floating*>w.z + s * w.z_size
-    cdef floating* panels = <floating*>w.packed + s * w.slice_panels
     cdef floating* gates = <floating*>w.gates
     cdef floating* out = <floating*>w.out
     cdef floating* h_t = <floating*>w.hidden + slot * B * H
@@ -448,31 +516,8 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0
     if nj <= 0:
         return
     zx = <const floating*>w.bias + j0
-    blocks = (nj + lanes - 1) // lanes
-    nj_pad = blocks * lanes
-    # This step's chunk: steps [first, first + count), times [t_low, t_low + count).
-    first = step - step % w.chunk
-    count = min(w.chunk, w.T - first)
-    t_low = w.T - first - count if w.reverse else first
-    if step == first and w.tokens == NULL and b1 - b0 == B:
-        # z[t - t_low, b] = x[t, b] @ W_ih[rows].T for the chunk: one product of count*B
-        # rows, so each W_ih panel is read once per chunk instead of once per step
-        _product(z, 4 * nj_pad, <const floating*>w.x + t_low * B * n_in, n_in, panels,
-                 count * B, 4 * blocks, n_in, 0)
-    elif step == first and w.tokens == NULL:
-        # the same for the sequences [b0, b1): one product per step of the chunk
-        for tc in range(count):
-            _product(z + (tc * B + b0) * 4 * nj_pad, 4 * nj_pad,
-                     <const floating*>w.x + ((t_low + tc) * B + b0) * n_in, n_in, panels,
-                     b1 - b0, 4 * blocks, n_in, 0)
-    # z[t - t_low, b] += h_prev[b] @ W_hh[rows].T; with tokens z = h_prev[b] @ W_hh[rows].T,
-    # to which the cell pass adds the looked-up table row (the bias in it) instead of the bias
-    z += (t - t_low) * B * 4 * nj_pad
-    if b1 - b0 == B and B * H * <Py_ssize_t>sizeof(floating) <= PREFETCH_MAX_BYTES:
-        fl_prefetch_lines(h_prev, B * H * sizeof(floating))     # the other units' from their cores
-    _product(z + b0 * 4 * nj_pad, 4 * nj_pad, h_prev + b0 * H, H,
-             panels + 4 * blocks * lanes * n_in, b1 - b0, 4 * blocks, H,
-             0 if w.tokens != NULL else 1)
+    nj_pad = (nj + lanes - 1) // lanes * lanes
+    z += _chunk_offset(w, step) * B * 4 * nj_pad
     for b in range(b0, b1):
         row = t * B + b
         if w.lengths == NULL or t < w.lengths[b]:
@@ -491,12 +536,69 @@ cdef void _forward_slice_step(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0
             memset(out + t * w.out_t + b * w.out_b + j0, 0, nj * sizeof(floating))
 
 
+cdef bint _pipelined(LSTMWork* w, int n) noexcept nogil:
+    # Whether a team of n runs the forward's steps as a pipeline (fl_team_publish): two
+    # threads, one slice of hidden units each, every sequence
+    cdef int s, ds
+    cdef Py_ssize_t b0, b1
+    if n != 2 or w.n_slices != 2:
+        return False
+    _step_share(w, 0, n, &s, &ds, &b0, &b1)
+    return ds == 2
+
+
+cdef bint _forward_pipeline(LSTMWork* w, int tid, fl_member_t* me,
+                            floating* kind) noexcept nogil:
+    # The time steps of member tid of a pipelined team of two (see fl_team_publish), slice
+    # tid its own; member 0 takes slice 1 too once it runs alone. Returns whether the
+    # member ran to the end.
+    cdef Py_ssize_t step, split = w.slice_units
+    for step in range(w.T):
+        if tid == 0:
+            _forward_slice_product(w, 0, step, 0, w.B, 0, split, kind)
+            fl_team_await(&w.team, me, 0, step)
+            _forward_slice_product(w, 0, step, 0, w.B, split, w.H, kind)
+            _forward_slice_cells(w, 0, step, 0, w.B, kind)
+            if w.team.solo_step <= step:    # alone: member 1's slice too
+                _forward_slice_product(w, 1, step, 0, w.B, 0, w.H, kind)
+                _forward_slice_cells(w, 1, step, 0, w.B, kind)
+        else:
+            if not fl_team_await(&w.team, me, 1, step):
+                return False
+            _forward_slice_product(w, 1, step, 0, w.B, 0, w.H, kind)
+            _forward_slice_cells(w, 1, step, 0, w.B, kind)
+            _maybe_late(tid, step)
+        fl_team_publish(&w.team, tid, step + 1)
+    return True
+
+
+cdef bint _forward_steps(LSTMWork* w, int tid, int n, fl_member_t* me,
+                         floating* kind) noexcept nogil:
+    # The time steps of member tid of a team of n meeting at a barrier after each: its own
+    # slices, or every slice for its own sequences. Returns whether the member ran to the
+    # end.
+    cdef int s, ds
+    cdef Py_ssize_t step, b0, b1
+    cdef bint member = fl_team_barrier(&w.team, me, tid)
+    step = 0
+    while member and step < w.T:
+        _step_share(w, tid, n, &s, &ds, &b0, &b1)
+        while s < w.n_slices:
+            _forward_slice_product(w, s, step, b0, b1, 0, w.H, kind)
+            _forward_slice_cells(w, s, step, b0, b1, kind)
+            s += ds
+        _maybe_late(tid, step)
+        member = fl_team_barrier(&w.team, me, tid)
+        step += 1
+    return member
+
+
 cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
     # Member tid of a team of n threads (tid = 0, n = 1: the whole call on this thread).
-    cdef int s, ds
+    cdef int s
     cdef fl_member_t me
-    cdef Py_ssize_t step, j0, nj, b, last_slot, b0, b1
-    cdef bint member = True
+    cdef Py_ssize_t j0, nj, b, last_slot
+    cdef bint member, pipelined = _pipelined(w, n), mine
     fl_team_join(&w.team, &me, n)
 
     # 1. Each thread packs its slices' panels, which then stay in its cache.
@@ -504,30 +606,27 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     while s < w.n_slices:
         _pack_forward_slice(w, s, kind)
         s += n
-    member = fl_team_barrier(&w.team, &me, tid)
 
-    # 2. Recurrence: the packed products and the cell pass per slice, one barrier per step;
-    # each member runs its own slices, or every slice for its own sequences.
-    step = 0
-    while member and step < w.T:
-        _step_share(w, tid, n, &s, &ds, &b0, &b1)
-        while s < w.n_slices:
-            _forward_slice_step(w, s, step, b0, b1, kind)
-            s += ds
-        _maybe_late(tid, step)
-        member = fl_team_barrier(&w.team, &me, tid)
-        step += 1
+    # 2. Recurrence: the packed products and the cell pass per slice.
+    if pipelined:
+        member = _forward_pipeline(w, tid, &me, kind)
+    else:
+        member = _forward_steps(w, tid, n, &me, kind)
     if w.stream_gates:
         fl_stream_fence()
     if not member:
         return
 
-    # 3. Final state: whole slices, by whoever ran them last.
+    # 3. Final state: whole slices, by whoever ran their last step.
     last_slot = (w.T - 1) if w.training else (w.T - 1) % 2
     if w.reverse and w.training:
         last_slot = 0
     for s in range(w.n_slices):
-        if not w.team.solo and s % n != tid:
+        if pipelined:   # member 0 ran slice 1's last step if it ran alone by then
+            mine = s == tid or (s == 1 and w.team.solo_step < w.T)
+        else:
+            mine = w.team.solo or s % n == tid
+        if not mine:
             continue
         _slice_units(w, s, &j0, &nj)
         for b in range(w.B):
@@ -1185,12 +1284,16 @@ def run_forward(list calls, int n_threads):
 
 cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     cdef LSTMWork* w = &call.w
-    n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
+    cdef long long expected = _expected_ns(w, 1), started
+    n_threads = fl_team_size(n_threads, expected)
     _scratch(w, n_threads, w.n_in + w.H, 8 if call.double else 4, 0, w.tokens != NULL)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
+        started = fl_now_ns()
         with parallel(num_threads=n_threads):
             _run_forward_thread(w, fl_omp_thread_id(), fl_omp_team_size(), call.double)
+        # a pipelined member 0 never waits for member 1's last step: judge the whole call
+        fl_team_judge_call(&w.team, fl_now_ns() - started, expected)
         fl_team_report(&w.team, fl_now_ns())
     return _finish(w)
 
@@ -1368,10 +1471,10 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     cdef Py_ssize_t n_panels = result.shape[1] // (64 // sizeof(floating))
     if floating is float:
         packed_product_isa_f(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
-                             M, n_panels, K, accumulate)
+                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate)
     else:
         packed_product_isa_d(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
-                             M, n_panels, K, accumulate)
+                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate)
     C[:, :] = result[:, :N]
 
 

@@ -21,14 +21,14 @@ cdef extern from *:
     /* A team of threads that steps through the time steps together, and leaves thread 0
      * alone when another member is taken off its core.
      *
-     * Each step ends in a sense-reversing barrier. A member marks the team stalled when its
-     * waits since the first barrier add up to more than a quarter of that time and more
-     * than a tenth of the call's expected length (steps x its own last step), at least
-     * FL_WAIT_MIN_NS. A member that lost its core to other load is gone for a scheduler
-     * time slice, milliseconds, again and again; a one-off hiccup of a long call is not
-     * worth handing the rest of the call to one thread. The first barrier of a call waits
-     * for a thread OpenMP may still be starting or waking: it is a stall only past ten
-     * times the set-up and at least FL_FIRST_NS.
+     * Each step ends in a barrier (or, for a team of two, a pipeline: fl_team_publish).
+     * A member marks the team stalled when its waits since the first barrier add up to
+     * more than a quarter of that time and more than a tenth of the call's expected length
+     * (steps x its own last step), at least FL_WAIT_MIN_NS. A member that lost its core
+     * to other load is gone for a scheduler time slice, milliseconds, again and again; a
+     * one-off hiccup of a long call is not worth handing the rest of the call to one
+     * thread. The first wait of a call waits for a thread OpenMP may still be starting or
+     * waking: it is a stall only past ten times the set-up and at least FL_FIRST_NS.
      * Waits that long are taken for lost cores only while the machine has more runnable
      * threads than cores (/proc/loadavg, read only then): on an otherwise idle machine a
      * long wait is a thread being woken or a hiccup of the host, and handing the call to
@@ -84,15 +84,24 @@ cdef extern from *:
     typedef struct {
         int n;          /* members */
         int count;      /* arrivals at the current barrier */
-        int sense;      /* flips when a barrier completes */
+        long long generation;   /* barriers completed */
         int stalled;    /* a member lost its core (see above) */
-        int solo;       /* thread 0 continues alone (published with the sense flip) */
+        int solo;       /* thread 0 continues alone (published with the barrier) */
         int adaptive;   /* stalls are handled (fl_adaptive when the call started) */
         long long steps;    /* barriers the call expects */
+        /* A pipelined team of two (fl_team_publish): the steps member 0 and member 1 have
+         * finished, each on a cache line of its own, and the step from which member 0
+         * runs alone (LLONG_MAX: not yet). */
+        char pad0[64];
+        long long done0;
+        char pad1[56];
+        long long done1;
+        char pad2[56];
+        long long solo_step;
     } fl_team_t;
 
     typedef struct {    /* one member's view of the team */
-        int sense;
+        long long generation;   /* the barrier it is at */
         long long waited_ns;    /* in barriers after the first, this call */
         long long left_ns;      /* when it left the previous barrier */
         long long judged_ns;    /* waited_ns when the machine was last found not busy */
@@ -100,29 +109,33 @@ cdef extern from *:
     } fl_member_t;
 
     static inline void fl_team_init(fl_team_t *team, int n, long long steps) {
-        team->n = n; team->count = 0; team->sense = 0; team->stalled = 0; team->solo = 0;
+        team->n = n; team->count = 0; team->generation = 0; team->stalled = 0; team->solo = 0;
         team->adaptive = fl_adaptive;
         team->steps = steps;
+        team->done0 = team->done1 = 0;
+        team->solo_step = __LONG_LONG_MAX__;
     }
 
     /* Every member states the team's size (omp_get_num_threads()) before its first
      * barrier: OpenMP may run fewer threads than asked for, e.g. inside another region. */
     static inline void fl_team_join(fl_team_t *team, fl_member_t *me, int n) {
         __atomic_store_n(&team->n, n, __ATOMIC_RELAXED);
-        me->sense = 0;
+        me->generation = 0;
         me->waited_ns = 0;
         me->left_ns = fl_now_ns();
         me->first_ns = 0;
         me->judged_ns = 0;
     }
 
-    /* Returns when the member left the wait (fl_now_ns). */
-    static inline long long fl_team_wait(fl_team_t *team, fl_member_t *me) {
+    /* Wait until *counter reaches target; returns when the member left the wait
+     * (fl_now_ns). */
+    static inline long long fl_team_wait(fl_team_t *team, fl_member_t *me,
+                                         const long long *counter, long long target) {
         long long start = fl_now_ns(), now = start, work = start - me->left_ns, allowed;
         unsigned spins = 0;
         const int first = me->first_ns == 0;
         int judged = 0;
-        while (__atomic_load_n(&team->sense, __ATOMIC_ACQUIRE) != me->sense) {
+        while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) {
             if (now - start < FL_SPIN_NS) {
     #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
@@ -159,19 +172,55 @@ cdef extern from *:
     static inline int fl_team_barrier(fl_team_t *team, fl_member_t *me, int tid) {
         if (__atomic_load_n(&team->solo, __ATOMIC_RELAXED))
             return tid == 0;
-        me->sense = !me->sense;
+        me->generation++;
         if (__atomic_add_fetch(&team->count, 1, __ATOMIC_ACQ_REL) == team->n) {
             __atomic_store_n(&team->count, 0, __ATOMIC_RELAXED);
             if (team->adaptive && __atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
                 __atomic_store_n(&team->solo, 1, __ATOMIC_RELAXED);
-            __atomic_store_n(&team->sense, me->sense, __ATOMIC_RELEASE);
+            __atomic_store_n(&team->generation, me->generation, __ATOMIC_RELEASE);
             me->left_ns = fl_now_ns();
         } else {
-            me->left_ns = fl_team_wait(team, me);
+            me->left_ns = fl_team_wait(team, me, &team->generation, me->generation);
         }
         if (me->first_ns == 0)
             me->first_ns = me->left_ns;
         return !__atomic_load_n(&team->solo, __ATOMIC_RELAXED) || tid == 0;
+    }
+
+    /* A team of two that splits the hidden units can run its steps as a pipeline instead
+     * of meeting at a barrier after each one. Member 0 starts step t with the depths of
+     * the product that read its own units of h_{t-1}, then waits for member 1's units;
+     * member 1 waits for member 0's units first, then runs the whole product in the order
+     * of the depths. Member 1 settles a little behind member 0, and neither waits while
+     * the lag stays between the time a cache line takes to cross between the cores and
+     * half a step: the crossing is no longer on the path of every step.
+     *
+     * fl_team_publish: member tid has finished `steps` steps (its units of h_{steps-1} are
+     * written). When the team is stalled, member 0 takes the call alone from the step it
+     * publishes: member 1 finishes the step it is in and leaves.
+     * fl_team_await: wait until the other member has finished `steps` steps; returns 1
+     * while this member still has work (member 1 leaves once member 0 runs alone). Lost
+     * cores are noticed as at the barrier (fl_team_wait). */
+    static inline void fl_team_publish(fl_team_t *team, int tid, long long steps) {
+        if (tid == 0 && team->adaptive && team->solo_step == __LONG_LONG_MAX__
+                && __atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&team->solo, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&team->solo_step, steps, __ATOMIC_RELAXED);
+        }
+        __atomic_store_n(tid == 0 ? &team->done0 : &team->done1, steps, __ATOMIC_RELEASE);
+    }
+
+    static inline int fl_team_await(fl_team_t *team, fl_member_t *me, int tid,
+                                    long long steps) {
+        const long long *other = tid == 0 ? &team->done1 : &team->done0;
+        if (tid == 0 && team->solo_step < steps)   /* alone: member 1 has left */
+            steps = team->solo_step;
+        if (__atomic_load_n(other, __ATOMIC_ACQUIRE) < steps) {
+            me->left_ns = fl_team_wait(team, me, other, steps);
+            if (me->first_ns == 0)
+                me->first_ns = me->left_ns;
+        }
+        return tid == 0 || __atomic_load_n(&team->solo_step, __ATOMIC_RELAXED) > steps;
     }
 
 
@@ -336,11 +385,14 @@ cdef extern from *:
         int n
         int stalled
         int solo
+        long long solo_step
     ctypedef struct fl_member_t:
         pass
     void fl_team_init(fl_team_t* team, int n, long long steps) noexcept nogil
     void fl_team_join(fl_team_t* team, fl_member_t* me, int n) noexcept nogil
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
+    void fl_team_publish(fl_team_t* team, int tid, long long steps) noexcept nogil
+    int fl_team_await(fl_team_t* team, fl_member_t* me, int tid, long long steps) noexcept nogil
     int fl_team_size(int requested, long long expected_ns) noexcept nogil
     void fl_team_report(const fl_team_t* team, long long ended_ns) noexcept nogil
     void fl_team_judge_call(fl_team_t* team, long long elapsed_ns,

@@ -182,43 +182,48 @@ typedef double fl_v16_d __attribute__((vector_size(16)));
 #undef FL_TYPE
 
 typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, const float *,
-                               ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, const double *,
-                               ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 
-/* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels, with
- * the products of instruction set `isa` (see fl_packed_isa). */
+/* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels (each
+ * panel_stride elements after the last), with the products of instruction set `isa` (see
+ * fl_packed_isa). */
 static inline void packed_product_isa_f(int isa, float *C, ptrdiff_t ldc, const float *A,
-                                        ptrdiff_t lda, const float *panels, ptrdiff_t M,
-                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                        ptrdiff_t lda, const float *panels, ptrdiff_t panel_stride,
+                                        ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
+                                        int accumulate)
 {
     static const fl_product_f_t by_isa[3] = {packed_product_f_portable, packed_product_f_avx2,
                                              packed_product_f_avx512};
-    by_isa[isa](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate);
 }
 
 static inline void packed_product_isa_d(int isa, double *C, ptrdiff_t ldc, const double *A,
-                                        ptrdiff_t lda, const double *panels, ptrdiff_t M,
-                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                        ptrdiff_t lda, const double *panels, ptrdiff_t panel_stride,
+                                        ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
+                                        int accumulate)
 {
     static const fl_product_d_t by_isa[3] = {packed_product_d_portable, packed_product_d_avx2,
                                              packed_product_d_avx512};
-    by_isa[isa](C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate);
 }
 
 /* The same with the best instruction set of this CPU. */
 static inline void packed_product_f(float *C, ptrdiff_t ldc, const float *A, ptrdiff_t lda,
-                                    const float *panels, ptrdiff_t M, ptrdiff_t n_panels,
-                                    ptrdiff_t K, int accumulate)
+                                    const float *panels, ptrdiff_t panel_stride, ptrdiff_t M,
+                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
-    packed_product_isa_f(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    packed_product_isa_f(fl_packed_isa(), C, ldc, A, lda, panels, panel_stride, M, n_panels, K,
+                           accumulate);
 }
 
 static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, ptrdiff_t lda,
-                                    const double *panels, ptrdiff_t M, ptrdiff_t n_panels,
-                                    ptrdiff_t K, int accumulate)
+                                    const double *panels, ptrdiff_t panel_stride, ptrdiff_t M,
+                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
-    packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, M, n_panels, K, accumulate);
+    packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, panel_stride, M, n_panels, K,
+                           accumulate);
 }
 
 /* C (M, n_panels * lanes) (+)= A.T @ panels, A (K, M) packed by fl_pack_rows8, with the

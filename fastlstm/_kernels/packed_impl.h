@@ -84,14 +84,14 @@ FL_TARGET static void FL_NAME(block_any)(
 #undef FL_CASE
 }
 
-/* C (M, n_panels * LANES) (+)= A (M, K) @ panels (K deep).
- * NumPy: C[:, :N] (+)= A @ W.T for the W the panels were packed from. */
+/* C (M, n_panels * LANES) (+)= A (M, K) @ panels, K deep, each panel_stride elements after
+ * the last (K * LANES for whole panels; more for depths [k0, k0 + K) of deeper panels, from
+ * panels + k0 * LANES). NumPy: C[:, :N] (+)= A @ W.T for the W the panels were packed from. */
 FL_TARGET static void FL_NAME(packed_product)(
-    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels, ptrdiff_t M,
-    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels,
+    ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    const ptrdiff_t panel_stride = K * LANES;
     /* One row (a matrix-vector product), or a few on AVX-512: the product is bound by
      * reading the panels, so each streams once over its whole depth, four panels at once
      * (two on narrower vector units) for independent accumulators. */

@@ -544,10 +544,12 @@ def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_laye
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch", [4, 32])
-def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batch):
+@pytest.mark.parametrize("late_step", [0, 3, 10, 11])
+def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batch, late_step):
     """Thread 1 sleeps 5 ms at one step, as if other load took its core: thread 0 finishes
     the call alone with bit-identical results, and the next calls back off to one thread.
-    At batch 4 the threads split the hidden units, at batch 32 the sequences (thread 0
+    At batch 4 the threads split the hidden units (the forward runs as a pipeline, whose
+    member 0 never waits for member 1's last step, 11), at batch 32 the sequences (thread 0
     then takes over thread 1's)."""
     if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
         pytest.skip("needs 2 cores")
@@ -559,7 +561,7 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
     try:
         fl.set_num_threads(2)
         with no_min_work():
-            for late in (-1, 3):
+            for late in (-1, late_step):
                 lstm_kernels.set_adaptive_threads(True)    # clears any backoff
                 lstm_kernels.inject_late_thread(late, 5000)
                 m.zero_grad()
@@ -577,5 +579,5 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
     finally:
         lstm_kernels.inject_late_thread(-1, 0)
         fl.set_num_threads(previous)
-    for normal, late in zip(results[-1], results[3]):
+    for normal, late in zip(results[-1], results[late_step]):
         np.testing.assert_array_equal(late, normal)
