@@ -550,8 +550,9 @@ cdef bint _pipelined(LSTMWork* w, int n) noexcept nogil:
 cdef bint _forward_pipeline(LSTMWork* w, int tid, fl_member_t* me,
                             floating* kind) noexcept nogil:
     # The time steps of member tid of a pipelined team of two (see fl_team_publish), slice
-    # tid its own; member 0 takes slice 1 too once it runs alone. Returns whether the
-    # member ran to the end.
+    # tid its own; member 0 takes slice 1 too once it runs alone, and at the end waits for
+    # member 1's last step, as at a last barrier (where a late member is noticed). Returns
+    # whether the member ran to the end.
     cdef Py_ssize_t step, split = w.slice_units
     for step in range(w.T):
         if tid == 0:
@@ -569,6 +570,8 @@ cdef bint _forward_pipeline(LSTMWork* w, int tid, fl_member_t* me,
             _forward_slice_cells(w, 1, step, 0, w.B, kind)
             _maybe_late(tid, step)
         fl_team_publish(&w.team, tid, step + 1)
+    if tid == 0:
+        fl_team_await(&w.team, me, 0, w.T)
     return True
 
 
@@ -1284,16 +1287,12 @@ def run_forward(list calls, int n_threads):
 
 cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     cdef LSTMWork* w = &call.w
-    cdef long long expected = _expected_ns(w, 1), started
-    n_threads = fl_team_size(n_threads, expected)
+    n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
     _scratch(w, n_threads, w.n_in + w.H, 8 if call.double else 4, 0, w.tokens != NULL)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
-        started = fl_now_ns()
         with parallel(num_threads=n_threads):
             _run_forward_thread(w, fl_omp_thread_id(), fl_omp_team_size(), call.double)
-        # a pipelined member 0 never waits for member 1's last step: judge the whole call
-        fl_team_judge_call(&w.team, fl_now_ns() - started, expected)
         fl_team_report(&w.team, fl_now_ns())
     return _finish(w)
 

@@ -102,8 +102,8 @@ cdef extern from *:
 
     typedef struct {    /* one member's view of the team */
         long long generation;   /* the barrier it is at */
-        long long waited_ns;    /* in barriers after the first, this call */
-        long long left_ns;      /* when it left the previous barrier */
+        long long waited_ns;    /* in waits after the first, this call */
+        long long left_ns;      /* when it left the previous wait */
         long long judged_ns;    /* waited_ns when the machine was last found not busy */
         long long first_ns;     /* when it left the first barrier (0: not yet) */
     } fl_member_t;

@@ -190,9 +190,9 @@ typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, c
  * panel_stride elements after the last), with the products of instruction set `isa` (see
  * fl_packed_isa). */
 static inline void packed_product_isa_f(int isa, float *C, ptrdiff_t ldc, const float *A,
-                                        ptrdiff_t lda, const float *panels, ptrdiff_t panel_stride,
-                                        ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
-                                        int accumulate)
+                                        ptrdiff_t lda, const float *panels,
+                                        ptrdiff_t panel_stride, ptrdiff_t M,
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
     static const fl_product_f_t by_isa[3] = {packed_product_f_portable, packed_product_f_avx2,
                                              packed_product_f_avx512};
@@ -200,9 +200,9 @@ static inline void packed_product_isa_f(int isa, float *C, ptrdiff_t ldc, const 
 }
 
 static inline void packed_product_isa_d(int isa, double *C, ptrdiff_t ldc, const double *A,
-                                        ptrdiff_t lda, const double *panels, ptrdiff_t panel_stride,
-                                        ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
-                                        int accumulate)
+                                        ptrdiff_t lda, const double *panels,
+                                        ptrdiff_t panel_stride, ptrdiff_t M,
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
     static const fl_product_d_t by_isa[3] = {packed_product_d_portable, packed_product_d_avx2,
                                              packed_product_d_avx512};
