@@ -226,6 +226,23 @@ static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, p
                            accumulate);
 }
 
+/* C (M, N) = A @ W.T, A (M, K) packed into panels of rows, W (N, K) by rows, with the
+ * instruction set of fl_packed_isa (see rows_product in packed_impl.h). */
+#define FL_DEFINE_ROWS_PRODUCT(REAL, T)                                                      \
+static inline void rows_product_##T(REAL *C, ptrdiff_t ldc, const REAL *A_panels,            \
+                                    const REAL *W, ptrdiff_t ldw, ptrdiff_t M, ptrdiff_t N,  \
+                                    ptrdiff_t K)                                             \
+{                                                                                            \
+    typedef void (*product_t)(REAL *, ptrdiff_t, const REAL *, const REAL *, ptrdiff_t,      \
+                              ptrdiff_t, ptrdiff_t, ptrdiff_t);                              \
+    static const product_t by_isa[3] = {rows_product_##T##_portable,                         \
+                                        rows_product_##T##_avx2, rows_product_##T##_avx512}; \
+    by_isa[fl_packed_isa()](C, ldc, A_panels, W, ldw, M, N, K);                              \
+}
+FL_DEFINE_ROWS_PRODUCT(float, f)
+FL_DEFINE_ROWS_PRODUCT(double, d)
+#undef FL_DEFINE_ROWS_PRODUCT
+
 /* C (M, n_panels * lanes) (+)= A.T @ panels, A (K, M) packed by fl_pack_rows8, with the
  * instruction set of fl_packed_isa (see packed_product_at in packed_impl.h). */
 typedef void (*fl_product_at_f_t)(float *, ptrdiff_t, const float *, const float *, ptrdiff_t,

@@ -125,6 +125,37 @@ FL_TARGET static void FL_NAME(packed_product)(
     }
 }
 
+/* C (M, N) = A (M, K) @ W.T for W (N, K) read in its own rows (row stride ldw) and A packed
+ * into panels of LANES rows (the layout of packed weights): the projection of a few rows
+ * against a matrix too large to pack for one use. Blocks of FL_MR rows of W, in order,
+ * meet every pair of A's panels (which stay in L2), so W streams once. A block's result,
+ * C transposed, goes through a small tile. Each element of C adds its products in the
+ * order of k, as packed_product does: the bits of C = A @ panels(W). */
+FL_TARGET static void FL_NAME(rows_product)(
+    REAL *C, ptrdiff_t ldc, const REAL *A_panels, const REAL *W, ptrdiff_t ldw, ptrdiff_t M,
+    ptrdiff_t N, ptrdiff_t K)
+{
+    enum { LANES = (int)(64 / sizeof(REAL)) };
+    REAL tile[FL_MR * 2 * LANES];
+    for (ptrdiff_t j = 0; j < N; j += FL_MR) {
+        const int mr = N - j < FL_MR ? (int)(N - j) : FL_MR;
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += 2 * LANES) {
+            const int nv = M - m0 > LANES ? 2 : 1;
+            const int rows = M - m0 < 2 * LANES ? (int)(M - m0) : 2 * LANES;
+            FL_NAME(block_any)(tile, 2 * LANES, W + j * ldw, ldw, A_panels + m0 * K, K * LANES,
+                               K, 0, mr, nv, 0);
+            if (mr == FL_MR)        /* a constant count: the moves of a row unrolled */
+                for (int r = 0; r < rows; r++)
+                    for (int i = 0; i < FL_MR; i++)
+                        C[(m0 + r) * ldc + j + i] = tile[i * 2 * LANES + r];
+            else
+                for (int r = 0; r < rows; r++)
+                    for (int i = 0; i < mr; i++)
+                        C[(m0 + r) * ldc + j + i] = tile[i * 2 * LANES + r];
+        }
+    }
+}
+
 /* C (M, n_panels * LANES) (+)= A.T @ panels for A (K, M), K a short depth block: the
  * weight-gradient product, C[g, j] (+)= sum_k A[k, g] W[j, k]. NumPy: C[:, :N] (+)= A.T @ W.T.
  * A comes packed in blocks of 8 rows (fl_pack_rows8 in packed.h): rows [8b, 8b + 8) at

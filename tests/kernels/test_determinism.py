@@ -92,6 +92,35 @@ def test_repeated_calls_are_bitwise_identical():
         np.testing.assert_array_equal(m(x)[0], first)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projection_through_weight_rows_gives_the_bits_of_packed_weights(threads, dtype):
+    """A call whose steps fit one chunk and whose W_ih is large against x reads W_ih in its
+    own rows (x's rows packed instead); the same sequences among others, in a batch too
+    large for that (W_ih packed), give the same bits: both directions, eval and training
+    forwards, two layers (the second with in = 2H)."""
+    T, B, n_in, H = 16, 4, 1024, 128
+    previous = fl.get_num_threads()
+    fl.set_num_threads(threads)
+    try:
+        m = fl.LSTM(n_in, H, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, n_in)).astype(dtype)
+        batch = np.concatenate([rng.standard_normal((T, 3, n_in)).astype(dtype), x,
+                                rng.standard_normal((T, 25, n_in)).astype(dtype)], axis=1)
+        for training in (False, True):
+            m.train(training)
+            out, (h_n, c_n) = m(x)
+            assert lstm_kernels.last_projected_by_rows()
+            out_batch, (h_batch, c_batch) = m(batch)
+            assert not lstm_kernels.last_projected_by_rows()
+            np.testing.assert_array_equal(out, out_batch[:, 3:3 + B])
+            np.testing.assert_array_equal(h_n, h_batch[:, 3:3 + B])
+            np.testing.assert_array_equal(c_n, c_batch[:, 3:3 + B])
+    finally:
+        fl.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
 def test_instruction_sets_agree_to_rounding(isa):
     m = fl.LSTM(20, 70, seed=0).eval()

@@ -214,6 +214,28 @@ def test_transposed_product_matches_numpy(isa, dtype, shape):
         lstm_kernels.set_packed_isa(None)
 
 
+@pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 17, 5), (16, 8, 64), (33, 20, 300),
+                                   (70, 9, 129), (100, 40, 1100)], ids=str)
+def test_rows_product_matches_numpy_and_the_packed_product(isa, dtype, shape):
+    """The input projection with W read in its own rows (x's rows packed instead), on every
+    register block height and ragged edge, one or two row panels at a time, depths past one
+    depth block: close to NumPy and, element by element, the bits of the packed product."""
+    M, N, K = shape
+    rng = np.random.default_rng(0)
+    A, W = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K)))
+    packed, by_rows = np.zeros((M, N), dtype), np.full((M, N), np.nan, dtype)
+    lstm_kernels.packed_product_twin(packed, A, W, False, isa)
+    lstm_kernels.set_packed_isa(isa)
+    try:
+        lstm_kernels.rows_product_twin(by_rows, A, W)
+    finally:
+        lstm_kernels.set_packed_isa(None)
+    assert_close(isa, by_rows, A @ W.T, 2e-5 if dtype == "float32" else 1e-12)
+    np.testing.assert_array_equal(by_rows, packed)
+
+
 def test_packed_product_rejects_an_unknown_isa():
     x = np.zeros((1, 1), np.float32)
     with pytest.raises(ValueError, match="isa: expected one of"):
