@@ -1,4 +1,5 @@
 """fastlstm.LSTM: a PyTorch ``nn.LSTM``-compatible module over the Cython kernels."""
+import functools
 import math
 
 import numpy as np
@@ -17,6 +18,20 @@ _EMPTY_INDEX = np.empty(0, dtype=np.intp)
 _MIN_WORK_PER_THREAD = 1 << 13
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 _EMPTY = {dtype: np.empty(0, dtype) for dtype in FLOAT_DTYPES.values()}   # absent arrays
+
+
+@functools.lru_cache(maxsize=1024)
+def _layer_suffix(layer, direction):
+    """The parameter-name suffix of one layer and direction: "_l0", "_l1_reverse"."""
+    return f"_l{layer}{'_reverse' if direction == 1 else ''}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _useful_threads(batch, hidden_size, input_size, min_work):
+    """Threads worth starting for a step's work: one per `min_work` multiply-adds, at most
+    one per slice of hidden units."""
+    work = batch * 4 * hidden_size * (hidden_size + min(hidden_size, input_size))
+    return min(work // min_work, -(-hidden_size // _lstm.SLICE_UNITS))
 # Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
 # read them, and making them cost a microsecond a call, which matters to small calls. A
 # few shapes are kept, up to 64 KB each.
@@ -130,11 +145,8 @@ class LSTM(Module):
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
 
     # ------------------------------------------------------------------ parameters
-    def _suffix(self, direction):
-        return "_reverse" if direction == 1 else ""
-
     def _peephole_names(self, layer, direction):
-        return [f"peephole_{gate}_l{layer}{self._suffix(direction)}" for gate in "ifo"]
+        return [f"peephole_{gate}{_layer_suffix(layer, direction)}" for gate in "ifo"]
 
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.hidden_size * self.num_directions
@@ -150,7 +162,7 @@ class LSTM(Module):
 
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                suffix = f"_l{layer}{self._suffix(direction)}"
+                suffix = _layer_suffix(layer, direction)
                 self._add_parameter("weight_ih" + suffix,
                                     uniform(4 * H, self._layer_input_size(layer)))
                 self._add_parameter("weight_hh" + suffix, uniform(4 * H, H))
@@ -307,7 +319,7 @@ class LSTM(Module):
     def _direction_params(self, layer, direction):
         """(suffix, W_ih, W_hh, peep) of one layer and direction; peep is empty without
         peepholes."""
-        suffix = f"_l{layer}{self._suffix(direction)}"
+        suffix = _layer_suffix(layer, direction)
         params = self._params
         peep = self._peephole_blocks.get((layer, direction))
         return (suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
@@ -322,10 +334,8 @@ class LSTM(Module):
 
     def _kernel_threads(self, batch):
         """Threads for one kernel call: the setting, capped by the work per time step."""
-        H = self.hidden_size
-        work = batch * 4 * H * (H + min(H, self.input_size))
-        useful = min(work // _MIN_WORK_PER_THREAD, -(-H // _lstm.SLICE_UNITS))
-        return max(1, min(get_num_threads(), useful))
+        return max(1, min(get_num_threads(), _useful_threads(
+            batch, self.hidden_size, self.input_size, _MIN_WORK_PER_THREAD)))
 
     def _parameter_count(self):
         H, D = self.hidden_size, self.num_directions
@@ -365,11 +375,12 @@ class LSTM(Module):
         n_threads = self._kernel_threads(batch)
         h_n = aligned_empty(h0.shape, h0.dtype)
         c_n = aligned_empty(c0.shape, c0.dtype)
+        kept = None     # what backward needs, training only
         if training:
             x = self._reuse("x", x.shape, dtype, like=x)
-        kept = dict(x=x, tokens=tokens, steps=steps, batch=batch, h0=h0, c0=c0,
-                    lengths=lengths, layers=[], n_threads=n_threads)
-        layer_input = kept["x"]
+            kept = dict(x=x, tokens=tokens, steps=steps, batch=batch, h0=h0, c0=c0,
+                        lengths=lengths, layers=[], n_threads=n_threads)
+        layer_input = x
         for layer in range(self.num_layers):
             rows = layer_input.reshape(-1, layer_input.shape[-1])
             layer_tokens = _EMPTY_INDEX if layer > 0 or tokens is None else tokens
@@ -379,7 +390,7 @@ class LSTM(Module):
                 out = aligned_empty((batch, steps, D * H), dtype).transpose(1, 0, 2)
             else:
                 out = aligned_empty((steps, batch, D * H), dtype)
-            record = dict(input=layer_input, directions=[], mask=None)
+            record = dict(input=layer_input, directions=[], mask=None) if training else None
             calls = []
             for direction in range(D):
                 index = layer * D + direction
@@ -400,12 +411,14 @@ class LSTM(Module):
                     layer_tokens, h0[index], c0[index], W_ih, W_hh, self._gate_bias(suffix), peep,
                     _EMPTY_INDEX if lengths is None else lengths,
                     direction == 1 or self.reverse, training, self.clip or 0.0))
-                record["directions"].append(buffers)
+                if training:
+                    record["directions"].append(buffers)
             _lstm.run_forward(calls, n_threads)
-            if training and self.dropout > 0 and layer < self.num_layers - 1:
-                record["mask"] = F.dropout_mask(self._rng, out.shape, self.dropout, dtype)
-                out *= record["mask"]
-            kept["layers"].append(record)
+            if training:
+                if self.dropout > 0 and layer < self.num_layers - 1:
+                    record["mask"] = F.dropout_mask(self._rng, out.shape, self.dropout, dtype)
+                    out *= record["mask"]
+                kept["layers"].append(record)
             layer_input = out
         return layer_input, h_n, c_n, kept
 

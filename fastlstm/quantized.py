@@ -16,7 +16,7 @@ import numpy as np
 
 from ._kernels import quant as _quant
 from ._kernels.quant import cpu_paths, quantized_path, set_quantized_path
-from .lstm import LSTM
+from .lstm import LSTM, _layer_suffix
 from .validation import as_real_array, check_bool, check_int
 
 DTYPES = _quant.DTYPES
@@ -154,7 +154,6 @@ class QuantizedLSTM:
     _kernel_threads = LSTM._kernel_threads
     _check_call_size = LSTM._check_call_size
     _format_output = LSTM._format_output
-    _suffix = LSTM._suffix
     _peephole_names = LSTM._peephole_names
     _layer_input_size = LSTM._layer_input_size
 
@@ -203,7 +202,7 @@ class QuantizedLSTM:
         expected = {}
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                suffix = f"_l{layer}{self._suffix(direction)}"
+                suffix = _layer_suffix(layer, direction)
                 n_in = self._layer_input_size(layer)
                 expected["weight_ih" + suffix] = ((4 * H, n_in), wtype)
                 expected["weight_hh" + suffix] = ((4 * H, H), wtype)
@@ -268,7 +267,7 @@ class QuantizedLSTM:
         H, state, int8 = self.hidden_size, self._state, self.quantization == "int8"
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                suffix = f"_l{layer}{self._suffix(direction)}"
+                suffix = _layer_suffix(layer, direction)
                 args = []
                 for kind in ("ih", "hh"):
                     W = state[f"weight_{kind}{suffix}"]
