@@ -325,13 +325,6 @@ class LSTM(Module):
         return (suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
                 _EMPTY[self.dtype] if peep is None else peep)
 
-    def _gate_bias(self, suffix):
-        """b_ih + b_hh of one layer and direction (zeros without biases): the kernels add
-        one bias to the gates."""
-        if not self.bias:
-            return np.zeros(4 * self.hidden_size, self.dtype)
-        return self._params["bias_ih" + suffix] + self._params["bias_hh" + suffix]
-
     def _kernel_threads(self, batch):
         """Threads for one kernel call: the setting, capped by the work per time step."""
         return max(1, min(get_num_threads(), _useful_threads(
@@ -401,14 +394,15 @@ class LSTM(Module):
                         ("hidden", steps * batch * H, dtype),
                         ("cells", steps * batch * H, dtype),
                         ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
-                else:          # inference keeps nothing: per-call rings, safe from many threads
-                    buffers = dict(gates=_EMPTY[dtype],
-                                   hidden=aligned_empty(2 * batch * H, dtype),
-                                   cells=aligned_empty(2 * batch * H, dtype), clipped=_EMPTY_MASK)
+                else:          # inference keeps nothing: the call holds its own rings
+                    empty = _EMPTY[dtype]
+                    buffers = dict(gates=empty, hidden=empty, cells=empty, clipped=_EMPTY_MASK)
+                b_ih, b_hh = ((self._params["bias_ih" + suffix], self._params["bias_hh" + suffix])
+                              if self.bias else (_EMPTY[dtype], _EMPTY[dtype]))
                 calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], buffers["gates"],
                     buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
-                    layer_tokens, h0[index], c0[index], W_ih, W_hh, self._gate_bias(suffix), peep,
+                    layer_tokens, h0[index], c0[index], W_ih, W_hh, b_ih, b_hh, peep,
                     _EMPTY_INDEX if lengths is None else lengths,
                     direction == 1 or self.reverse, training, self.clip or 0.0))
                 if training:

@@ -15,8 +15,8 @@ def prepare_forward(
     out: np.ndarray, out_col: int, h_n: np.ndarray, c_n: np.ndarray, gates: np.ndarray,
     hidden: np.ndarray, cells: np.ndarray, clipped: np.ndarray, x: np.ndarray,
     tokens: np.ndarray, h0: np.ndarray, c0: np.ndarray, W_ih: np.ndarray, W_hh: np.ndarray,
-    bias: np.ndarray, peep: np.ndarray, lengths: np.ndarray, reverse: bool, training: bool,
-    clip: float,
+    b_ih: np.ndarray, b_hh: np.ndarray, peep: np.ndarray, lengths: np.ndarray, reverse: bool,
+    training: bool, clip: float,
 ) -> ForwardCall: ...
 def run_forward(calls: list[ForwardCall], n_threads: int) -> bool: ...
 def lstm_backward(

@@ -1252,10 +1252,14 @@ cdef class ForwardCall:
     cdef LSTMWork w
     cdef object arrays
     cdef bint double
+    cdef void* owned     # the summed bias, then in inference the h and c rings
+
+    def __dealloc__(self):
+        free(self.owned)
 
 
 def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, clipped, x,
-                    tokens, h0, c0, W_ih, W_hh, bias, peep, lengths, bint reverse,
+                    tokens, h0, c0, W_ih, W_hh, b_ih, b_hh, peep, lengths, bint reverse,
                     bint training, double clip):
     """Check the arrays of one layer and direction, time-major; return a ForwardCall.
 
@@ -1267,9 +1271,10 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     and row t*B + b of the input is x[tokens[t*B + b]] (an embedding lookup, projected once
     per table row instead of once per step).
     Training: gates (T*B*4H,) keeps the activated gates, hidden/cells (T*B*H,) the states,
-    clipped (T*B*4H,) the clip mask (empty without clip). Inference: gates and clipped are
-    empty, hidden/cells are (2*B*H,) rings. bias (4H,) is b_ih + b_hh (zeros without
-    biases); empty peep/lengths arrays mean absent.
+    clipped (T*B*4H,) the clip mask (empty without clip). Inference: gates, clipped, hidden
+    and cells are empty (the call keeps two steps of h and c itself). b_ih and b_hh are
+    (4H,), or both empty without biases: the call adds them once. Empty peep/lengths arrays
+    mean absent.
     """
     cdef str function = "prepare_forward"
     cdef int real = _real_type(function, W_hh)
@@ -1282,9 +1287,11 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     cdef char* p_hidden = _array(function, "hidden", hidden, real, 1, CW)
     cdef char* p_cells = _array(function, "cells", cells, real, 1, CW)
     cdef char* p_clipped = _array(function, "clipped", clipped, cnp.NPY_UINT8, 1, CW)
-    cdef char* p_bias = _array(function, "bias", bias, real, 1, C_CONTIGUOUS)
-    cdef Py_ssize_t T = _dim(out, 0), B = _dim(out, 1), H = _dim(W_hh, 1)
-    cdef Py_ssize_t steps = T if training else 2
+    cdef char* p_b_ih = _array(function, "b_ih", b_ih, real, 1, C_CONTIGUOUS)
+    cdef char* p_b_hh = _array(function, "b_hh", b_hh, real, 1, C_CONTIGUOUS)
+    cdef Py_ssize_t T = _dim(out, 0), B = _dim(out, 1), H = _dim(W_hh, 1), i
+    cdef Py_ssize_t n_bias = _dim(b_ih, 0)
+    cdef size_t ring_bytes, bias_bytes
     cdef ForwardCall call = ForwardCall()
     cdef LSTMWork* w = &call.w
     memset(w, 0, sizeof(LSTMWork))
@@ -1296,19 +1303,38 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     _expect(function, "c_n", _dim(c_n, 0), B)
     _expect(function, "c_n", _dim(c_n, 1), H)
     _expect(function, "gates", _dim(gates, 0), T * B * 4 * H if training else 0)
-    _expect(function, "hidden", _dim(hidden, 0), steps * B * H)
-    _expect(function, "cells", _dim(cells, 0), steps * B * H)
+    _expect(function, "hidden", _dim(hidden, 0), T * B * H if training else 0)
+    _expect(function, "cells", _dim(cells, 0), T * B * H if training else 0)
     _expect(function, "clipped", _dim(clipped, 0), T * B * 4 * H if training and clip > 0 else 0)
-    _expect(function, "bias", _dim(bias, 0), 4 * H)
+    _expect(function, "b_ih", n_bias, 4 * H if n_bias else 0)
+    _expect(function, "b_hh", _dim(b_hh, 0), n_bias)
+    # one block: the rings of h and c (inference), then bias = b_ih + b_hh (zeros without)
+    ring_bytes = 0 if training else _aligned_bytes(2 * B * H * itemsize)
+    bias_bytes = _aligned_bytes(4 * H * itemsize)
+    call.owned = aligned_alloc(ALIGNMENT, 2 * ring_bytes + bias_bytes)
+    if call.owned == NULL:
+        raise MemoryError(f"fastlstm: cannot allocate {2 * ring_bytes + bias_bytes} bytes")
+    w.bias = <char*>call.owned + 2 * ring_bytes
+    if n_bias == 0:
+        memset(w.bias, 0, bias_bytes)
+    elif real == cnp.NPY_FLOAT32:
+        for i in range(4 * H):
+            (<float*>w.bias)[i] = (<float*>p_b_ih)[i] + (<float*>p_b_hh)[i]
+    else:
+        for i in range(4 * H):
+            (<double*>w.bias)[i] = (<double*>p_b_ih)[i] + (<double*>p_b_hh)[i]
     w.reverse, w.training, w.clip = reverse, training, clip
-    w.bias, w.h_n, w.c_n = p_bias, p_h_n, p_c_n
+    w.h_n, w.c_n = p_h_n, p_c_n
     w.gates = p_gates if training else NULL
-    w.hidden, w.cells = p_hidden, p_cells
+    if training:
+        w.hidden, w.cells = p_hidden, p_cells
+    else:
+        w.hidden, w.cells = call.owned, <char*>call.owned + ring_bytes
     w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
     w.chunk = max(1, min(w.T, CHUNK_ROWS // w.B))
     w.stream_gates = training and _dim(gates, 0) * itemsize > _stream_gates_bytes
     call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, tokens, h0, c0, W_ih, W_hh,
-                   bias, peep, lengths)
+                   peep, lengths)
     call.double = real == cnp.NPY_FLOAT64
     return call
 

@@ -165,9 +165,10 @@ def test_kernel_refuses_tokens_outside_the_table():
     T, B, H = 2, 1, 2
     f32 = np.float32
     args = [np.zeros((T, B, H), f32), 0, np.zeros((B, H), f32), np.zeros((B, H), f32),
-            np.zeros(0, f32), np.zeros(2 * B * H, f32), np.zeros(2 * B * H, f32),
+            np.zeros(0, f32), np.zeros(0, f32), np.zeros(0, f32),
             np.zeros(0, np.uint8), np.zeros((4, 3), f32), np.array([0, 4], np.intp),
             np.zeros((B, H), f32), np.zeros((B, H), f32), lstm.weight_ih_l0, lstm.weight_hh_l0,
-            np.zeros(4 * H, f32), np.zeros(0, f32), np.zeros(0, np.intp), False, False, 0.0]
+            np.zeros(4 * H, f32), np.zeros(4 * H, f32), np.zeros(0, f32), np.zeros(0, np.intp),
+            False, False, 0.0]
     with pytest.raises(ValueError, match=r"tokens: expected values in \[0, 4\)"):
         lstm_module._lstm.prepare_forward(*args)

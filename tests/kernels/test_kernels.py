@@ -289,9 +289,9 @@ def _forward_arguments(T=2, B=3, n_in=4, H=5, dtype=np.float32, **changes):
     """prepare_forward's arguments for an eval-mode call, with `changes` by name."""
     z = lambda *shape: np.zeros(shape, dtype)    # noqa: E731
     args = dict(out=z(T, B, H), out_col=0, h_n=z(B, H), c_n=z(B, H), gates=z(0),
-                hidden=z(2 * B * H), cells=z(2 * B * H), clipped=np.zeros(0, np.uint8),
+                hidden=z(0), cells=z(0), clipped=np.zeros(0, np.uint8),
                 x=z(T * B, n_in), tokens=np.zeros(0, np.intp), h0=z(B, H), c0=z(B, H),
-                W_ih=z(4 * H, n_in), W_hh=z(4 * H, H), bias=z(4 * H), peep=z(0),
+                W_ih=z(4 * H, n_in), W_hh=z(4 * H, H), b_ih=z(4 * H), b_hh=z(4 * H), peep=z(0),
                 lengths=np.zeros(0, np.intp), reverse=False, training=False, clip=0.0)
     args.update(changes)
     return list(args.values())
@@ -300,8 +300,9 @@ def _forward_arguments(T=2, B=3, n_in=4, H=5, dtype=np.float32, **changes):
 @pytest.mark.parametrize("name, value, message", [
     ("h0", np.zeros((2, 5), np.float32), "prepare_forward: h0: expected 3, got 2"),
     ("W_hh", np.zeros((21, 5), np.float32), "prepare_forward: W_hh: expected 20, got 21"),
-    ("bias", np.zeros(19, np.float32), "prepare_forward: bias: expected 20, got 19"),
-    ("hidden", np.zeros(29, np.float32), "prepare_forward: hidden: expected 30, got 29"),
+    ("b_ih", np.zeros(19, np.float32), "prepare_forward: b_ih: expected 20, got 19"),
+    ("b_hh", np.zeros(0, np.float32), "prepare_forward: b_hh: expected 20, got 0"),
+    ("hidden", np.zeros(30, np.float32), "prepare_forward: hidden: expected 0, got 30"),
     ("out_col", 1, "prepare_forward: out: expected True, got False"),
     ("peep", np.zeros(7, np.float32), "prepare_forward: peep: expected True, got False"),
 ])
@@ -352,7 +353,7 @@ def test_kernel_entry_writes_a_strided_output(dtype):
     batch_first = np.full((B, T, H + 3), 7, dtype)
     args = _forward_arguments(T, B, n_in, H, dtype, out=batch_first.transpose(1, 0, 2),
                               out_col=2, x=x.reshape(T * B, n_in), W_ih=m.weight_ih_l0,
-                              W_hh=m.weight_hh_l0, bias=m.bias_ih_l0 + m.bias_hh_l0)
+                              W_hh=m.weight_hh_l0, b_ih=m.bias_ih_l0, b_hh=m.bias_hh_l0)
     lstm_kernels.run_forward([lstm_kernels.prepare_forward(*args)], 2)
     assert np.array_equal(batch_first[:, :, 2:2 + H].transpose(1, 0, 2), expected)
     assert (batch_first[:, :, :2] == 7).all() and (batch_first[:, :, 2 + H:] == 7).all()
