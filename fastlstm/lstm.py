@@ -19,6 +19,13 @@ _MIN_WORK_PER_THREAD = 1 << 13
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 _EMPTY = {dtype: np.empty(0, dtype) for dtype in FLOAT_DTYPES.values()}   # absent arrays
 
+# Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
+# read them, and making them cost a microsecond a call, which matters to small calls. A
+# few shapes are kept, up to 64 KB each.
+_ZERO_STATES: dict = {}
+_ZERO_STATES_KEPT = 8
+_ZERO_STATE_MAX_BYTES = 1 << 16
+
 
 @functools.lru_cache(maxsize=1024)
 def _layer_suffix(layer, direction):
@@ -32,12 +39,6 @@ def _useful_threads(batch, hidden_size, input_size, min_work):
     one per slice of hidden units."""
     work = batch * 4 * hidden_size * (hidden_size + min(hidden_size, input_size))
     return min(work // min_work, -(-hidden_size // _lstm.SLICE_UNITS))
-# Read-only zero initial states by (shape, dtype), for calls without hx: the kernels only
-# read them, and making them cost a microsecond a call, which matters to small calls. A
-# few shapes are kept, up to 64 KB each.
-_ZERO_STATES: dict = {}
-_ZERO_STATES_KEPT = 8
-_ZERO_STATE_MAX_BYTES = 1 << 16
 
 
 class LSTM(Module):
@@ -388,25 +389,24 @@ class LSTM(Module):
             for direction in range(D):
                 index = layer * D + direction
                 suffix, W_ih, W_hh, peep = self._direction_params(layer, direction)
+                empty = _EMPTY[dtype]
                 if training:   # what backward needs, in buffers reused from call to call
                     buffers = {name: self._reuse((index, name), (size,), kind) for name, size, kind in (
                         ("gates", steps * batch * 4 * H, dtype),
                         ("hidden", steps * batch * H, dtype),
                         ("cells", steps * batch * H, dtype),
                         ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
+                    record["directions"].append(buffers)
+                    step_buffers = buffers.values()
                 else:          # inference keeps nothing: the call holds its own rings
-                    empty = _EMPTY[dtype]
-                    buffers = dict(gates=empty, hidden=empty, cells=empty, clipped=_EMPTY_MASK)
+                    step_buffers = (empty, empty, empty, _EMPTY_MASK)
                 b_ih, b_hh = ((self._params["bias_ih" + suffix], self._params["bias_hh" + suffix])
-                              if self.bias else (_EMPTY[dtype], _EMPTY[dtype]))
+                              if self.bias else (empty, empty))
                 calls.append(_lstm.prepare_forward(
-                    out, direction * H, h_n[index], c_n[index], buffers["gates"],
-                    buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
+                    out, direction * H, h_n[index], c_n[index], *step_buffers, rows,
                     layer_tokens, h0[index], c0[index], W_ih, W_hh, b_ih, b_hh, peep,
                     _EMPTY_INDEX if lengths is None else lengths,
                     direction == 1 or self.reverse, training, self.clip or 0.0))
-                if training:
-                    record["directions"].append(buffers)
             _lstm.run_forward(calls, n_threads)
             if training:
                 if self.dropout > 0 and layer < self.num_layers - 1:
