@@ -24,7 +24,9 @@ from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forwa
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
                       fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
-                      fl_member_t, fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
+                      FL_LAG_MEMBERS, FL_LAG_STEPS, fl_lag_check, fl_lag_done, fl_lag_go,
+                      fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t, fl_now_ns,
+                      fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
                       fl_team_await, fl_team_barrier, fl_team_init, fl_team_join,
                       fl_team_judge_call, fl_team_publish, fl_team_report, fl_team_size,
                       fl_team_t, kernel_threads)
@@ -406,6 +408,20 @@ cdef inline void _slice_units(LSTMWork* w, int s, Py_ssize_t* j0, Py_ssize_t* nj
     nj[0] = min(w.H, j0[0] + w.slice_units) - j0[0]
 
 
+cdef inline bint _splits_batch(LSTMWork* w, int n) noexcept nogil:
+    # A team of n splits the sequences of w rather than its hidden units (_step_share).
+    return n > 1 and w.B >= n * BATCH_SPLIT_ROWS and w.weights_fit_core and w.dpeep == NULL
+
+
+cdef inline bint _lags(LSTMWork* w, int n) noexcept nogil:
+    # A team of n that splits the batch lags (fl_lag_go in openmp.pxd) instead of meeting
+    # after every step, as no member reads another's rows. Alternated in one process with
+    # the barrier per step: the char-LM's (B 32, H 128) eval forward 0.969-0.975, training
+    # forward 0.954-0.967 and backward 0.976-0.987; S2's (B 16, H 256) 0.971-0.986,
+    # 0.970-0.986 and 0.993-0.996.
+    return _splits_batch(w, n) and n <= FL_LAG_MEMBERS
+
+
 cdef inline void _step_share(LSTMWork* w, int tid, int n, int* s0, int* ds, Py_ssize_t* b0,
                              Py_ssize_t* b1) noexcept nogil:
     # Member tid's share of a time step in a team of n: slices s0, s0 + ds, ... for the
@@ -417,7 +433,7 @@ cdef inline void _step_share(LSTMWork* w, int tid, int n, int* s0, int* ds, Py_s
     # peepholes: its cell pass sums dpeep over the sequences in their order.
     if w.team.solo or n == 1:
         s0[0], ds[0], b0[0], b1[0] = 0, 1, 0, w.B
-    elif w.B >= n * BATCH_SPLIT_ROWS and w.weights_fit_core and w.dpeep == NULL:
+    elif _splits_batch(w, n):
         s0[0], ds[0] = 0, 1
         _split(w.B, n, tid, b0, b1)
     else:
@@ -668,12 +684,23 @@ cdef bint _forward_steps(LSTMWork* w, int tid, int n, fl_member_t* me,
     return member
 
 
+cdef void _forward_group_steps(LSTMWork* w, Py_ssize_t first, Py_ssize_t last, Py_ssize_t b0,
+                               Py_ssize_t b1, floating* kind) noexcept nogil:
+    # Steps [first, last) of every slice for the sequences [b0, b1).
+    cdef Py_ssize_t step
+    cdef int s
+    for step in range(first, last):
+        for s in range(w.n_slices):
+            _forward_slice_product(w, s, step, b0, b1, 0, w.H, kind)
+            _forward_slice_cells(w, s, step, b0, b1, kind)
+
+
 cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept nogil:
     # Member tid of a team of n threads (tid = 0, n = 1: the whole call on this thread).
     cdef int s
     cdef fl_member_t me
     cdef Py_ssize_t j0, nj, b, last_slot
-    cdef bint member, pipelined = _pipelined(w, n), mine
+    cdef bint member, pipelined = _pipelined(w, n), lagging = _lags(w, n), mine
     fl_team_join(&w.team, &me, n)
 
     # 1. Each thread packs its slices' panels, which then stay in its cache.
@@ -685,6 +712,8 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     # 2. Recurrence: the packed products and the cell pass per slice.
     if pipelined:
         member = _forward_pipeline(w, tid, &me, kind)
+    elif lagging:
+        member = _lagging_steps(w, tid, n, &me, fl_team_barrier(&w.team, &me, tid), False, kind)
     else:
         member = _forward_steps(w, tid, n, &me, kind)
     if w.stream_gates:
@@ -699,8 +728,8 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     for s in range(w.n_slices):
         if pipelined:   # member 0 ran slice 1's last step if it ran alone by then
             mine = s == tid or (s == 1 and w.team.solo_step < w.T)
-        else:
-            mine = w.team.solo or s % n == tid
+        else:       # a lagging team's member 0 holds every sequence
+            mine = w.team.solo or lagging or s % n == tid
         if not mine:
             continue
         _slice_units(w, s, &j0, &nj)
@@ -961,6 +990,68 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
         _input_gradient(w, a_rows, panels, kind)
 
 
+cdef void _backward_group_steps(LSTMWork* w, Py_ssize_t first, Py_ssize_t last,
+                                Py_ssize_t b0, Py_ssize_t b1, floating* kind) noexcept nogil:
+    # Steps [first, last) of every slice for the sequences [b0, b1): the cell pass, then dh.
+    cdef Py_ssize_t step, t
+    cdef int s
+    for step in range(first, last):
+        t = step if w.reverse else w.T - 1 - step
+        for s in range(w.n_slices):
+            _backward_cell_slice(w, s, t, b0, b1, kind)
+        for s in range(w.n_slices):
+            _backward_product_slice(w, s, t, b0, b1, kind)
+
+
+cdef inline void _group_steps(LSTMWork* w, bint backward, Py_ssize_t first, Py_ssize_t last,
+                              Py_ssize_t b0, Py_ssize_t b1, floating* kind) noexcept nogil:
+    # Steps [first, last) of the sequences [b0, b1), forward or backward.
+    if backward:
+        _backward_group_steps(w, first, last, b0, b1, kind)
+    else:
+        _forward_group_steps(w, first, last, b0, b1, kind)
+
+
+cdef bint _lagging_steps(LSTMWork* w, int tid, int n, fl_member_t* me, bint member,
+                         bint backward, floating* kind) noexcept nogil:
+    # The time steps of member tid of a lagging team of n (see _lags), forward or backward,
+    # after the barrier that follows packing (which it passed as a member or not): every
+    # slice for its own sequences; member 0 runs what the others left if the team stalls.
+    # Returns whether the member goes on: member 0, which then holds every sequence's
+    # steps, and in a backward every member that finished, to the barrier before the
+    # weight gradients.
+    cdef Py_ssize_t step, b0, b1, m0, m1
+    cdef int m
+    if not member:      # the team is solo: leave before step 0
+        fl_lag_go(&w.team, tid, 0)
+        return False
+    if w.team.solo:     # stalled at that barrier: member 0 alone, the others have left
+        _group_steps(w, backward, 0, w.T, 0, w.B, kind)
+        return True
+    _split(w.B, n, tid, &b0, &b1)
+    for step in range(w.T):
+        if tid == 0:
+            fl_lag_mark(me)
+        elif not fl_lag_go(&w.team, tid, step):
+            return False
+        _group_steps(w, backward, step, step + 1, b0, b1, kind)
+        _maybe_late(tid, step)
+        if tid > 0:
+            fl_lag_done(&w.team, tid, step + 1)
+        elif fl_lag_check(&w.team, me, step + 1 - FL_LAG_STEPS, w.T):
+            _group_steps(w, backward, step + 1, w.T, b0, b1, kind)
+            break
+    if tid > 0:
+        return backward
+    if w.team.solo or fl_lag_check(&w.team, me, w.T, w.T):
+        for m in range(1, n):
+            _split(w.B, n, m, &m0, &m1)
+            _group_steps(w, backward, fl_lag_stopped(&w.team, m, w.T), w.T, m0, m1, kind)
+        if backward:    # let go the members that finished and wait at the next barrier
+            fl_lag_release(&w.team, me)
+    return True
+
+
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s, ds
     cdef fl_member_t me
@@ -975,8 +1066,11 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     # Per step: the cell pass for this thread's units, one barrier (the product needs every
     # unit's dgates[t]), then dh for this thread's units, which only this thread reads next.
     # Or, when the batch splits, both for every unit of this thread's sequences: then no
-    # thread reads another's rows, and the barrier only keeps the team's stall handling.
+    # thread reads another's rows, and the team lags instead.
     step = 0
+    if _lags(w, n):
+        member = _lagging_steps(w, tid, n, &me, member, True, kind)
+        step = w.T
     while member and step < w.T:
         t = step if w.reverse else w.T - 1 - step
         _step_share(w, tid, n, &s, &ds, &b0, &b1)

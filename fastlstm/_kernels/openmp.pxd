@@ -81,6 +81,23 @@ cdef extern from *:
     static int fl_adaptive = 1;
     static long long fl_last_call_ns = 0;      /* when the last kernel call started or ended */
 
+    /* A team that splits the batch (each member steps through its own sequences and reads
+     * no other member's rows) does not meet after every step; it lags. Member m > 0
+     * publishes the steps it has finished (fl_lag_done) and, before each step, leaves if
+     * member 0 now runs alone (fl_lag_go). Member 0 waits only for a member more than
+     * FL_LAG_STEPS steps behind it, and after its last step for every member
+     * (fl_lag_check, whose waits notice lost cores as the barrier's do). When the team is
+     * stalled, member 0 sets `solo`, waits until every member has left or finished, and
+     * runs the steps they left (fl_lag_stopped: where each stopped). Larger teams meet at
+     * the barrier after every step. */
+    #define FL_LAG_STEPS 4
+    #define FL_LAG_MEMBERS 8
+    typedef struct {
+        long long done;     /* steps finished */
+        long long left;     /* the step before which the member left, or -1 */
+        char pad[48];
+    } fl_progress_t;
+
     typedef struct {
         int n;          /* members */
         int count;      /* arrivals at the current barrier */
@@ -98,6 +115,8 @@ cdef extern from *:
         long long done1;
         char pad2[56];
         long long solo_step;
+        char pad3[56];
+        fl_progress_t progress[FL_LAG_MEMBERS];   /* a lagging team's members, one line each */
     } fl_team_t;
 
     typedef struct {    /* one member's view of the team */
@@ -114,6 +133,10 @@ cdef extern from *:
         team->steps = steps;
         team->done0 = team->done1 = 0;
         team->solo_step = __LONG_LONG_MAX__;
+        for (int m = 0; m < FL_LAG_MEMBERS; m++) {
+            team->progress[m].done = 0;
+            team->progress[m].left = -1;
+        }
     }
 
     /* Every member states the team's size (omp_get_num_threads()) before its first
@@ -223,6 +246,71 @@ cdef extern from *:
         return tid == 0 || __atomic_load_n(&team->solo_step, __ATOMIC_RELAXED) > steps;
     }
 
+
+    /* Member tid > 0 of a lagging team, before step `step`: 1 to run it, 0 to leave
+     * (member 0 runs alone from here; the step is published). */
+    static inline int fl_lag_go(fl_team_t *team, int tid, long long step) {
+        if (!__atomic_load_n(&team->solo, __ATOMIC_ACQUIRE))
+            return 1;
+        __atomic_store_n(&team->progress[tid].left, step, __ATOMIC_RELEASE);
+        return 0;
+    }
+
+    /* Member tid > 0 of a lagging team has finished `steps` steps. */
+    static inline void fl_lag_done(fl_team_t *team, int tid, long long steps) {
+        __atomic_store_n(&team->progress[tid].done, steps, __ATOMIC_RELEASE);
+    }
+
+    /* Member 0 of a lagging team of `steps` steps: wait until every member has finished
+     * `target` steps. Returns 1 when the team is stalled: then member 0 runs alone from
+     * here, and every other member has left or finished (fl_lag_stopped). */
+    static inline int fl_lag_check(fl_team_t *team, fl_member_t *me, long long target,
+                                   long long steps) {
+        int m;
+        unsigned spins;
+        for (m = 1; m < team->n; m++) {
+            if (__atomic_load_n(&team->progress[m].done, __ATOMIC_ACQUIRE) < target) {
+                me->left_ns = fl_team_wait(team, me, &team->progress[m].done, target);
+                if (me->first_ns == 0)
+                    me->first_ns = me->left_ns;
+            }
+        }
+        if (!team->adaptive || !__atomic_load_n(&team->stalled, __ATOMIC_ACQUIRE))
+            return 0;
+        __atomic_store_n(&team->solo, 1, __ATOMIC_RELEASE);
+        for (m = 1; m < team->n; m++) {
+            spins = 0;
+            while (__atomic_load_n(&team->progress[m].left, __ATOMIC_ACQUIRE) < 0
+                   && __atomic_load_n(&team->progress[m].done, __ATOMIC_ACQUIRE) < steps) {
+                if (++spins < 4096) {
+    #if defined(__x86_64__) || defined(__i386__)
+                    __builtin_ia32_pause();
+    #endif
+                } else {
+                    sched_yield();
+                }
+            }
+        }
+        return 1;
+    }
+
+    /* Member 0 of a lagging team starts a step (the work its waits are judged against). */
+    static inline void fl_lag_mark(fl_member_t *me) {
+        me->left_ns = fl_now_ns();
+    }
+
+    /* The steps member m of a stalled lagging team of `steps` steps has run. */
+    static inline long long fl_lag_stopped(const fl_team_t *team, int m, long long steps) {
+        long long left = __atomic_load_n(&team->progress[m].left, __ATOMIC_ACQUIRE);
+        return left >= 0 ? left : steps;
+    }
+
+    /* Member 0 of a stalled lagging team, at the barrier that would follow the steps:
+     * let go every member already waiting there (the others find the team solo). */
+    static inline void fl_lag_release(fl_team_t *team, fl_member_t *me) {
+        me->generation++;
+        __atomic_store_n(&team->generation, me->generation, __ATOMIC_RELEASE);
+    }
 
     /* Threads for the next call, expected to take `expected_ns` on one thread: `requested`,
      * or 1 during a backoff period, or 1 for a short call after the cores sat idle (an idle
@@ -393,6 +481,15 @@ cdef extern from *:
     int fl_team_barrier(fl_team_t* team, fl_member_t* me, int tid) noexcept nogil
     void fl_team_publish(fl_team_t* team, int tid, long long steps) noexcept nogil
     int fl_team_await(fl_team_t* team, fl_member_t* me, int tid, long long steps) noexcept nogil
+    enum: FL_LAG_STEPS
+    enum: FL_LAG_MEMBERS
+    int fl_lag_go(fl_team_t* team, int tid, long long step) noexcept nogil
+    void fl_lag_done(fl_team_t* team, int tid, long long steps) noexcept nogil
+    int fl_lag_check(fl_team_t* team, fl_member_t* me, long long target,
+                     long long steps) noexcept nogil
+    long long fl_lag_stopped(const fl_team_t* team, int m, long long steps) noexcept nogil
+    void fl_lag_release(fl_team_t* team, fl_member_t* me) noexcept nogil
+    void fl_lag_mark(fl_member_t* me) noexcept nogil
     int fl_team_size(int requested, long long expected_ns) noexcept nogil
     void fl_team_report(const fl_team_t* team, long long ended_ns) noexcept nogil
     void fl_team_judge_call(fl_team_t* team, long long elapsed_ns,

@@ -11,6 +11,7 @@ import fastlstm as fl
 import fastlstm.lstm
 from fastlstm import _threads, reference
 from fastlstm._kernels import lstm as lstm_kernels
+from fastlstm._kernels import openmp as _openmp
 
 TOLERANCE = {"float32": (2e-5, 2e-4), "float64": (1e-9, 1e-9)}
 CONFIGS = [
@@ -604,3 +605,39 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
         fl.set_num_threads(previous)
     for normal, late in zip(results[-1], results[late_step]):
         np.testing.assert_array_equal(late, normal)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("late_step", [-1, 0, 6, 15])
+def test_a_lagging_team_of_four_gives_the_bits_of_one_thread(dtype, late_step):
+    """Four threads (two per core here, so members also lose their cores for real) split
+    32 sequences and lag instead of meeting after every step; with thread 1 late at one
+    step or not, member 0 runs what the others left, and forward, backward and every
+    gradient equal those of one thread bit for bit."""
+    m = fl.LSTM(8, 64, dtype=dtype, seed=0)
+    x = np.random.default_rng(1).standard_normal((16, 32, 8)).astype(dtype)
+    g = np.random.default_rng(2).standard_normal((16, 32, 64)).astype(dtype)
+    requested, cores = _openmp.requested_threads(), _threads.usable_cores()
+    results = {}
+    try:
+        with no_min_work():
+            for threads in (1, 4):
+                _openmp.set_threads(threads, max(threads, cores))
+                lstm_kernels.set_adaptive_threads(True)
+                lstm_kernels.inject_late_thread(late_step if threads == 4 else -1, 3000)
+                m.zero_grad()
+                out, (h_n, c_n) = m(x)
+                team, stalled = lstm_kernels.last_call()
+                assert team == threads and (stalled or threads == 1 or late_step < 0)
+                lstm_kernels.set_adaptive_threads(True)
+                dx, (dh0, dc0) = m.backward(g)
+                team, stalled = lstm_kernels.last_call()
+                assert team == threads and (stalled or threads == 1 or late_step < 0)
+                results[threads] = [out, h_n, c_n, dx, dh0, dc0,
+                                    *(m.grads[k].copy() for k in sorted(m.grads))]
+    finally:
+        lstm_kernels.inject_late_thread(-1, 0)
+        lstm_kernels.set_adaptive_threads(True)
+        _openmp.set_threads(requested, cores)
+    for one, four in zip(results[1], results[4]):
+        np.testing.assert_array_equal(four, one)

@@ -53,7 +53,9 @@ def test_info_of_a_serial_build_without_threadpoolctl(capsys, monkeypatch):
     print(out)
     assert "threadpoolctl not installed" in out
     assert "OpenMP: off (serial build" in out
-    assert "fastlstm.get_num_threads() = 1" in out
+    # The thread count is the compiled kernels' (1 in a real serial build, which
+    # .ci/sdist_smoke.py checks); the patch above only changes what info reports on OpenMP.
+    assert f"fastlstm.get_num_threads() = {fastlstm.get_num_threads()}" in out
 
 
 @pytest.mark.parametrize("args, message", [
