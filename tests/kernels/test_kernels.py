@@ -570,11 +570,12 @@ def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_laye
 @pytest.mark.parametrize("batch", [4, 32])
 @pytest.mark.parametrize("late_step", [0, 3, 10, 11])
 def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batch, late_step):
-    """Thread 1 sleeps 5 ms at one step, as if other load took its core: thread 0 finishes
+    """Thread 1 sleeps 20 ms at one step, as if other load took its core: thread 0 finishes
     the call alone with bit-identical results, and the next calls back off to one thread.
     At batch 4 the threads split the hidden units (the forward runs as a pipeline, whose
-    member 0 never waits for member 1's last step, 11), at batch 32 the sequences (thread 0
-    then takes over thread 1's)."""
+    member 0 never waits for member 1's last step, 11), at batch 32 the sequences: the team
+    lags, thread 0 runs up to 4 steps ahead before it waits (the sleep outlasts them in
+    every build, the sanitized portable one included) and then takes over thread 1's."""
     if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
         pytest.skip("needs 2 cores")
     m = fl.LSTM(8, 64, dtype=dtype, seed=0)
@@ -587,7 +588,7 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
         with no_min_work():
             for late in (-1, late_step):
                 lstm_kernels.set_adaptive_threads(True)    # clears any backoff
-                lstm_kernels.inject_late_thread(late, 5000)
+                lstm_kernels.inject_late_thread(late, 20000)
                 m.zero_grad()
                 out, (h_n, c_n) = m(x)
                 threads, stalled = lstm_kernels.last_call()
@@ -624,7 +625,7 @@ def test_a_lagging_team_of_four_gives_the_bits_of_one_thread(dtype, late_step):
             for threads in (1, 4):
                 _openmp.set_threads(threads, max(threads, cores))
                 lstm_kernels.set_adaptive_threads(True)
-                lstm_kernels.inject_late_thread(late_step if threads == 4 else -1, 3000)
+                lstm_kernels.inject_late_thread(late_step if threads == 4 else -1, 20000)
                 m.zero_grad()
                 out, (h_n, c_n) = m(x)
                 team, stalled = lstm_kernels.last_call()
