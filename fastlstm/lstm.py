@@ -578,7 +578,7 @@ class LSTM(Module):
                              f"bidirectional={self.bidirectional}, reverse={self.reverse}")
         layers = []
         for layer in range(self.num_layers):
-            suffix = f"_l{layer}"
+            suffix = _layer_suffix(layer, 0)
             params = self._params
             layers.append((params["weight_ih" + suffix], params["weight_hh" + suffix],
                            params.get("bias_ih" + suffix), params.get("bias_hh" + suffix),

@@ -1052,32 +1052,22 @@ cdef bint _lagging_steps(LSTMWork* w, int tid, int n, fl_member_t* me, bint memb
     return True
 
 
-cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
-    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s, ds
-    cdef fl_member_t me
-    cdef Py_ssize_t step, t, b0, b1
-    cdef bint member
-    fl_team_join(&w.team, &me, n)
-    s = tid
-    while s < w.n_slices:
-        _pack_backward_slice(w, s, kind)
-        s += n
-    member = fl_team_barrier(&w.team, &me, tid)
-    # Per step: the cell pass for this thread's units, one barrier (the product needs every
-    # unit's dgates[t]), then dh for this thread's units, which only this thread reads next.
-    # Or, when the batch splits, both for every unit of this thread's sequences: then no
-    # thread reads another's rows, and the team lags instead.
-    step = 0
-    if _lags(w, n):
-        member = _lagging_steps(w, tid, n, &me, member, True, kind)
-        step = w.T
+cdef bint _backward_steps(LSTMWork* w, int tid, int n, fl_member_t* me, bint member,
+                         floating* kind) noexcept nogil:
+    # The time steps of member tid of a team of n meeting at a barrier after each step's
+    # cell pass (the product needs every unit's dgates[t]): the cell pass for its own
+    # slices, then dh for them, which only this thread reads next; or both for every slice
+    # of its own sequences in a team too large to lag. Returns whether the member ran to
+    # the end.
+    cdef int s, ds
+    cdef Py_ssize_t step = 0, t, b0, b1
     while member and step < w.T:
         t = step if w.reverse else w.T - 1 - step
         _step_share(w, tid, n, &s, &ds, &b0, &b1)
         while s < w.n_slices:
             _backward_cell_slice(w, s, t, b0, b1, kind)
             s += ds
-        member = fl_team_barrier(&w.team, &me, tid)
+        member = fl_team_barrier(&w.team, me, tid)
         if not member:
             break
         _step_share(w, tid, n, &s, &ds, &b0, &b1)     # solo from here, if the team stalled
@@ -1086,6 +1076,25 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
             s += ds
         _maybe_late(tid, step)
         step += 1
+    return member
+
+
+cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
+    cdef int tid = fl_omp_thread_id(), n = fl_omp_team_size(), s
+    cdef fl_member_t me
+    cdef bint member
+    fl_team_join(&w.team, &me, n)
+    s = tid
+    while s < w.n_slices:
+        _pack_backward_slice(w, s, kind)
+        s += n
+    member = fl_team_barrier(&w.team, &me, tid)
+    # A team that splits the batch lags (no thread reads another's rows); the others meet
+    # after every step's cell pass.
+    if _lags(w, n):
+        member = _lagging_steps(w, tid, n, &me, member, True, kind)
+    else:
+        member = _backward_steps(w, tid, n, &me, member, kind)
     if member:
         member = fl_team_barrier(&w.team, &me, tid)    # every dgates row is written
     if not member:
