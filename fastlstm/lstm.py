@@ -1,4 +1,5 @@
 """fastlstm.LSTM: a PyTorch ``nn.LSTM``-compatible module over the Cython kernels."""
+import collections
 import functools
 import math
 
@@ -31,6 +32,13 @@ _ZERO_STATE_MAX_BYTES = 1 << 16
 def _layer_suffix(layer, direction):
     """The parameter-name suffix of one layer and direction: "_l0", "_l1_reverse"."""
     return f"_l{layer}{'_reverse' if direction == 1 else ''}"
+
+
+# The arrays of one layer and direction as the kernels take them (empty arrays, or None for
+# the bias gradients, where the module has no biases or peepholes). A module's parameter and
+# gradient arrays live as long as it does, so each module builds these once.
+_Direction = collections.namedtuple(
+    "_Direction", "suffix W_ih W_hh b_ih b_hh peep dW_ih dW_hh db_ih db_hh dpeep")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -113,6 +121,7 @@ class LSTM(Module):
         self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
         self._peephole_grad_blocks = {}
         self._init_parameters()
+        self._directions = self._direction_arrays()
 
     # ------------------------------------------------------------------ configuration
     input_size = property(lambda self: self._config["input_size"])
@@ -186,20 +195,22 @@ class LSTM(Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._directions = self._direction_arrays()
 
     # ------------------------------------------------------------------ input checks
     def _time_major_input(self, x):
+        config = self._config
         x = as_real_array(x, "x", self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected a 3-D (T, B, input_size) / (B, T, input_size) or "
                              f"2-D unbatched (T, input_size) array, got shape {x.shape}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, "
-                             f"got shape {x.shape}")
+        if x.shape[-1] != config["input_size"]:
+            raise ValueError(f"x: expected input_size {config['input_size']} in the last "
+                             f"dimension, got shape {x.shape}")
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None, :]
-        elif self.batch_first:
+        elif config["batch_first"]:
             x = x.transpose(1, 0, 2)
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"x: expected at least one time step and one sequence, got "
@@ -226,7 +237,9 @@ class LSTM(Module):
         return table, indices.astype(np.intp).reshape(-1), steps, batch, unbatched
 
     def _state_input(self, hx, batch, unbatched):
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        config = self._config
+        shape = (config["num_layers"] * (2 if config["bidirectional"] else 1), batch,
+                 config["hidden_size"])
         if hx is None:     # the kernels only read the initial state
             zeros = _ZERO_STATES.get((shape, self.dtype))
             if zeros is None:
@@ -266,6 +279,11 @@ class LSTM(Module):
                              f"min {array.min()}, max {array.max()}")
         array = array.astype(np.intp)
         return None if np.all(array == steps) else array
+
+    def zero_grad(self):
+        """Zero every gradient array in place (an LSTM holds no child modules)."""
+        for grad in self._grads.values():
+            grad.fill(0)
 
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, x, hx=None, lengths=None):
@@ -317,19 +335,27 @@ class LSTM(Module):
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         return out, (h_n, c_n)
 
-    def _direction_params(self, layer, direction):
-        """(suffix, W_ih, W_hh, peep) of one layer and direction; peep is empty without
-        peepholes."""
-        suffix = _layer_suffix(layer, direction)
-        params = self._params
-        peep = self._peephole_blocks.get((layer, direction))
-        return (suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
-                _EMPTY[self.dtype] if peep is None else peep)
+    def _direction_arrays(self):
+        """[_Direction] of every layer and direction, index layer * D + direction."""
+        directions = []
+        params, grads, empty = self._params, self._grads, _EMPTY[self.dtype]
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = _layer_suffix(layer, direction)
+                peep = self._peephole_blocks.get((layer, direction), empty)
+                dpeep = self._peephole_grad_blocks.get((layer, direction), empty)
+                directions.append(_Direction(
+                    suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
+                    params.get("bias_ih" + suffix, empty), params.get("bias_hh" + suffix, empty),
+                    peep, grads["weight_ih" + suffix], grads["weight_hh" + suffix],
+                    grads.get("bias_ih" + suffix), grads.get("bias_hh" + suffix), dpeep))
+        return directions
 
     def _kernel_threads(self, batch):
         """Threads for one kernel call: the setting, capped by the work per time step."""
+        config = self._config
         return max(1, min(get_num_threads(), _useful_threads(
-            batch, self.hidden_size, self.input_size, _MIN_WORK_PER_THREAD)))
+            batch, config["hidden_size"], config["input_size"], _MIN_WORK_PER_THREAD)))
 
     def _parameter_count(self):
         H, D = self.hidden_size, self.num_directions
@@ -364,21 +390,26 @@ class LSTM(Module):
         # x: (T, B, in) time-major, or with tokens (T*B,) a table (rows, in) they index
         steps, batch = (x.shape[0], x.shape[1]) if tokens is None else (
             len(tokens) // h0.shape[1], h0.shape[1])
-        H, D, dtype = self.hidden_size, self.num_directions, self.dtype
+        config, dtype = self._config, self.dtype
+        H, L = config["hidden_size"], config["num_layers"]
+        D = 2 if config["bidirectional"] else 1
+        clip, reverse, dropout = config["clip"] or 0.0, config["reverse"], config["dropout"]
         self._check_call_size(steps, batch, training)
         n_threads = self._kernel_threads(batch)
-        h_n = aligned_empty(h0.shape, h0.dtype)
-        c_n = aligned_empty(c0.shape, c0.dtype)
+        h_n = aligned_empty(h0.shape, dtype)
+        c_n = aligned_empty(c0.shape, dtype)
+        lengths = _EMPTY_INDEX if lengths is None else lengths
         kept = None     # what backward needs, training only
         if training:
             x = self._reuse("x", x.shape, dtype, like=x)
             kept = dict(x=x, tokens=tokens, steps=steps, batch=batch, h0=h0, c0=c0,
                         lengths=lengths, layers=[], n_threads=n_threads)
+        inference_buffers = (_EMPTY[dtype],) * 3 + (_EMPTY_MASK,)
         layer_input = x
-        for layer in range(self.num_layers):
+        for layer in range(L):
             rows = layer_input.reshape(-1, layer_input.shape[-1])
             layer_tokens = _EMPTY_INDEX if layer > 0 or tokens is None else tokens
-            if layer == self.num_layers - 1 and self.batch_first:
+            if layer == L - 1 and config["batch_first"]:
                 # written through strides in the caller's layout: _format_output's
                 # transpose of it is a view
                 out = aligned_empty((batch, steps, D * H), dtype).transpose(1, 0, 2)
@@ -388,33 +419,43 @@ class LSTM(Module):
             calls = []
             for direction in range(D):
                 index = layer * D + direction
-                suffix, W_ih, W_hh, peep = self._direction_params(layer, direction)
-                empty = _EMPTY[dtype]
+                arrays = self._directions[index]
                 if training:   # what backward needs, in buffers reused from call to call
-                    buffers = {name: self._reuse((index, name), (size,), kind) for name, size, kind in (
-                        ("gates", steps * batch * 4 * H, dtype),
-                        ("hidden", steps * batch * H, dtype),
-                        ("cells", steps * batch * H, dtype),
-                        ("clipped", steps * batch * 4 * H if self.clip is not None else 0, np.uint8))}
+                    buffers = self._step_buffers(index, steps * batch)
                     record["directions"].append(buffers)
                     step_buffers = buffers.values()
                 else:          # inference keeps nothing: the call holds its own rings
-                    step_buffers = (empty, empty, empty, _EMPTY_MASK)
-                b_ih, b_hh = ((self._params["bias_ih" + suffix], self._params["bias_hh" + suffix])
-                              if self.bias else (empty, empty))
+                    step_buffers = inference_buffers
                 calls.append(_lstm.prepare_forward(
                     out, direction * H, h_n[index], c_n[index], *step_buffers, rows,
-                    layer_tokens, h0[index], c0[index], W_ih, W_hh, b_ih, b_hh, peep,
-                    _EMPTY_INDEX if lengths is None else lengths,
-                    direction == 1 or self.reverse, training, self.clip or 0.0))
+                    layer_tokens, h0[index], c0[index], arrays.W_ih, arrays.W_hh, arrays.b_ih,
+                    arrays.b_hh, arrays.peep, lengths, direction == 1 or reverse, training,
+                    clip))
             _lstm.run_forward(calls, n_threads)
             if training:
-                if self.dropout > 0 and layer < self.num_layers - 1:
-                    record["mask"] = F.dropout_mask(self._rng, out.shape, self.dropout, dtype)
+                if dropout > 0 and layer < L - 1:
+                    record["mask"] = F.dropout_mask(self._rng, out.shape, dropout, dtype)
                     out *= record["mask"]
                 kept["layers"].append(record)
             layer_input = out
         return layer_input, h_n, c_n, kept
+
+    def _step_buffers(self, index, rows):
+        """The training buffers of layer and direction `index` for `rows` = T*B input rows,
+        reused from call to call: gates (rows*4H,), hidden and cells (rows*H,), and the clip
+        mask clipped (rows*4H,) uint8 (empty without clip), in the kernels' order."""
+        key = ("steps", index)
+        kept = self._workspace.get(key)
+        if kept is not None and kept[0] == rows:
+            return kept[1]
+        H, dtype = self.hidden_size, self.dtype
+        buffers = {"gates": aligned_empty((rows * 4 * H,), dtype),
+                   "hidden": aligned_empty((rows * H,), dtype),
+                   "cells": aligned_empty((rows * H,), dtype),
+                   "clipped": aligned_empty((rows * 4 * H if self.clip is not None else 0,),
+                                            np.uint8)}
+        self._workspace[key] = (rows, buffers)
+        return buffers
 
     def _reuse(self, key, shape, dtype, like=None):
         """A training buffer kept on the module from call to call (a copy of `like` if given).
@@ -459,11 +500,13 @@ class LSTM(Module):
         # an embedding's gradient (a lookup's dx) is a parameter's: always computed
         skip_dx = not input_grad and kept["lookup"] is None
         steps, batch = kept["steps"], kept["batch"]
-        H, D, L, dtype = self.hidden_size, self.num_directions, self.num_layers, self.dtype
+        config, dtype = self._config, self.dtype
+        H, L = config["hidden_size"], config["num_layers"]
+        D = 2 if config["bidirectional"] else 1
         grad = self._grad_output(grad_out, steps, batch)
         dh0, dc0 = self._grad_state(grad_state, batch)
         self._kept = None
-        lengths = kept["lengths"]
+        lengths, n_threads = kept["lengths"], kept["n_threads"]
         for layer in reversed(range(L)):
             record = kept["layers"][layer]
             if record["mask"] is not None:
@@ -483,24 +526,21 @@ class LSTM(Module):
                 dtable = self._reuse("dtable", (len(rows), 4 * H), dtype)
             for direction in range(D):
                 index = layer * D + direction
-                suffix, W_ih, W_hh, peep = self._direction_params(layer, direction)
+                arrays = self._directions[index]
                 buffers = record["directions"][direction]
-                db = np.zeros(4 * H, dtype=dtype) if self.bias else _EMPTY[dtype]
-                dpeep = self._peephole_grad_blocks.get((layer, direction), _EMPTY[dtype])
+                db = _EMPTY[dtype] if arrays.db_ih is None else np.zeros(4 * H, dtype)
                 _lstm.lstm_backward(
-                    dx_rows, direction == 1, dtable, dh0[index], dc0[index],
-                    self._grads["weight_ih" + suffix], self._grads["weight_hh" + suffix], db,
-                    dpeep, grad, direction * H, buffers["gates"], buffers["hidden"],
-                    buffers["cells"], buffers["clipped"], rows,
+                    dx_rows, direction == 1, dtable, dh0[index], dc0[index], arrays.dW_ih,
+                    arrays.dW_hh, db, arrays.dpeep, grad, direction * H, buffers["gates"],
+                    buffers["hidden"], buffers["cells"], buffers["clipped"], rows,
                     _EMPTY_INDEX if tokens is None else tokens, kept["h0"][index],
-                    kept["c0"][index], W_ih, W_hh, peep,
-                    _EMPTY_INDEX if lengths is None else lengths, direction == 1 or self.reverse,
-                    kept["n_threads"])
+                    kept["c0"][index], arrays.W_ih, arrays.W_hh, arrays.peep, lengths,
+                    direction == 1 or config["reverse"], n_threads)
                 if tokens is not None:
-                    _lstm.matmul(dx, dtable, W_ih, False, False, True, kept["n_threads"])
-                if self.bias:
-                    self._grads["bias_ih" + suffix] += db
-                    self._grads["bias_hh" + suffix] += db
+                    _lstm.matmul(dx, dtable, arrays.W_ih, False, False, True, n_threads)
+                if arrays.db_ih is not None:
+                    np.add(arrays.db_ih, db, out=arrays.db_ih)
+                    np.add(arrays.db_hh, db, out=arrays.db_hh)
             grad = dx
         return self._format_backward(grad, dh0, dc0, kept)
 
@@ -518,11 +558,14 @@ class LSTM(Module):
         return grad
 
     def _grad_state(self, grad_state, batch):
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        unbatched = len(self._kept["out_shape"]) == 2
-        grads = [aligned_zeros(shape, self.dtype), aligned_zeros(shape, self.dtype)]
+        config = self._config
+        shape = (config["num_layers"] * (2 if config["bidirectional"] else 1), batch,
+                 config["hidden_size"])
+        both = aligned_zeros((2,) + shape, self.dtype)    # one allocation for the two
+        grads = [both[0], both[1]]
         if grad_state is None:
             return grads
+        unbatched = len(self._kept["out_shape"]) == 2
         if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
             raise TypeError(f"grad_state: expected a tuple (grad_h_n, grad_c_n), got "
                             f"{type(grad_state).__name__}")

@@ -84,6 +84,14 @@ cdef extern from "packed.h":
     void packed_product_at_d(double* C, Py_ssize_t ldc, const double* A, const double* panels,
                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
                              int accumulate) noexcept nogil
+    void gates_product_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
+                         Py_ssize_t a_stride, const float* panels, Py_ssize_t panel_stride,
+                         Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                         int accumulate) noexcept nogil
+    void gates_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
+                         Py_ssize_t a_stride, const double* panels, Py_ssize_t panel_stride,
+                         Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
+                         int accumulate) noexcept nogil
     void rows_product_f(float* C, Py_ssize_t ldc, const float* A_panels, const float* W,
                         Py_ssize_t ldw, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil
     void rows_product_d(double* C, Py_ssize_t ldc, const double* A_panels, const double* W,
@@ -333,6 +341,22 @@ cdef inline void _product_depths(floating* C, Py_ssize_t ldc, const floating* A,
     else:
         packed_product_d(C, ldc, A + k0, lda, panels + k0 * lanes, depth * lanes, M, n_panels,
                          k1 - k0, accumulate)
+
+
+cdef inline void _gates_product(floating* C, Py_ssize_t ldc, const floating* A,
+                                Py_ssize_t lda, Py_ssize_t a_stride, const floating* panels,
+                                Py_ssize_t depth, Py_ssize_t M, Py_ssize_t n_panels,
+                                Py_ssize_t k0, Py_ssize_t K, int accumulate) noexcept nogil:
+    # C[:, :n_panels*lanes] (+)= sum over g < 4 of A[:, g*a_stride : g*a_stride + K] @
+    # W[:, k0 + g*K : k0 + (g+1)*K].T for the W packed into `panels` `depth` deep: four runs
+    # of A's columns (four gates of some units) in turn, as one product over 4K depths
+    cdef Py_ssize_t lanes = _lanes(C)
+    if floating is float:
+        gates_product_f(C, ldc, A, lda, a_stride, panels + k0 * lanes, depth * lanes, M,
+                        n_panels, K, accumulate)
+    else:
+        gates_product_d(C, ldc, A, lda, a_stride, panels + k0 * lanes, depth * lanes, M,
+                        n_panels, K, accumulate)
 
 
 cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
@@ -625,14 +649,10 @@ cdef void _forward_slice_cells(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b
 
 
 cdef bint _pipelined(LSTMWork* w, int n) noexcept nogil:
-    # Whether a team of n runs the forward's steps as a pipeline (fl_team_publish): two
-    # threads, one slice of hidden units each, every sequence
-    cdef int s, ds
-    cdef Py_ssize_t b0, b1
-    if n != 2 or w.n_slices != 2:
-        return False
-    _step_share(w, 0, n, &s, &ds, &b0, &b1)
-    return ds == 2
+    # Whether a team of n runs the steps as a pipeline (fl_team_publish): two threads, one
+    # slice of hidden units each, every sequence. From the shapes only, not from the
+    # team's state: a member that starts late must take the path member 0 took.
+    return n == 2 and w.n_slices == 2 and not _splits_batch(w, n)
 
 
 cdef bint _forward_pipeline(LSTMWork* w, int tid, fl_member_t* me,
@@ -741,23 +761,47 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
 
 
 # ---------------------------------------------------------------- backward
+cdef inline Py_ssize_t _dh_split(LSTMWork* w) noexcept nogil:
+    # The backward's dh product sums its depths (the gates) in two parts: the four gates of
+    # units [0, _dh_split), then of the rest, each part gate by gate. The split is slice 0's
+    # units in a team of two, whatever the team: so the member of a pipelined team of two
+    # sums its own gates before the other's, and every team sums in the same order.
+    return min(w.H, ((w.H + SLICE_ALIGN - 1) // SLICE_ALIGN + 1) // 2 * SLICE_ALIGN)
+
+
+cdef inline void _dh_run(LSTMWork* w, int part, int g, Py_ssize_t* a0, Py_ssize_t* k0,
+                         Py_ssize_t* K) noexcept nogil:
+    # Run g of `part` (_dh_split): a dgates row's columns [a0, a0 + K), which are the
+    # depths [k0, k0 + K) of the backward's packed panels
+    cdef Py_ssize_t u0 = 0 if part == 0 else _dh_split(w), u1 = _dh_split(w) if part == 0 else w.H
+    a0[0], k0[0], K[0] = g * w.H + u0, 4 * u0 + g * (u1 - u0), u1 - u0
+
+
 cdef void _pack_backward_slice(LSTMWork* w, int s, floating* kind) noexcept nogil:
-    # panels of slice s over the gate axis: panel u holds columns j0 + u*lanes + c of W_hh
-    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, j0, nj, blocks, u
+    # panels of slice s over the gate axis in the order the dh product sums it (_dh_run):
+    # panel u holds columns j0 + u*lanes + c of W_hh, depth k0 + i its row a0 + i
+    cdef Py_ssize_t lanes = _lanes(kind), H = w.H, j0, nj, blocks, u, a0, k0, K
+    cdef int part, g
     cdef floating* panels = <floating*>w.packed + s * w.slice_panels
     _slice_units(w, s, &j0, &nj)
     blocks = (nj + lanes - 1) // lanes
     for u in range(blocks):
-        _pack(panels + u * 4 * H * lanes, <const floating*>w.W_hh + j0 + u * lanes, 1, H,
-              4 * H, <int>min(lanes, nj - u * lanes))
+        for part in range(2):
+            for g in range(4):
+                _dh_run(w, part, g, &a0, &k0, &K)
+                if K > 0:
+                    _pack(panels + (u * 4 * H + k0) * lanes,
+                          <const floating*>w.W_hh + a0 * H + j0 + u * lanes, 1, H, K,
+                          <int>min(lanes, nj - u * lanes))
 
 
-cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t b1,
-                               floating* kind) noexcept nogil:
-    # dgates[t] and dc for the units of slice s and the sequences [b0, b1), from dh (which
-    # holds dL/dh_t from the later steps for them) plus grad_out[t] (the cell pass adds the
-    # two)
+cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
+                               Py_ssize_t b1, floating* kind) noexcept nogil:
+    # dgates[t] and dc for the units of slice s and the sequences [b0, b1) at backward step
+    # `step`, from dh (which holds dL/dh_t from the later steps for them) plus grad_out[t]
+    # (the cell pass adds the two)
     cdef Py_ssize_t B = w.B, H = w.H, G = 4 * H, T = w.T, j0, nj, b, g, row
+    cdef Py_ssize_t t = step if w.reverse else T - 1 - step
     cdef floating* dh = <floating*>w.dh
     cdef floating* dgates = <floating*>w.dgates
     cdef const floating* grad_out = <const floating*>w.grad_out
@@ -787,20 +831,34 @@ cdef void _backward_cell_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b0, 
                 memset(dgates + row * G + g * H + j0, 0, nj * sizeof(floating))
 
 
-cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t t, Py_ssize_t b0,
-                                  Py_ssize_t b1, floating* kind) noexcept nogil:
+cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
+                                  Py_ssize_t b1, int part0, int part1,
+                                  floating* kind) noexcept nogil:
     # dh[b0:b1, slice] = dgates[t, b0:b1] @ W_hh[:, slice] for the sequences still running
-    # at t
+    # at t (backward step `step`), over the parts [part0, part1) of the depths (_dh_split),
+    # in order; the last part writes dh. Parts in order give the bits of both at once.
     cdef Py_ssize_t lanes = _lanes(kind), B = w.B, H = w.H, G = 4 * H, j0, nj, nj_pad, b
+    cdef Py_ssize_t t = step if w.reverse else w.T - 1 - step, a0, k0, K
     cdef floating* z = <floating*>w.z + s * w.z_size
+    cdef const floating* dgates = <const floating*>w.dgates + (t * B + b0) * G
+    cdef int part, g
     _slice_units(w, s, &j0, &nj)
     if nj <= 0:
         return
     nj_pad = (nj + lanes - 1) // lanes * lanes
-    if b1 - b0 == B and B * G * <Py_ssize_t>sizeof(floating) <= PREFETCH_MAX_BYTES:
-        fl_prefetch_lines(<const floating*>w.dgates + t * B * G, B * G * sizeof(floating))
-    _product(z + b0 * nj_pad, nj_pad, <const floating*>w.dgates + (t * B + b0) * G, G,
-             <floating*>w.packed + s * w.slice_panels, b1 - b0, nj_pad // lanes, G, 0)
+    for part in range(part0, part1):
+        if b1 - b0 == B and B * G * <Py_ssize_t>sizeof(floating) <= PREFETCH_MAX_BYTES:
+            for b in range(B):      # the gates other cores wrote, asked for at once
+                for g in range(4):
+                    _dh_run(w, part, g, &a0, &k0, &K)
+                    fl_prefetch_lines(dgates + b * G + a0, K * sizeof(floating))
+        _dh_run(w, part, 0, &a0, &k0, &K)
+        if K > 0:       # the part's four gates: four runs of each dgates row
+            _gates_product(z + b0 * nj_pad, nj_pad, dgates + a0, G, H,
+                           <floating*>w.packed + s * w.slice_panels, G, b1 - b0,
+                           nj_pad // lanes, k0, K, part > 0)
+    if part1 < 2:
+        return
     for b in range(b0, b1):
         if w.lengths == NULL or t < w.lengths[b]:
             memcpy(<floating*>w.dh + b * H + j0, z + b * nj_pad, nj * sizeof(floating))
@@ -993,14 +1051,13 @@ cdef void _weight_gradients(LSTMWork* w, int part, int parts, floating* kind) no
 cdef void _backward_group_steps(LSTMWork* w, Py_ssize_t first, Py_ssize_t last,
                                 Py_ssize_t b0, Py_ssize_t b1, floating* kind) noexcept nogil:
     # Steps [first, last) of every slice for the sequences [b0, b1): the cell pass, then dh.
-    cdef Py_ssize_t step, t
+    cdef Py_ssize_t step
     cdef int s
     for step in range(first, last):
-        t = step if w.reverse else w.T - 1 - step
         for s in range(w.n_slices):
-            _backward_cell_slice(w, s, t, b0, b1, kind)
+            _backward_cell_slice(w, s, step, b0, b1, kind)
         for s in range(w.n_slices):
-            _backward_product_slice(w, s, t, b0, b1, kind)
+            _backward_product_slice(w, s, step, b0, b1, 0, 2, kind)
 
 
 cdef inline void _group_steps(LSTMWork* w, bint backward, Py_ssize_t first, Py_ssize_t last,
@@ -1060,23 +1117,60 @@ cdef bint _backward_steps(LSTMWork* w, int tid, int n, fl_member_t* me, bint mem
     # of its own sequences in a team too large to lag. Returns whether the member ran to
     # the end.
     cdef int s, ds
-    cdef Py_ssize_t step = 0, t, b0, b1
+    cdef Py_ssize_t step = 0, b0, b1
     while member and step < w.T:
-        t = step if w.reverse else w.T - 1 - step
         _step_share(w, tid, n, &s, &ds, &b0, &b1)
         while s < w.n_slices:
-            _backward_cell_slice(w, s, t, b0, b1, kind)
+            _backward_cell_slice(w, s, step, b0, b1, kind)
             s += ds
         member = fl_team_barrier(&w.team, me, tid)
         if not member:
             break
         _step_share(w, tid, n, &s, &ds, &b0, &b1)     # solo from here, if the team stalled
         while s < w.n_slices:
-            _backward_product_slice(w, s, t, b0, b1, kind)
+            _backward_product_slice(w, s, step, b0, b1, 0, 2, kind)
             s += ds
         _maybe_late(tid, step)
         step += 1
     return member
+
+
+cdef bint _backward_pipeline(LSTMWork* w, int tid, fl_member_t* me,
+                             floating* kind) noexcept nogil:
+    # The time steps of member tid of a pipelined team of two (see fl_team_publish), slice
+    # tid its own. Stage `step` is the dh product of step - 1 (the first stage has none),
+    # then the cell pass of `step` (the last stage, T, has none). Member 0 sums the depths
+    # of its own gates first (the first part of the dh product's order, _dh_split), then
+    # waits for member 1's cell pass; member 1 waits for member 0's, then sums every depth
+    # in order. Member 0 takes slice 1 too once it runs alone. Returns whether the member
+    # ran to the end.
+    cdef Py_ssize_t step
+    for step in range(w.T + 1):
+        if tid == 0:
+            if step > 0:
+                _backward_product_slice(w, 0, step - 1, 0, w.B, 0, 1, kind)
+                fl_team_await(&w.team, me, 0, step)
+                _backward_product_slice(w, 0, step - 1, 0, w.B, 1, 2, kind)
+            if step < w.T:
+                _backward_cell_slice(w, 0, step, 0, w.B, kind)
+            if w.team.solo_step <= step:    # alone: member 1's slice too
+                if step > 0:
+                    _backward_product_slice(w, 1, step - 1, 0, w.B, 0, 2, kind)
+                if step < w.T:
+                    _backward_cell_slice(w, 1, step, 0, w.B, kind)
+        else:
+            if not fl_team_await(&w.team, me, 1, step):
+                return False
+            if step > 0:
+                _backward_product_slice(w, 1, step - 1, 0, w.B, 0, 2, kind)
+            if step < w.T:
+                _backward_cell_slice(w, 1, step, 0, w.B, kind)
+            _maybe_late(tid, step)
+        # The last stage publishes nothing: the barrier after it is the meeting, and member
+        # 0 must not go solo once member 1 may be waiting there.
+        if step < w.T:
+            fl_team_publish(&w.team, tid, step + 1)
+    return True
 
 
 cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
@@ -1088,13 +1182,14 @@ cdef void _backward_thread(LSTMWork* w, floating* kind) noexcept nogil:
     while s < w.n_slices:
         _pack_backward_slice(w, s, kind)
         s += n
-    member = fl_team_barrier(&w.team, &me, tid)
-    # A team that splits the batch lags (no thread reads another's rows); the others meet
-    # after every step's cell pass.
-    if _lags(w, n):
-        member = _lagging_steps(w, tid, n, &me, member, True, kind)
+    # A team of two that splits the units runs as a pipeline; a team that splits the batch
+    # lags (no thread reads another's rows); the others meet after every step's cell pass.
+    if _pipelined(w, n):
+        member = _backward_pipeline(w, tid, &me, kind)
+    elif _lags(w, n):
+        member = _lagging_steps(w, tid, n, &me, fl_team_barrier(&w.team, &me, tid), True, kind)
     else:
-        member = _backward_steps(w, tid, n, &me, member, kind)
+        member = _backward_steps(w, tid, n, &me, fl_team_barrier(&w.team, &me, tid), kind)
     if member:
         member = fl_team_barrier(&w.team, &me, tid)    # every dgates row is written
     if not member:
@@ -1695,6 +1790,26 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
     _pack_rows8(&a_rows[0], NULL, NULL, NULL, 0, &A_T[0, 0], M, M, K)
     _product_at(&result[0, 0], result.shape[1], &a_rows[0], &panels[0], M,
                 result.shape[1] // (64 // sizeof(floating)), K, accumulate)
+    C[:, :] = result[:, :N]
+
+
+def gates_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
+                       const floating[:, ::1] W, Py_ssize_t a_stride, bint accumulate):
+    """C (+)= sum over g < 4 of A[:, g*a_stride : g*a_stride + K] @ W[:, g*K:(g+1)*K].T
+    through packing W and the four-run product of the instruction set in use
+    (:func:`set_packed_isa`); a test twin. C (M, N), A (M, >= 3*a_stride + K), W (N, 4K).
+    """
+    cdef Py_ssize_t M = A.shape[0], N = W.shape[0], K = W.shape[1] // 4
+    _expect("gates_product_twin", "C", C.shape[0], M)
+    _expect("gates_product_twin", "W", W.shape[1], 4 * K)
+    _require("gates_product_twin", "a_stride >= K and A holds 4 runs",
+             a_stride >= K and A.shape[1] >= 3 * a_stride + K)
+    panels_array, result_array = _twin_operands(C, W, "gates_product_twin")
+    cdef floating[::1] panels = panels_array
+    cdef floating[:, ::1] result = result_array
+    _gates_product(&result[0, 0], result.shape[1], &A[0, 0], A.shape[1], a_stride,
+                   &panels[0], 4 * K, M, result.shape[1] // (64 // sizeof(floating)), 0, K,
+                   accumulate)
     C[:, :] = result[:, :N]
 
 

@@ -226,6 +226,25 @@ static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, p
                            accumulate);
 }
 
+/* C (M, n_panels * lanes) (+)= the four runs of A's rows (a_stride apart) @ panels 4K deep,
+ * with the instruction set of fl_packed_isa (see gates_product in packed_impl.h). */
+#define FL_DEFINE_GATES_PRODUCT(REAL, T)                                                     \
+static inline void gates_product_##T(REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda,   \
+                                     ptrdiff_t a_stride, const REAL *panels,                 \
+                                     ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, \
+                                     ptrdiff_t K, int accumulate)                            \
+{                                                                                            \
+    typedef void (*product_t)(REAL *, ptrdiff_t, const REAL *, ptrdiff_t, ptrdiff_t,         \
+                              const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int); \
+    static const product_t by_isa[3] = {gates_product_##T##_portable,                        \
+                                        gates_product_##T##_avx2, gates_product_##T##_avx512}; \
+    by_isa[fl_packed_isa()](C, ldc, A, lda, a_stride, panels, panel_stride, M, n_panels, K,  \
+                            accumulate);                                                     \
+}
+FL_DEFINE_GATES_PRODUCT(float, f)
+FL_DEFINE_GATES_PRODUCT(double, d)
+#undef FL_DEFINE_GATES_PRODUCT
+
 /* C (M, N) = A @ W.T, A (M, K) packed into panels of rows, W (N, K) by rows, with the
  * instruction set of fl_packed_isa (see rows_product in packed_impl.h). */
 #define FL_DEFINE_ROWS_PRODUCT(REAL, T)                                                      \

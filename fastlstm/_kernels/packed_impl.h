@@ -3,10 +3,13 @@
  * FL_KVEC the machine vector (64, 32 or 16 bytes: a panel is 64 / sizeof(FL_KVEC) of them). */
 
 /* C[MR rows, NV panels] (+)= A[MR rows, :K] @ P[NV panels, :K]: the register block. Row i
- * of A at depth k is A[i * lda + k], or A[k * lda + i] with TA (A stored transposed). */
+ * of A at depth k is A[i * lda + k], or A[k * lda + i] with TA (A stored transposed). With
+ * NSEG runs, the panels are NSEG * K deep and run r of A starts r * seg_stride after A
+ * (depth r * K + k of the panels meets A[i * lda + r * seg_stride + k]). */
 FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
-    ptrdiff_t K, int accumulate, const int MR, const int NV, const int TA)
+    ptrdiff_t K, int accumulate, const int MR, const int NV, const int TA, const int NSEG,
+    ptrdiff_t seg_stride)
 {
     enum { LANES = (int)(64 / sizeof(REAL)), SUB = (int)(64 / sizeof(FL_KVEC)),
            SUB_LANES = (int)(sizeof(FL_KVEC) / sizeof(REAL)) };
@@ -18,6 +21,7 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
             else
                 acc[i][v] = (FL_KVEC){0};
         }
+    for (int r = 0; r < NSEG; r++, A += seg_stride, P += K * LANES)
     for (ptrdiff_t k = 0; k < K; k++) {
         FL_KVEC w[4 * SUB];
         _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
@@ -42,15 +46,15 @@ FL_TARGET static void FL_NAME(block_any)(
     ptrdiff_t K, int accumulate, int mr, int nv, int ta)
 {
 #define FL_CASE(MR, NV)                                                                      \
-    (ta ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1)           \
-        : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0))
+    (ta ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1, 1, 0)     \
+        : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 1, 0))
     if (nv == 4) {
         switch (mr) {
-        case 1: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 1, 4, 0); break;
+        case 1: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 1, 4, 0, 1, 0); break;
 #if FL_MR >= 8
-        case 2: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 2, 4, 0); break;
-        case 3: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 3, 4, 0); break;
-        case 4: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 4, 4, 0); break;
+        case 2: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 2, 4, 0, 1, 0); break;
+        case 3: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 3, 4, 0, 1, 0); break;
+        case 4: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 4, 4, 0, 1, 0); break;
 #endif
         default: break;
         }
@@ -122,6 +126,61 @@ FL_TARGET static void FL_NAME(packed_product)(
                 FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
                                    panel_stride, kc, acc, (int)(M - m), nv, 0);
         }
+    }
+}
+
+/* C (M, n_panels * LANES) (+)= sum over g < 4 of A[:, g * a_stride : g * a_stride + K] @
+ * panels[:, g * K : (g + 1) * K]: four runs of A's rows (the four gates of some hidden
+ * units) meeting consecutive depths of panels 4K deep. Each element adds its products in
+ * the order of the depths, as four products accumulated in turn would (which is what runs
+ * past FL_MR rows); up to FL_MR rows, one pass keeps C in registers. */
+FL_TARGET static void FL_NAME(gates_product)(
+    REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, ptrdiff_t a_stride,
+    const REAL *panels, ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
+    int accumulate)
+{
+    enum { LANES = (int)(64 / sizeof(REAL)) };
+    if (M > FL_MR) {
+        for (int g = 0; g < 4; g++)
+            FL_NAME(packed_product)(C, ldc, A + g * a_stride, lda, panels + g * K * LANES,
+                                    panel_stride, M, n_panels, K, accumulate || g > 0);
+        return;
+    }
+    /* four panels at once up to FL_SMALL_M rows (as packed_product streams them), else two */
+    const int wide = M <= FL_SMALL_M && FL_MR >= 8;
+    for (ptrdiff_t p = 0; p < n_panels;) {
+        const int nv = wide && n_panels - p >= 4 ? 4 : (n_panels - p >= 2 ? 2 : 1);
+        REAL *Cp = C + p * LANES;
+        const REAL *P = panels + p * panel_stride;
+#define FL_RUNS(MR, NV)                                                                      \
+        FL_NAME(block)(Cp, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 4, a_stride)
+#define FL_ROWS(MR)                                                                          \
+        case MR: if (nv == 2) FL_RUNS(MR, 2); else FL_RUNS(MR, 1); break;
+        if (nv == 4) {
+            switch (M) {
+            case 1: FL_RUNS(1, 4); break;
+#if FL_MR >= 8
+            case 2: FL_RUNS(2, 4); break;
+            case 3: FL_RUNS(3, 4); break;
+            case 4: FL_RUNS(4, 4); break;
+#endif
+            default: break;
+            }
+        } else {
+            switch (M) {
+            FL_ROWS(1)
+#if FL_MR >= 2
+            FL_ROWS(2)
+#endif
+#if FL_MR >= 8
+            FL_ROWS(3) FL_ROWS(4) FL_ROWS(5) FL_ROWS(6) FL_ROWS(7) FL_ROWS(8)
+#endif
+            default: break;
+            }
+        }
+#undef FL_ROWS
+#undef FL_RUNS
+        p += nv;
     }
 }
 

@@ -237,6 +237,36 @@ def test_rows_product_matches_numpy_and_the_packed_product(isa, dtype, shape):
     np.testing.assert_array_equal(by_rows, packed)
 
 
+@pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 16, 1), (1, 130, 33), (2, 70, 16), (4, 64, 40),
+                                   (5, 33, 19), (8, 48, 64), (9, 17, 20), (16, 40, 300)],
+                         ids=str)
+def test_gates_product_sums_four_runs_as_one_product(isa, dtype, shape):
+    """The backward's dh product over four runs of each row (a part's four gates): every
+    register block height up to 8 rows (one pass) and past it (four accumulated products),
+    four, two or one panels at a time: close to NumPy, and the bits of one packed product
+    over the four runs laid end to end."""
+    M, N, K = shape
+    a_stride = K + 3
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((M, 4 * a_stride)).astype(dtype)
+    W, C = rng.standard_normal((N, 4 * K)).astype(dtype), rng.standard_normal((M, N)).astype(dtype)
+    runs = np.concatenate([A[:, g * a_stride:g * a_stride + K] for g in range(4)], axis=1)
+    lstm_kernels.set_packed_isa(isa)
+    try:
+        for accumulate in (False, True):
+            result, one_product = C.copy(), C.copy()
+            lstm_kernels.gates_product_twin(result, A, W, a_stride, accumulate)
+            lstm_kernels.packed_product_twin(one_product, runs, W, accumulate, isa)
+            assert_close(f"{isa} accumulate={accumulate}", result,
+                         runs @ W.T + (C if accumulate else 0),
+                         2e-5 if dtype == "float32" else 1e-12)
+            np.testing.assert_array_equal(result, one_product)
+    finally:
+        lstm_kernels.set_packed_isa(None)
+
+
 def test_packed_product_rejects_an_unknown_isa():
     x = np.zeros((1, 1), np.float32)
     with pytest.raises(ValueError, match="isa: expected one of"):
@@ -572,10 +602,11 @@ def test_a_split_stream_step_with_a_late_thread_backs_off_to_one_thread(num_laye
 def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batch, late_step):
     """Thread 1 sleeps 20 ms at one step, as if other load took its core: thread 0 finishes
     the call alone with bit-identical results, and the next calls back off to one thread.
-    At batch 4 the threads split the hidden units (the forward runs as a pipeline, whose
-    member 0 never waits for member 1's last step, 11), at batch 32 the sequences: the team
-    lags, thread 0 runs up to 4 steps ahead before it waits (the sleep outlasts them in
-    every build, the sanitized portable one included) and then takes over thread 1's."""
+    At batch 4 the threads split the hidden units (the forward and the backward run as
+    pipelines; the forward's member 0 never waits for member 1's last step, 11), at batch 32
+    the sequences: the team lags, thread 0 runs up to 4 steps ahead before it waits (the
+    sleep outlasts them in every build, the sanitized portable one included) and then takes
+    over thread 1's."""
     if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
         pytest.skip("needs 2 cores")
     m = fl.LSTM(8, 64, dtype=dtype, seed=0)
