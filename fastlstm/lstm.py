@@ -38,7 +38,7 @@ def _layer_suffix(layer, direction):
 # the bias gradients, where the module has no biases or peepholes). A module's parameter and
 # gradient arrays live as long as it does, so each module builds these once.
 _Direction = collections.namedtuple(
-    "_Direction", "suffix W_ih W_hh b_ih b_hh peep dW_ih dW_hh db_ih db_hh dpeep")
+    "_Direction", "W_ih W_hh b_ih b_hh peep dW_ih dW_hh db_ih db_hh dpeep")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -115,7 +115,7 @@ class LSTM(Module):
             "the parameters and their gradients", 2 * self._parameter_count() * self.dtype.itemsize)
         self.training = True
         self._kept = None
-        self._workspace = {}   # training buffers reused from call to call (_reuse)
+        self._workspace = {}   # training buffers reused from call to call (_reuse, _step_buffers)
         self._passed_size = None   # (T, B, training) of the last call _check_call_size passed
         self._rng = np.random.default_rng(seed)
         self._peephole_blocks = {}     # (layer, direction) -> (3H,) array the p_* are views of
@@ -345,7 +345,7 @@ class LSTM(Module):
                 peep = self._peephole_blocks.get((layer, direction), empty)
                 dpeep = self._peephole_grad_blocks.get((layer, direction), empty)
                 directions.append(_Direction(
-                    suffix, params["weight_ih" + suffix], params["weight_hh" + suffix],
+                    params["weight_ih" + suffix], params["weight_hh" + suffix],
                     params.get("bias_ih" + suffix, empty), params.get("bias_hh" + suffix, empty),
                     peep, grads["weight_ih" + suffix], grads["weight_hh" + suffix],
                     grads.get("bias_ih" + suffix), grads.get("bias_hh" + suffix), dpeep))
