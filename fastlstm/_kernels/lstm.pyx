@@ -848,9 +848,9 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_
     nj_pad = (nj + lanes - 1) // lanes * lanes
     for part in range(part0, part1):
         if b1 - b0 == B and B * G * <Py_ssize_t>sizeof(floating) <= PREFETCH_MAX_BYTES:
-            for b in range(B):      # the gates other cores wrote, asked for at once
-                for g in range(4):
-                    _dh_run(w, part, g, &a0, &k0, &K)
+            for g in range(4):      # the gates other cores wrote, asked for at once
+                _dh_run(w, part, g, &a0, &k0, &K)
+                for b in range(B):
                     fl_prefetch_lines(dgates + b * G + a0, K * sizeof(floating))
         _dh_run(w, part, 0, &a0, &k0, &K)
         if K > 0:       # the part's four gates: four runs of each dgates row

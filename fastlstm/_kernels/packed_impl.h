@@ -156,17 +156,18 @@ FL_TARGET static void FL_NAME(gates_product)(
         FL_NAME(block)(Cp, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 4, a_stride)
 #define FL_ROWS(MR)                                                                          \
         case MR: if (nv == 2) FL_RUNS(MR, 2); else FL_RUNS(MR, 1); break;
+#if FL_MR >= 8
         if (nv == 4) {
             switch (M) {
             case 1: FL_RUNS(1, 4); break;
-#if FL_MR >= 8
             case 2: FL_RUNS(2, 4); break;
             case 3: FL_RUNS(3, 4); break;
             case 4: FL_RUNS(4, 4); break;
-#endif
             default: break;
             }
-        } else {
+        } else
+#endif
+        {
             switch (M) {
             FL_ROWS(1)
 #if FL_MR >= 2
