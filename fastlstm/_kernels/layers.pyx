@@ -7,8 +7,10 @@ exponential (``cell.h``) on the CPU's best instruction set.
 """
 from libc.stdint cimport int64_t
 
-from .openmp cimport fl_run_parts
+from .openmp cimport fl_run_parts, fl_share, fl_shared_address, shared_state
 from .lstm import ISAS as _ISAS, supported_isas as _supported_isas
+
+fl_share(shared_state())    # the process's one stall handling (openmp.pxd)
 
 
 cdef extern from "cell.h":
@@ -134,3 +136,9 @@ def sparse_softmax_cross_entropy(floating[::1] loss, floating[:, ::1] grad,
     with nogil:     # about 1 ns per logit on one thread
         fl_run_parts(_xent_parts, &call, n_threads if rows * C >= XENT_MIN_ELEMENTS else 1,
                      rows * C)
+
+
+def shared_state_address():
+    """Address of the stall handling's state as this module sees it (tests: one per
+    process)."""
+    return fl_shared_address()

@@ -24,6 +24,8 @@ from .cell cimport (cell_backward_d, cell_backward_f, cell_forward_d, cell_forwa
                    fl_stream_fence)
 from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_chooser_init,
                       fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
+                      fl_set_adaptive, fl_set_busy_override, fl_share, fl_shared_address,
+                      shared_state,
                       FL_LAG_MEMBERS, FL_LAG_STEPS, fl_lag_check, fl_lag_done, fl_lag_go,
                       fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t, fl_now_ns,
                       fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
@@ -33,6 +35,8 @@ from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_choose
 
 from .arrays cimport copy_contiguous
 from .arrays import aligned_empty
+
+fl_share(shared_state())    # the process's one stall handling (openmp.pxd)
 
 cnp.import_array()
 
@@ -189,9 +193,17 @@ def inject_late_thread(Py_ssize_t step, unsigned int microseconds):
     While a late thread is injected the machine counts as busy (as if other processes had
     taken the core), so the wait is handled as a lost core.
     """
-    global _late_step, _late_us, fl_busy_override
+    global _late_step, _late_us
     _late_step, _late_us = step, microseconds
-    fl_busy_override = 1 if step >= 0 else -1
+    fl_set_busy_override(1 if step >= 0 else -1)
+
+
+def set_machine_busy(busy):
+    """Take the machine as busy (True) or idle (False) whatever it is, or look at it again
+    (None), in the stall handling (for tests). Returns the previous setting."""
+    previous = {-1: None, 0: False, 1: True}[fl_busy_override()]
+    fl_set_busy_override(-1 if busy is None else int(bool(busy)))
+    return previous
 
 
 def set_adaptive_threads(bint adaptive):
@@ -202,9 +214,8 @@ def set_adaptive_threads(bint adaptive):
     Off: every call runs its full team to the end.
     Returns the previous setting.
     """
-    global fl_adaptive
-    previous = bool(fl_adaptive)
-    fl_adaptive = adaptive
+    previous = bool(fl_adaptive())
+    fl_set_adaptive(adaptive)
     fl_backoff_reset()
     return previous
 
@@ -1857,8 +1868,8 @@ def pack_rows8_twin(floating[::1] out, floating[::1] sums, floating[:, ::1] tabl
 # ---------------------------------------------------------------- products of other layers
 # The products of the Dense / Linear layers run on the OpenMP threads, as the LSTM kernels
 # do: each thread takes a block of C (rows, or columns) on single-threaded BLAS, so no
-# second thread pool spins beside the kernels' team. They live here to share the kernels'
-# thread backoff (the openmp.pxd state is per extension module). Products under
+# second thread pool spins beside the kernels' team, under the process's one stall
+# handling (openmp.pxd). Products under
 # MATMUL_MIN_WORK multiply-adds run on the calling thread: opening a parallel region costs
 # about a microsecond.
 cdef enum:
@@ -2031,10 +2042,9 @@ def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t cal
     `one_thread_ns` on one thread and `split_ns` split, on a machine taken as busy or idle
     whatever it is (for tests)."""
     cdef fl_chooser_t chooser
-    cdef int way, override = fl_busy_override
-    global fl_busy_override
+    cdef int way, override = fl_busy_override()
     ways = []
-    fl_busy_override = 1 if busy else 0
+    fl_set_busy_override(1 if busy else 0)
     try:
         fl_chooser_init(&chooser)
         for _ in range(calls):
@@ -2042,7 +2052,7 @@ def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t cal
             ways.append(way)
             fl_chooser_record(&chooser, split_ns if way else one_thread_ns)
     finally:
-        fl_busy_override = override
+        fl_set_busy_override(override)
     return ways
 
 
@@ -2172,7 +2182,7 @@ cdef class StreamKernel:
         """Whether the next step is to split across the threads (unless a backoff after a
         lost core runs it on one thread)."""
         return bool(self.split and kernel_threads() > 1
-                    and (not fl_adaptive or fl_chooser_way(&self.chooser) == 1))
+                    and (not fl_adaptive() or fl_chooser_way(&self.chooser) == 1))
 
     cdef void _step(self, void* h_next, void* c, void* z, const void* x, const void* h,
                     const Py_ssize_t* in_sizes, fl_team_t* team) noexcept nogil:
@@ -2246,3 +2256,9 @@ cdef class StreamKernel:
                 if timed:
                     fl_chooser_record(&self.chooser, ended - started)
         return copy_contiguous(self._y_flat if cnp.PyArray_NDIM(arr) == 1 else self._y)
+
+
+def shared_state_address():
+    """Address of the stall handling's state as this module sees it (tests: one per
+    process)."""
+    return fl_shared_address()

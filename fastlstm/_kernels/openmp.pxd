@@ -38,7 +38,9 @@ cdef extern from *:
      * is a pure function of the previous step, so thread 0 computes exactly what they would
      * have. After a stalled call, fl_team_size() gives one thread to the calls of the next
      * backoff period (doubling while stalls continue, up to FL_BACKOFF_MAX_NS, halving
-     * after each clean probe), then probes with the full team again. */
+     * after each clean probe), then probes with the full team again, unless the team would
+     * still not find its cores free (fl_machine_busy counting its other threads): then the
+     * period starts over without a probe. */
     #define FL_SPIN_NS 20000LL              /* busy-wait this long, then yield the core */
     #define FL_WAIT_MIN_NS 100000LL
     #define FL_FIRST_NS 1000000LL
@@ -50,13 +52,34 @@ cdef extern from *:
     #include <stdio.h>
     #include <unistd.h>
 
-    /* More runnable threads than online cores right now (Linux; 1 where unknown), or
-     * fl_busy_override when it is 0 or 1 (tests). */
-    static int fl_busy_override = -1;
-    static int fl_machine_busy(void) {
+    /* What the stall handling keeps between calls. One copy serves the whole process: the
+     * openmp module's, which every other module that includes this shim points fl_shared
+     * at when it is imported (fl_share), so a stall seen by one kernel (the LSTM's, the
+     * loss's, the optimizer's) sends them all to one thread for the backoff period, and
+     * set_adaptive reaches them all. */
+    typedef struct {
+        long long backoff_until;    /* calls starting before this (fl_now_ns) get one thread */
+        long long backoff_ns;       /* the backoff period; 0: none */
+        long long last_call_ns;     /* when the last kernel call started or ended */
+        int adaptive;               /* stalls are handled; 0: fixed teams (tests) */
+        int busy_override;          /* fl_machine_busy's answer when 0 or 1 (tests), else -1 */
+    } fl_shared_t;
+    static fl_shared_t fl_own_shared = {0, 0, 0, 1, -1};
+    static fl_shared_t *fl_shared = &fl_own_shared;
+    static inline void fl_share(fl_shared_t *shared) { fl_shared = shared; }
+    static inline size_t fl_shared_address(void) { return (size_t)fl_shared; }
+    static inline fl_shared_t *fl_own_state(void) { return &fl_own_shared; }
+    static inline int fl_adaptive(void) { return fl_shared->adaptive; }
+    static inline void fl_set_adaptive(int adaptive) { fl_shared->adaptive = adaptive; }
+    static inline int fl_busy_override(void) { return fl_shared->busy_override; }
+    static inline void fl_set_busy_override(int busy) { fl_shared->busy_override = busy; }
+
+    /* More runnable threads than online cores right now, counting `extra` threads more
+     * (Linux; 1 where unknown), or the override when it is 0 or 1 (tests). */
+    static int fl_machine_busy(int extra) {
         int running = 0, total = 0;
-        if (fl_busy_override >= 0)
-            return fl_busy_override;
+        if (fl_shared->busy_override >= 0)
+            return fl_shared->busy_override;
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         FILE *f = fopen("/proc/loadavg", "r");
         if (f == NULL)
@@ -64,7 +87,7 @@ cdef extern from *:
         if (fscanf(f, "%*f %*f %*f %d/%d", &running, &total) != 2)
             running = 0, cores = 0;
         fclose(f);
-        return cores <= 0 || running > cores;
+        return cores <= 0 || running + extra > cores;
     }
 
     static inline long long fl_now_ns(void) {
@@ -72,14 +95,6 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
-
-    /* Backoff after stalled calls, one per extension module that includes this shim (the
-     * LSTM kernels and matmul share theirs); fl_adaptive = 0 turns stall handling off
-     * (fixed teams, e.g. for tests that count threads). */
-    static long long fl_backoff_until = 0;
-    static long long fl_backoff_ns = 0;
-    static int fl_adaptive = 1;
-    static long long fl_last_call_ns = 0;      /* when the last kernel call started or ended */
 
     /* A team that splits the batch (each member steps through its own sequences and reads
      * no other member's rows) does not meet after every step; it lags. Member m > 0
@@ -129,7 +144,7 @@ cdef extern from *:
 
     static inline void fl_team_init(fl_team_t *team, int n, long long steps) {
         team->n = n; team->count = 0; team->generation = 0; team->stalled = 0; team->solo = 0;
-        team->adaptive = fl_adaptive;
+        team->adaptive = fl_shared->adaptive;
         team->steps = steps;
         team->done0 = team->done1 = 0;
         team->solo_step = __LONG_LONG_MAX__;
@@ -170,7 +185,7 @@ cdef extern from *:
                 now = fl_now_ns();
                 if (first && !judged && now - start > 10 * work && now - start > FL_FIRST_NS) {
                     judged = 1;
-                    if (fl_machine_busy())
+                    if (fl_machine_busy(0))
                         __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
                 }
             }
@@ -183,7 +198,7 @@ cdef extern from *:
         if (allowed < FL_WAIT_MIN_NS)
             allowed = FL_WAIT_MIN_NS;
         if (me->waited_ns > me->judged_ns + allowed && 4 * me->waited_ns > now - me->first_ns) {
-            if (fl_machine_busy())
+            if (fl_machine_busy(0))
                 __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
             else
                 me->judged_ns = me->waited_ns;
@@ -317,20 +332,27 @@ cdef extern from *:
      * virtual core can take milliseconds to wake; the next call finds it awake). */
     static inline int fl_team_size(int requested, long long expected_ns) {
         long long now = fl_now_ns();
-        long long last = __atomic_exchange_n(&fl_last_call_ns, now, __ATOMIC_RELAXED);
-        if (requested < 2 || !fl_adaptive)
+        long long last = __atomic_exchange_n(&fl_shared->last_call_ns, now, __ATOMIC_RELAXED);
+        long long backoff_ns = __atomic_load_n(&fl_shared->backoff_ns, __ATOMIC_RELAXED);
+        if (requested < 2 || !fl_shared->adaptive)
             return requested;
-        if (__atomic_load_n(&fl_backoff_until, __ATOMIC_RELAXED) > now)
+        if (__atomic_load_n(&fl_shared->backoff_until, __ATOMIC_RELAXED) > now)
             return 1;
+        if (backoff_ns && fl_machine_busy(requested - 1)) {
+            /* the period is over, but the team would still not find its cores free: a
+             * probe would only stall again, so the period starts over */
+            __atomic_store_n(&fl_shared->backoff_until, now + backoff_ns, __ATOMIC_RELAXED);
+            return 1;
+        }
         if (now - last > FL_IDLE_NS && expected_ns < FL_WORTH_WAKING_NS)
             return 1;
         return requested;
     }
 
     static inline void fl_backoff_reset(void) {   /* and count the cores as awake */
-        __atomic_store_n(&fl_backoff_until, 0, __ATOMIC_RELAXED);
-        fl_backoff_ns = 0;
-        __atomic_store_n(&fl_last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
+        __atomic_store_n(&fl_shared->backoff_until, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&fl_shared->backoff_ns, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&fl_shared->last_call_ns, fl_now_ns(), __ATOMIC_RELAXED);
     }
 
     /* A call of a team that met at no barrier (so no member could notice a lost core)
@@ -340,23 +362,26 @@ cdef extern from *:
     static inline void fl_team_judge_call(fl_team_t *team, long long elapsed_ns,
                                           long long expected_ns) {
         long long allowed = 10 * expected_ns > FL_FIRST_NS ? 10 * expected_ns : FL_FIRST_NS;
-        if (team->n > 1 && elapsed_ns > allowed && fl_machine_busy())
+        if (team->n > 1 && elapsed_ns > allowed && fl_machine_busy(0))
             __atomic_store_n(&team->stalled, 1, __ATOMIC_RELEASE);
     }
 
     /* Record how a call with a team of n threads ended, at `ended_ns` (fl_now_ns). */
     static inline void fl_team_report(const fl_team_t *team, long long ended_ns) {
-        __atomic_store_n(&fl_last_call_ns, ended_ns, __ATOMIC_RELAXED);
+        long long period = __atomic_load_n(&fl_shared->backoff_ns, __ATOMIC_RELAXED);
+        __atomic_store_n(&fl_shared->last_call_ns, ended_ns, __ATOMIC_RELAXED);
         if (team->n < 2 || !team->adaptive)
             return;
         if (team->stalled) {
-            long long backoff = fl_backoff_ns ? 2 * fl_backoff_ns : FL_BACKOFF_MIN_NS;
-            fl_backoff_ns = backoff < FL_BACKOFF_MAX_NS ? backoff : FL_BACKOFF_MAX_NS;
-            __atomic_store_n(&fl_backoff_until, ended_ns + fl_backoff_ns, __ATOMIC_RELAXED);
+            period = period ? 2 * period : FL_BACKOFF_MIN_NS;
+            period = period < FL_BACKOFF_MAX_NS ? period : FL_BACKOFF_MAX_NS;
+            __atomic_store_n(&fl_shared->backoff_ns, period, __ATOMIC_RELAXED);
+            __atomic_store_n(&fl_shared->backoff_until, ended_ns + period, __ATOMIC_RELAXED);
         } else {
             /* a clean probe halves the period: under intermittent load some probes pass,
              * and a reset would make every other call pay for a stall again */
-            fl_backoff_ns = fl_backoff_ns / 2 < FL_BACKOFF_MIN_NS ? 0 : fl_backoff_ns / 2;
+            period = period / 2 < FL_BACKOFF_MIN_NS ? 0 : period / 2;
+            __atomic_store_n(&fl_shared->backoff_ns, period, __ATOMIC_RELAXED);
         }
     }
 
@@ -406,7 +431,7 @@ cdef extern from *:
     static inline int fl_chooser_threads(const fl_chooser_t *c, int requested,
                                          long long expected_ns, int *timed) {
         int n = fl_team_size(requested, expected_ns);
-        *timed = n > 1 && fl_adaptive;
+        *timed = n > 1 && fl_shared->adaptive;
         return *timed && fl_chooser_way(c) == 0 ? 1 : n;
     }
 
@@ -416,7 +441,7 @@ cdef extern from *:
             c->total[c->trial] += ns;
         if (--c->left > 0)
             return;
-        if (c->trial < 0 && fl_machine_busy()) {  /* keeping ends on a busy machine */
+        if (c->trial < 0 && fl_machine_busy(0)) {  /* keeping ends on a busy machine */
             c->way = 0;
             c->keep = 2 * c->keep < FL_KEEP_MAX ? 2 * c->keep : FL_KEEP_MAX;
             c->left = c->keep;
@@ -506,7 +531,15 @@ cdef extern from *:
                            int* timed) noexcept nogil
     long long fl_now_ns() noexcept nogil
     void fl_backoff_reset() noexcept nogil
-    int fl_adaptive
-    int fl_busy_override
+    ctypedef struct fl_shared_t:
+        pass
+    void fl_share(fl_shared_t* shared) noexcept nogil
+    size_t fl_shared_address() noexcept nogil
+    fl_shared_t* fl_own_state() noexcept nogil
+    int fl_adaptive() noexcept nogil
+    void fl_set_adaptive(int adaptive) noexcept nogil
+    int fl_busy_override() noexcept nogil
+    void fl_set_busy_override(int busy) noexcept nogil
 
 cdef int kernel_threads() noexcept nogil    # fastlstm.get_num_threads(), in C (openmp.pyx)
+cdef fl_shared_t* shared_state() noexcept nogil    # the process's stall handling (openmp.pyx)

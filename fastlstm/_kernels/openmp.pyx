@@ -46,3 +46,14 @@ cdef int kernel_threads() noexcept nogil:
     if _requested > 0:
         return min(_requested, _usable_cores)
     return max(1, min(_usable_cores, fl_omp_max_threads()))
+
+
+cdef fl_shared_t* shared_state() noexcept nogil:
+    # the stall handling every module shares: this module's own copy (fl_share)
+    return fl_own_state()
+
+
+def shared_state_address():
+    """Address of the stall handling's state as this module sees it (tests: one per
+    process)."""
+    return fl_shared_address()

@@ -20,9 +20,12 @@ from .cell cimport cell_forward_f
 from .openmp cimport (fl_chooser_init, fl_chooser_record, fl_chooser_t, fl_chooser_threads,
                       fl_member_t, fl_now_ns, fl_omp_team_size, kernel_threads,
                       fl_omp_thread_id, fl_team_barrier, fl_team_init, fl_team_join,
-                      fl_team_report, fl_team_size, fl_team_t)
+                      fl_share, fl_shared_address, fl_team_report, fl_team_size,
+                      fl_team_t, shared_state)
 
 from .lstm import setting_from_environment
+
+fl_share(shared_state())    # the process's one stall handling (openmp.pxd)
 
 cnp.import_array()
 
@@ -606,3 +609,9 @@ cdef class QuantStreamKernel:
 
 
 setting_from_environment("FASTLSTM_QUANT_PATH", set_quantized_path)
+
+
+def shared_state_address():
+    """Address of the stall handling's state as this module sees it (tests: one per
+    process)."""
+    return fl_shared_address()

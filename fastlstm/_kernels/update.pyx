@@ -10,7 +10,9 @@ element's operations do not depend on the split, so neither does the result.
 """
 from libc.math cimport sqrt
 
-from .openmp cimport fl_run_parts
+from .openmp cimport fl_run_parts, fl_share, fl_shared_address, shared_state
+
+fl_share(shared_state())    # the process's one stall handling (openmp.pxd)
 
 ctypedef fused floating:
     float
@@ -149,3 +151,9 @@ def keras_adam(floating[::1] data, const floating[::1] grad, floating[::1] m, fl
                       0.0, floating is double)
     with nogil:
         fl_run_parts(_keras_adam_parts, &call, n_threads if n >= UPDATE_MIN_ELEMENTS else 1, n)
+
+
+def shared_state_address():
+    """Address of the stall handling's state as this module sees it (tests: one per
+    process)."""
+    return fl_shared_address()

@@ -1,5 +1,6 @@
 """The Cython kernels (through fastlstm.LSTM) against their NumPy twin, fastlstm.reference."""
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -637,6 +638,49 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
         fl.set_num_threads(previous)
     for normal, late in zip(results[-1], results[late_step]):
         np.testing.assert_array_equal(late, normal)
+
+
+def test_every_kernel_module_shares_the_one_stall_handling():
+    """A stall seen by one kernel (the LSTM's, the loss's, the optimizer's) sends them all
+    to one thread: each module points at the openmp module's state."""
+    from fastlstm._kernels import layers, quant, update
+    address = _openmp.shared_state_address()
+    for module in (lstm_kernels, layers, quant, update):
+        assert module.shared_state_address() == address, module.__name__
+
+
+def test_a_backoff_ends_with_a_probe_only_when_the_cores_are_free():
+    """After a stalled call the calls of the next 20 ms get one thread. When the period is
+    over and the machine still has more runnable threads than cores, the period starts
+    over without a probe (a probe would only stall again); once the cores are free, the
+    next call gets the full team."""
+    if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores")
+    m = fl.LSTM(8, 64, seed=0)
+    x = np.random.default_rng(1).standard_normal((12, 4, 8)).astype(np.float32)
+    previous = fl.get_num_threads()
+    try:
+        fl.set_num_threads(2)
+        with no_min_work():
+            lstm_kernels.set_adaptive_threads(True)    # clears any backoff
+            lstm_kernels.inject_late_thread(3, 20000)
+            m(x)
+            assert lstm_kernels.last_call() == (2, True)
+        lstm_kernels.inject_late_thread(-1, 0)
+        lstm_kernels.set_machine_busy(True)
+        assert lstm_kernels.team_size(2) == 1     # within the period
+        for _ in range(3):
+            time.sleep(0.03)                      # past the period, on a busy machine
+            assert lstm_kernels.team_size(2) == 1
+        lstm_kernels.set_machine_busy(False)
+        assert lstm_kernels.team_size(2) == 1     # the period started over at the last call
+        time.sleep(0.03)
+        assert lstm_kernels.team_size(2) == 2     # the probe
+    finally:
+        lstm_kernels.inject_late_thread(-1, 0)
+        lstm_kernels.set_machine_busy(None)
+        lstm_kernels.set_adaptive_threads(True)
+        fl.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

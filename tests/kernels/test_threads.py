@@ -78,6 +78,23 @@ def test_sequential_runs_every_blas_pool_on_one_thread_and_restores(two_blas_thr
         assert blas_threads() == [2] * len(blas_threads()), name
 
 
+def test_the_orthogonal_initializer_runs_every_blas_pool_on_one_thread(two_blas_threads,
+                                                                      monkeypatch):
+    # building a Keras-style LSTM (its recurrent kernel is orthogonal) must not start
+    # NumPy's pool: it collapses under competing load and spins on after the QR
+    seen = []
+    qr = np.linalg.qr
+
+    def recording_qr(*args, **kwargs):
+        seen.append(blas_threads())
+        return qr(*args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "qr", recording_qr)
+    char_model()
+    assert len(seen) == 1 and seen[0] == [1] * len(seen[0])
+    assert blas_threads() == [2] * len(blas_threads())
+
+
 def test_linear_runs_every_blas_pool_on_one_thread_and_restores(two_blas_threads,
                                                                 monkeypatch):
     from fastlstm import modules
