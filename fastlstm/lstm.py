@@ -236,10 +236,14 @@ class LSTM(Module):
         steps, batch = indices.shape
         return table, indices.astype(np.intp).reshape(-1), steps, batch, unbatched
 
-    def _state_input(self, hx, batch, unbatched):
+    def _state_shape(self, batch):
+        """(D * num_layers, batch, H): the shape of h0, c0, h_n, c_n and their gradients."""
         config = self._config
-        shape = (config["num_layers"] * (2 if config["bidirectional"] else 1), batch,
-                 config["hidden_size"])
+        return (config["num_layers"] * (2 if config["bidirectional"] else 1), batch,
+                config["hidden_size"])
+
+    def _state_input(self, hx, batch, unbatched):
+        shape = self._state_shape(batch)
         if hx is None:     # the kernels only read the initial state
             zeros = _ZERO_STATES.get((shape, self.dtype))
             if zeros is None:
@@ -558,9 +562,7 @@ class LSTM(Module):
         return grad
 
     def _grad_state(self, grad_state, batch):
-        config = self._config
-        shape = (config["num_layers"] * (2 if config["bidirectional"] else 1), batch,
-                 config["hidden_size"])
+        shape = self._state_shape(batch)
         both = aligned_zeros((2,) + shape, self.dtype)    # one allocation for the two
         grads = [both[0], both[1]]
         if grad_state is None:

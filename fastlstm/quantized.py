@@ -149,6 +149,7 @@ class QuantizedLSTM:
 
     # The float32 module's input checks, shared.
     _time_major_input = LSTM._time_major_input
+    _state_shape = LSTM._state_shape
     _state_input = LSTM._state_input
     _lengths_input = LSTM._lengths_input
     _kernel_threads = LSTM._kernel_threads

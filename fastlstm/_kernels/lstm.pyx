@@ -2042,9 +2042,9 @@ def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t cal
     `one_thread_ns` on one thread and `split_ns` split, on a machine taken as busy or idle
     whatever it is (for tests)."""
     cdef fl_chooser_t chooser
-    cdef int way, override = fl_busy_override()
+    cdef int way
     ways = []
-    fl_set_busy_override(1 if busy else 0)
+    previous = set_machine_busy(busy)
     try:
         fl_chooser_init(&chooser)
         for _ in range(calls):
@@ -2052,7 +2052,7 @@ def simulate_chooser(long long one_thread_ns, long long split_ns, Py_ssize_t cal
             ways.append(way)
             fl_chooser_record(&chooser, split_ns if way else one_thread_ns)
     finally:
-        fl_set_busy_override(override)
+        set_machine_busy(previous)
     return ways
 
 

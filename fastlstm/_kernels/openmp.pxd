@@ -333,11 +333,12 @@ cdef extern from *:
     static inline int fl_team_size(int requested, long long expected_ns) {
         long long now = fl_now_ns();
         long long last = __atomic_exchange_n(&fl_shared->last_call_ns, now, __ATOMIC_RELAXED);
-        long long backoff_ns = __atomic_load_n(&fl_shared->backoff_ns, __ATOMIC_RELAXED);
+        long long backoff_ns;
         if (requested < 2 || !fl_shared->adaptive)
             return requested;
         if (__atomic_load_n(&fl_shared->backoff_until, __ATOMIC_RELAXED) > now)
             return 1;
+        backoff_ns = __atomic_load_n(&fl_shared->backoff_ns, __ATOMIC_RELAXED);
         if (backoff_ns && fl_machine_busy(requested - 1)) {
             /* the period is over, but the team would still not find its cores free: a
              * probe would only stall again, so the period starts over */
