@@ -1,6 +1,28 @@
 /* Template body of packed.h, included once per (REAL, instruction set):
- * FL_NAME(x) names, FL_TARGET the target attribute, FL_MR the rows of the register block,
- * FL_KVEC the machine vector (64, 32 or 16 bytes: a panel is 64 / sizeof(FL_KVEC) of them). */
+ * FL_NAME(x) names, FL_TARGET the target attribute, FL_KVEC the machine vector (64, 32 or 16
+ * bytes: a panel is 64 / sizeof(FL_KVEC) of them), FL_REGISTERS the vector registers,
+ * FL_ACC the accumulator vectors a register block may keep, FL_MR its most rows and FL_AT_MR
+ * its rows with A transposed (a divisor of 8). A block of mr rows takes FL_PANELS(mr) panels:
+ * the most of 4, 2 or 1 whose accumulators fit FL_ACC. */
+#define FL_SUB ((int)(64 / sizeof(FL_KVEC)))
+#define FL_PANELS(mr) ((mr) * 4 * FL_SUB <= FL_ACC ? 4 : (mr) * 2 * FL_SUB <= FL_ACC ? 2 : 1)
+#define FL_ROWS_MAX (FL_MR > FL_AT_MR ? FL_MR : FL_AT_MR)   /* the row counts compiled */
+/* The switch cases over a block's rows (in a function with `nv` in scope): CALL(MR, NV) for
+ * nv panels, 4 and 2 only where FL_PANELS allows them. */
+#define FL_ROWS_CASE(MR, CALL)                                                               \
+    case MR:                                                                                 \
+        if (MR > FL_ROWS_MAX)                                                                \
+            break;                                                                           \
+        if (FL_PANELS(MR) == 4 && nv == 4)                                                   \
+            CALL(MR, 4);                                                                     \
+        else if (FL_PANELS(MR) >= 2 && nv == 2)                                              \
+            CALL(MR, 2);                                                                     \
+        else                                                                                 \
+            CALL(MR, 1);                                                                     \
+        break;
+#define FL_ROW_CASES(CALL)                                                                   \
+    FL_ROWS_CASE(1, CALL) FL_ROWS_CASE(2, CALL) FL_ROWS_CASE(3, CALL) FL_ROWS_CASE(4, CALL)  \
+    FL_ROWS_CASE(5, CALL) FL_ROWS_CASE(6, CALL) FL_ROWS_CASE(7, CALL) FL_ROWS_CASE(8, CALL)
 
 /* C[MR rows, NV panels] (+)= A[MR rows, :K] @ P[NV panels, :K]: the register block. Row i
  * of A at depth k is A[i * lda + k], or A[k * lda + i] with TA (A stored transposed). With
@@ -11,7 +33,7 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
     ptrdiff_t K, int accumulate, const int MR, const int NV, const int TA, const int NSEG,
     ptrdiff_t seg_stride)
 {
-    enum { LANES = (int)(64 / sizeof(REAL)), SUB = (int)(64 / sizeof(FL_KVEC)),
+    enum { LANES = (int)(64 / sizeof(REAL)), SUB = FL_SUB,
            SUB_LANES = (int)(sizeof(FL_KVEC) / sizeof(REAL)) };
     FL_KVEC acc[8][4 * SUB];
     _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)
@@ -24,9 +46,14 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
     for (int r = 0; r < NSEG; r++, A += seg_stride, P += K * LANES)
     for (ptrdiff_t k = 0; k < K; k++) {
         FL_KVEC w[4 * SUB];
-        _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++) {
             memcpy(&w[v], P + (v / SUB) * panel_stride + k * LANES + (v % SUB) * SUB_LANES,
                    sizeof(FL_KVEC));
+            /* Several rows: keep the panel vector in a register (when they fit), or GCC
+             * folds it into every row's FMA and loads it MR times. */
+            if (MR > 1 && MR * NV * SUB + NV * SUB < FL_REGISTERS)
+                __asm__("" : "+v"(w[v]));
+        }
         _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {
             const REAL a = TA ? A[k * lda + i] : A[i * lda + k];
             _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++)
@@ -38,51 +65,19 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
             memcpy(C + i * ldc + v * SUB_LANES, &acc[i][v], sizeof(FL_KVEC));
 }
 
-/* The block for a run-time row count mr <= FL_MR and nv in {1, 2} (or nv = 4 for
- * mr <= FL_SMALL_M), each shape compiled with constant sizes; A stored by rows, or
- * transposed (ta, nv <= 2). */
+/* The block for a run-time row count mr <= FL_ROWS_MAX and nv <= FL_PANELS(mr)
+ * panels, each shape compiled with constant sizes; A stored by rows, or transposed (ta,
+ * nv <= 2). */
 FL_TARGET static void FL_NAME(block_any)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
     ptrdiff_t K, int accumulate, int mr, int nv, int ta)
 {
 #define FL_CASE(MR, NV)                                                                      \
-    (ta ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1, 1, 0)     \
-        : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 1, 0))
-    if (nv == 4) {
-        switch (mr) {
-        case 1: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 1, 4, 0, 1, 0); break;
-#if FL_MR >= 8
-        case 2: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 2, 4, 0, 1, 0); break;
-        case 3: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 3, 4, 0, 1, 0); break;
-        case 4: FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, 4, 4, 0, 1, 0); break;
-#endif
-        default: break;
-        }
-        return;
-    }
-    switch (mr * 2 + (nv == 2)) {
-    case 2: FL_CASE(1, 1); break;
-    case 3: FL_CASE(1, 2); break;
-#if FL_MR >= 2
-    case 4: FL_CASE(2, 1); break;
-    case 5: FL_CASE(2, 2); break;
-#endif
-#if FL_MR >= 4
-    case 6: FL_CASE(3, 1); break;
-    case 7: FL_CASE(3, 2); break;
-    case 8: FL_CASE(4, 1); break;
-    case 9: FL_CASE(4, 2); break;
-#endif
-#if FL_MR >= 8
-    case 10: FL_CASE(5, 1); break;
-    case 11: FL_CASE(5, 2); break;
-    case 12: FL_CASE(6, 1); break;
-    case 13: FL_CASE(6, 2); break;
-    case 14: FL_CASE(7, 1); break;
-    case 15: FL_CASE(7, 2); break;
-    case 16: FL_CASE(8, 1); break;
-    case 17: FL_CASE(8, 2); break;
-#endif
+    (ta && NV <= 2                                                                           \
+     ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1, 1, 0)       \
+     : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 1, 0))
+    switch (mr) {
+    FL_ROW_CASES(FL_CASE)
     default: break;
     }
 #undef FL_CASE
@@ -96,35 +91,25 @@ FL_TARGET static void FL_NAME(packed_product)(
     ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    /* One row (a matrix-vector product), or a few on AVX-512: the product is bound by
-     * reading the panels, so each streams once over its whole depth, four panels at once
-     * (two on narrower vector units) for independent accumulators. */
-    if (M <= FL_SMALL_M) {
-        const int nv = FL_MR >= 8 ? 4 : 2;
-        ptrdiff_t p = 0;
-        for (; p + nv <= n_panels; p += nv)
-            FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, (int)M, nv, 0);
-        for (; p < n_panels; p++)
-            FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
-                               panel_stride, K, accumulate, (int)M, 1, 0);
-        return;
-    }
-    /* Depth blocks of FL_KC: two panels' chunk stays in L2 while every row block of A
-     * streams past it. */
+    /* Row blocks of even height, at most FL_MR: a short last block (8 rows as 6 + 2)
+     * would leave the FMA units waiting on too few accumulators. Each block takes as many
+     * panels as its accumulators allow: a row or a few, bound by reading the panels, stream
+     * four at once for independent accumulators. */
+    const ptrdiff_t n_blocks = (M + FL_MR - 1) / FL_MR;
+    const int rows = (int)((M + n_blocks - 1) / n_blocks), panels_at_once = FL_PANELS(rows);
+    /* Depth blocks of FL_KC: the chunk of a block's panels stays in L2 while every row
+     * block of A streams past it. */
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_KC) {
         const ptrdiff_t kc = K - k0 < FL_KC ? K - k0 : FL_KC;
         const int acc = accumulate || k0 > 0;
-        for (ptrdiff_t p = 0; p < n_panels; p += 2) {
-            const int nv = n_panels - p >= 2 ? 2 : 1;
+        for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
+            nv = n_panels - p >= panels_at_once ? panels_at_once : n_panels - p >= 2 ? 2 : 1;
             const REAL *P = panels + p * panel_stride + k0 * LANES;
-            ptrdiff_t m = 0;
-            for (; m + FL_MR <= M; m += FL_MR)
+            for (ptrdiff_t m = 0; m < M; m += rows) {
+                const int mr = M - m < rows ? (int)(M - m) : rows;
                 FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
-                                   panel_stride, kc, acc, FL_MR, nv, 0);
-            if (m < M)
-                FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + m * lda + k0, lda, P,
-                                   panel_stride, kc, acc, (int)(M - m), nv, 0);
+                                   panel_stride, kc, acc, mr, (int)nv, 0);
+            }
         }
     }
 }
@@ -146,40 +131,19 @@ FL_TARGET static void FL_NAME(gates_product)(
                                     panel_stride, M, n_panels, K, accumulate || g > 0);
         return;
     }
-    /* four panels at once up to FL_SMALL_M rows (as packed_product streams them), else two */
-    const int wide = M <= FL_SMALL_M && FL_MR >= 8;
+    /* as many panels at once as packed_product takes for M rows */
+    const int panels_at_once = FL_PANELS((int)M);
     for (ptrdiff_t p = 0; p < n_panels;) {
-        const int nv = wide && n_panels - p >= 4 ? 4 : (n_panels - p >= 2 ? 2 : 1);
+        const int nv = n_panels - p >= panels_at_once ? panels_at_once
+                       : n_panels - p >= 2 ? 2 : 1;
         REAL *Cp = C + p * LANES;
         const REAL *P = panels + p * panel_stride;
 #define FL_RUNS(MR, NV)                                                                      \
         FL_NAME(block)(Cp, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 4, a_stride)
-#define FL_ROWS(MR)                                                                          \
-        case MR: if (nv == 2) FL_RUNS(MR, 2); else FL_RUNS(MR, 1); break;
-#if FL_MR >= 8
-        if (nv == 4) {
-            switch (M) {
-            case 1: FL_RUNS(1, 4); break;
-            case 2: FL_RUNS(2, 4); break;
-            case 3: FL_RUNS(3, 4); break;
-            case 4: FL_RUNS(4, 4); break;
-            default: break;
-            }
-        } else
-#endif
-        {
-            switch (M) {
-            FL_ROWS(1)
-#if FL_MR >= 2
-            FL_ROWS(2)
-#endif
-#if FL_MR >= 8
-            FL_ROWS(3) FL_ROWS(4) FL_ROWS(5) FL_ROWS(6) FL_ROWS(7) FL_ROWS(8)
-#endif
-            default: break;
-            }
+        switch (M) {
+        FL_ROW_CASES(FL_RUNS)
+        default: break;
         }
-#undef FL_ROWS
 #undef FL_RUNS
         p += nv;
     }
@@ -196,22 +160,24 @@ FL_TARGET static void FL_NAME(rows_product)(
     ptrdiff_t N, ptrdiff_t K)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    REAL tile[FL_MR * 2 * LANES];
+    enum { PANELS = FL_PANELS(FL_MR), WIDTH = PANELS * LANES };  /* A's rows a block meets */
+    _Static_assert(PANELS <= 2, "a block of FL_MR rows meets one or two panels of A");
+    REAL tile[FL_MR * WIDTH];
     for (ptrdiff_t j = 0; j < N; j += FL_MR) {
         const int mr = N - j < FL_MR ? (int)(N - j) : FL_MR;
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += 2 * LANES) {
-            const int nv = M - m0 > LANES ? 2 : 1;
-            const int rows = M - m0 < 2 * LANES ? (int)(M - m0) : 2 * LANES;
-            FL_NAME(block_any)(tile, 2 * LANES, W + j * ldw, ldw, A_panels + m0 * K, K * LANES,
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += WIDTH) {
+            const int nv = M - m0 > LANES ? PANELS : 1;
+            const int rows = M - m0 < WIDTH ? (int)(M - m0) : WIDTH;
+            FL_NAME(block_any)(tile, WIDTH, W + j * ldw, ldw, A_panels + m0 * K, K * LANES,
                                K, 0, mr, nv, 0);
             if (mr == FL_MR)        /* a constant count: the moves of a row unrolled */
                 for (int r = 0; r < rows; r++)
                     for (int i = 0; i < FL_MR; i++)
-                        C[(m0 + r) * ldc + j + i] = tile[i * 2 * LANES + r];
+                        C[(m0 + r) * ldc + j + i] = tile[i * WIDTH + r];
             else
                 for (int r = 0; r < rows; r++)
                     for (int i = 0; i < mr; i++)
-                        C[(m0 + r) * ldc + j + i] = tile[i * 2 * LANES + r];
+                        C[(m0 + r) * ldc + j + i] = tile[i * WIDTH + r];
         }
     }
 }
@@ -226,16 +192,17 @@ FL_TARGET static void FL_NAME(packed_product_at)(
     ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
+    _Static_assert(FL_PANELS(FL_AT_MR) <= 2, "A transposed meets one or two panels");
     const ptrdiff_t panel_stride = K * LANES;
     for (ptrdiff_t m0 = 0; m0 < M; m0 += FL_MC) {
         const ptrdiff_t m1 = M - m0 < FL_MC ? M : m0 + FL_MC;
-        for (ptrdiff_t p = 0; p < n_panels; p += 2) {
-            const int nv = n_panels - p >= 2 ? 2 : 1;
+        for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
+            nv = n_panels - p >= FL_PANELS(FL_AT_MR) ? FL_PANELS(FL_AT_MR) : 1;
             const REAL *P = panels + p * panel_stride;
-            for (ptrdiff_t m = m0; m < m1; m += FL_MR) {   /* FL_MR divides 8 */
-                const int mr = m1 - m < FL_MR ? (int)(m1 - m) : FL_MR;
+            for (ptrdiff_t m = m0; m < m1; m += FL_AT_MR) {   /* FL_AT_MR divides 8 */
+                const int mr = m1 - m < FL_AT_MR ? (int)(m1 - m) : FL_AT_MR;
                 FL_NAME(block_any)(C + m * ldc + p * LANES, ldc, A + (m / 8) * 8 * K + m % 8, 8,
-                                   P, panel_stride, K, accumulate, mr, nv, 1);
+                                   P, panel_stride, K, accumulate, mr, (int)nv, 1);
             }
         }
     }
@@ -291,3 +258,9 @@ FL_TARGET static void FL_NAME(pack_rows8)(REAL *out, REAL *sums, REAL *table,
             memcpy(sums + b, &acc, n * sizeof(REAL));
     }
 }
+
+#undef FL_SUB
+#undef FL_PANELS
+#undef FL_ROWS_MAX
+#undef FL_ROW_CASES
+#undef FL_ROWS_CASE

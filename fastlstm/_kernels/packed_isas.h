@@ -5,39 +5,51 @@
 
 #define FL_NAME(name) FL_EXPAND(name, FL_TYPE, avx512)
 #define FL_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define FL_MR 8             /* 8 rows x 2 panels: 16 of 32 zmm registers */
 #define FL_KVEC FL_V64
-#define FL_SMALL_M 4        /* up to 4 rows x 4 panels stream the whole depth */
+#define FL_REGISTERS 32
+#define FL_ACC 16           /* 8 rows x 2 panels, up to 4 rows x 4 panels */
+#define FL_MR 8
+#define FL_AT_MR 8
 #include "packed_impl.h"
 #undef FL_NAME
 #undef FL_TARGET
-#undef FL_MR
 #undef FL_KVEC
-#undef FL_SMALL_M
+#undef FL_REGISTERS
+#undef FL_ACC
+#undef FL_MR
+#undef FL_AT_MR
 
 #define FL_NAME(name) FL_EXPAND(name, FL_TYPE, avx2)
 #define FL_TARGET __attribute__((target("avx2,fma")))
-#define FL_MR 2             /* 2 rows x 2 panels of 2 ymm halves: 8 of 16 ymm registers */
 #define FL_KVEC FL_V32
-#define FL_SMALL_M 1
+#define FL_REGISTERS 16
+#define FL_ACC 12           /* 6 rows x 1 panel of 2 ymm halves, 3 x 2, 1 x 4 */
+#define FL_MR 6
+#define FL_AT_MR 4          /* 4 rows x 1 panel (A transposed comes in blocks of 8 rows) */
 #include "packed_impl.h"
 #undef FL_NAME
 #undef FL_TARGET
-#undef FL_MR
 #undef FL_KVEC
-#undef FL_SMALL_M
+#undef FL_REGISTERS
+#undef FL_ACC
+#undef FL_MR
+#undef FL_AT_MR
 
 #define FL_NAME(name) FL_EXPAND(name, FL_TYPE, portable)
 #define FL_TARGET
-#define FL_MR 1             /* 1 row x 2 panels of 4 xmm quarters: 8 of 16 xmm registers */
 #define FL_KVEC FL_V16
-#define FL_SMALL_M 1
+#define FL_REGISTERS 16
+#define FL_ACC 8            /* 1 row x 2 panels of 4 xmm quarters */
+#define FL_MR 1
+#define FL_AT_MR 1
 #include "packed_impl.h"
 #undef FL_NAME
 #undef FL_TARGET
-#undef FL_MR
 #undef FL_KVEC
-#undef FL_SMALL_M
+#undef FL_REGISTERS
+#undef FL_ACC
+#undef FL_MR
+#undef FL_AT_MR
 
 #undef FL_GLUE
 #undef FL_EXPAND
