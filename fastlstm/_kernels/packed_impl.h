@@ -3,9 +3,10 @@
  * bytes: a panel is 64 / sizeof(FL_KVEC) of them), FL_REGISTERS the vector registers,
  * FL_ACC the accumulator vectors a register block may keep, FL_MR its most rows and FL_AT_MR
  * its rows with A transposed (a divisor of 8). A block of mr rows takes FL_PANELS(mr) panels:
- * the most of 4, 2 or 1 whose accumulators fit FL_ACC. */
+ * the most of 4 (up to FL_MAX_PANELS), 2 or 1 whose accumulators fit FL_ACC. */
 #define FL_SUB ((int)(64 / sizeof(FL_KVEC)))
-#define FL_PANELS(mr) ((mr) * 4 * FL_SUB <= FL_ACC ? 4 : (mr) * 2 * FL_SUB <= FL_ACC ? 2 : 1)
+#define FL_PANELS(mr)                                                                        \
+    (FL_MAX_PANELS >= 4 && (mr) * 4 * FL_SUB <= FL_ACC ? 4 : (mr) * 2 * FL_SUB <= FL_ACC ? 2 : 1)
 #define FL_ROWS_MAX (FL_MR > FL_AT_MR ? FL_MR : FL_AT_MR)   /* the row counts compiled */
 /* The switch cases over a block's rows (in a function with `nv` in scope): CALL(MR, NV) for
  * nv panels, 4 and 2 only where FL_PANELS allows them. */

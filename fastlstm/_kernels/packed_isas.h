@@ -8,6 +8,7 @@
 #define FL_KVEC FL_V64
 #define FL_REGISTERS 32
 #define FL_ACC 16           /* 8 rows x 2 panels, up to 4 rows x 4 panels */
+#define FL_MAX_PANELS 4
 #define FL_MR 8
 #define FL_AT_MR 8
 #include "packed_impl.h"
@@ -16,6 +17,7 @@
 #undef FL_KVEC
 #undef FL_REGISTERS
 #undef FL_ACC
+#undef FL_MAX_PANELS
 #undef FL_MR
 #undef FL_AT_MR
 
@@ -23,7 +25,8 @@
 #define FL_TARGET __attribute__((target("avx2,fma")))
 #define FL_KVEC FL_V32
 #define FL_REGISTERS 16
-#define FL_ACC 12           /* 6 rows x 1 panel of 2 ymm halves, 3 x 2, 1 x 4 */
+#define FL_ACC 12           /* 6 rows x 1 panel of 2 ymm halves, up to 3 rows x 2 panels */
+#define FL_MAX_PANELS 2     /* one row: 1 x 2 read the panels faster than 1 x 4 */
 #define FL_MR 6
 #define FL_AT_MR 4          /* 4 rows x 1 panel (A transposed comes in blocks of 8 rows) */
 #include "packed_impl.h"
@@ -32,6 +35,7 @@
 #undef FL_KVEC
 #undef FL_REGISTERS
 #undef FL_ACC
+#undef FL_MAX_PANELS
 #undef FL_MR
 #undef FL_AT_MR
 
@@ -40,6 +44,7 @@
 #define FL_KVEC FL_V16
 #define FL_REGISTERS 16
 #define FL_ACC 8            /* 1 row x 2 panels of 4 xmm quarters */
+#define FL_MAX_PANELS 2
 #define FL_MR 1
 #define FL_AT_MR 1
 #include "packed_impl.h"
@@ -48,6 +53,7 @@
 #undef FL_KVEC
 #undef FL_REGISTERS
 #undef FL_ACC
+#undef FL_MAX_PANELS
 #undef FL_MR
 #undef FL_AT_MR
 

@@ -248,9 +248,9 @@ def test_rows_product_matches_numpy_and_the_packed_product(isa, dtype, shape):
                          ids=str)
 def test_gates_product_sums_four_runs_as_one_product(isa, dtype, shape):
     """The backward's dh product over four runs of each row (a part's four gates): every
-    register block height up to 8 rows (one pass) and past it (four accumulated products),
-    four, two or one panels at a time: close to NumPy, and the bits of one packed product
-    over the four runs laid end to end."""
+    register block height up to a block's rows (one pass: 8 on AVX-512, 6 on AVX2) and past
+    it (four accumulated products), four, two or one panels at a time: close to NumPy, and
+    the bits of one packed product over the four runs laid end to end."""
     M, N, K = shape
     a_stride = K + 3
     rng = np.random.default_rng(0)
