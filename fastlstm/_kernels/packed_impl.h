@@ -92,10 +92,12 @@ FL_TARGET static void FL_NAME(packed_product)(
     ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
+    if (M <= 0)
+        return;
     /* Row blocks of even height, at most FL_MR: a short last block (8 rows as 6 + 2)
      * would leave the FMA units waiting on too few accumulators. Each block takes as many
      * panels as its accumulators allow: a row or a few, bound by reading the panels, stream
-     * four at once for independent accumulators. */
+     * several at once for independent accumulators. */
     const ptrdiff_t n_blocks = (M + FL_MR - 1) / FL_MR;
     const int rows = (int)((M + n_blocks - 1) / n_blocks), panels_at_once = FL_PANELS(rows);
     /* Depth blocks of FL_KC: the chunk of a block's panels stays in L2 while every row
