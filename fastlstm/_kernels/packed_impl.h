@@ -100,6 +100,16 @@ FL_TARGET static void FL_NAME(packed_product)(
      * several at once for independent accumulators. */
     const ptrdiff_t n_blocks = (M + FL_MR - 1) / FL_MR;
     const int rows = (int)((M + n_blocks - 1) / n_blocks), panels_at_once = FL_PANELS(rows);
+    /* One block of rows over the whole depth (the step of a few sequences): one loop, as
+     * the driver's own overhead counts at B = 1 (S1 forward 1-2 % with the loops below). */
+    if (n_blocks == 1 && K <= FL_KC) {
+        for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
+            nv = n_panels - p >= panels_at_once ? panels_at_once : n_panels - p >= 2 ? 2 : 1;
+            FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
+                               panel_stride, K, accumulate, (int)M, (int)nv, 0);
+        }
+        return;
+    }
     /* Depth blocks of FL_KC: the chunk of a block's panels stays in L2 while every row
      * block of A streams past it. */
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_KC) {
