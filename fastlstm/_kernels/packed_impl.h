@@ -66,6 +66,12 @@ FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
             memcpy(C + i * ldc + v * SUB_LANES, &acc[i][v], sizeof(FL_KVEC));
 }
 
+/* How many panels the next block takes: at_once, or 2 or 1 at the ragged end. */
+static inline int FL_NAME(panels_next)(ptrdiff_t left, int at_once)
+{
+    return left >= at_once ? at_once : left >= 2 ? 2 : 1;
+}
+
 /* The block for a run-time row count mr <= FL_ROWS_MAX and nv <= FL_PANELS(mr)
  * panels, each shape compiled with constant sizes; A stored by rows, or transposed (ta,
  * nv <= 2). */
@@ -104,7 +110,7 @@ FL_TARGET static void FL_NAME(packed_product)(
      * the driver's own overhead counts at B = 1 (S1 forward 1-2 % with the loops below). */
     if (n_blocks == 1 && K <= FL_KC) {
         for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
-            nv = n_panels - p >= panels_at_once ? panels_at_once : n_panels - p >= 2 ? 2 : 1;
+            nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
                                panel_stride, K, accumulate, (int)M, (int)nv, 0);
         }
@@ -116,7 +122,7 @@ FL_TARGET static void FL_NAME(packed_product)(
         const ptrdiff_t kc = K - k0 < FL_KC ? K - k0 : FL_KC;
         const int acc = accumulate || k0 > 0;
         for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
-            nv = n_panels - p >= panels_at_once ? panels_at_once : n_panels - p >= 2 ? 2 : 1;
+            nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
             const REAL *P = panels + p * panel_stride + k0 * LANES;
             for (ptrdiff_t m = 0; m < M; m += rows) {
                 const int mr = M - m < rows ? (int)(M - m) : rows;
@@ -147,8 +153,7 @@ FL_TARGET static void FL_NAME(gates_product)(
     /* as many panels at once as packed_product takes for M rows */
     const int panels_at_once = FL_PANELS((int)M);
     for (ptrdiff_t p = 0; p < n_panels;) {
-        const int nv = n_panels - p >= panels_at_once ? panels_at_once
-                       : n_panels - p >= 2 ? 2 : 1;
+        const int nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
         REAL *Cp = C + p * LANES;
         const REAL *P = panels + p * panel_stride;
 #define FL_RUNS(MR, NV)                                                                      \
