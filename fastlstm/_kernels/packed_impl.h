@@ -215,7 +215,7 @@ FL_TARGET static void FL_NAME(packed_product_at)(
     for (ptrdiff_t m0 = 0; m0 < M; m0 += FL_MC) {
         const ptrdiff_t m1 = M - m0 < FL_MC ? M : m0 + FL_MC;
         for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
-            nv = n_panels - p >= FL_PANELS(FL_AT_MR) ? FL_PANELS(FL_AT_MR) : 1;
+            nv = FL_NAME(panels_next)(n_panels - p, FL_PANELS(FL_AT_MR));
             const REAL *P = panels + p * panel_stride;
             for (ptrdiff_t m = m0; m < m1; m += FL_AT_MR) {   /* FL_AT_MR divides 8 */
                 const int mr = m1 - m < FL_AT_MR ? (int)(m1 - m) : FL_AT_MR;
