@@ -23,8 +23,9 @@
 #include "cell.h"   /* fl_vec_f, fl_vec_d: 64-byte vectors */
 #include "isa.h"    /* fl_packed_isa */
 
-/* Depth block: a pair of panel chunks (2 x KC x 64 B = 128 KB for floats) stays in L2 while
- * the row blocks stream past it, and each block of C is written once up to this depth.
+/* Depth block: a block's panel chunks (up to 4 x KC x 64 B = 256 KB for floats) stay in L2
+ * while the row blocks stream past them, and each block of C is written once up to this
+ * depth.
  * Measured against 128 (a chunk that fits L1, C re-read per block): S3 forward 104-106 ms
  * -> 95-97 ms, training step 339-342 -> 323-326 ms. */
 #define FL_KC 1024

@@ -1,9 +1,11 @@
 /* Template body of packed.h, included once per (REAL, instruction set):
  * FL_NAME(x) names, FL_TARGET the target attribute, FL_KVEC the machine vector (64, 32 or 16
  * bytes: a panel is 64 / sizeof(FL_KVEC) of them), FL_REGISTERS the vector registers,
- * FL_ACC the accumulator vectors a register block may keep, FL_MR its most rows and FL_AT_MR
- * its rows with A transposed (a divisor of 8). A block of mr rows takes FL_PANELS(mr) panels:
- * the most of 4 (up to FL_MAX_PANELS), 2 or 1 whose accumulators fit FL_ACC. */
+ * FL_ACC the accumulator vectors a register block may keep, FL_MR the rows of a block when
+ * the rows take several, and FL_AT_MR its rows with A transposed (a divisor of 8). A block of
+ * mr rows takes FL_PANELS(mr) panels: the most of 4 (up to FL_MAX_PANELS), 2 or 1 whose
+ * accumulators fit FL_ACC. Up to FL_ROWS_MAX rows go as one block, which reads each panel
+ * once. */
 #define FL_SUB ((int)(64 / sizeof(FL_KVEC)))
 #define FL_PANELS(mr)                                                                        \
     (FL_MAX_PANELS >= 4 && (mr) * 4 * FL_SUB <= FL_ACC ? 4 : (mr) * 2 * FL_SUB <= FL_ACC ? 2 : 1)
@@ -100,11 +102,12 @@ FL_TARGET static void FL_NAME(packed_product)(
     enum { LANES = (int)(64 / sizeof(REAL)) };
     if (M <= 0)
         return;
-    /* Row blocks of even height, at most FL_MR: a short last block (8 rows as 6 + 2)
-     * would leave the FMA units waiting on too few accumulators. Each block takes as many
-     * panels as its accumulators allow: a row or a few, bound by reading the panels, stream
-     * several at once for independent accumulators. */
-    const ptrdiff_t n_blocks = (M + FL_MR - 1) / FL_MR;
+    /* Up to FL_ROWS_MAX rows in one block, which reads the panels once; more in row blocks
+     * of even height, at most FL_MR: a short last block (8 rows as 6 + 2) would leave the
+     * FMA units waiting on too few accumulators. Each block takes as many panels as its
+     * accumulators allow: a row or a few, bound by reading the panels, stream several at
+     * once for independent accumulators. */
+    const ptrdiff_t n_blocks = M <= FL_ROWS_MAX ? 1 : (M + FL_MR - 1) / FL_MR;
     const int rows = (int)((M + n_blocks - 1) / n_blocks), panels_at_once = FL_PANELS(rows);
     /* One block of rows over the whole depth (the step of a few sequences): one loop, as
      * the driver's own overhead counts at B = 1 (S1 forward 1-2 % with the loops below). */
@@ -137,14 +140,14 @@ FL_TARGET static void FL_NAME(packed_product)(
  * panels[:, g * K : (g + 1) * K]: four runs of A's rows (the four gates of some hidden
  * units) meeting consecutive depths of panels 4K deep. Each element adds its products in
  * the order of the depths, as four products accumulated in turn would (which is what runs
- * past FL_MR rows); up to FL_MR rows, one pass keeps C in registers. */
+ * past FL_ROWS_MAX rows); up to FL_ROWS_MAX rows, one pass keeps C in registers. */
 FL_TARGET static void FL_NAME(gates_product)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, ptrdiff_t a_stride,
     const REAL *panels, ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
     int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    if (M > FL_MR) {
+    if (M > FL_ROWS_MAX) {
         for (int g = 0; g < 4; g++)
             FL_NAME(packed_product)(C, ldc, A + g * a_stride, lda, panels + g * K * LANES,
                                     panel_stride, M, n_panels, K, accumulate || g > 0);
@@ -169,7 +172,7 @@ FL_TARGET static void FL_NAME(gates_product)(
 
 /* C (M, N) = A (M, K) @ W.T for W (N, K) read in its own rows (row stride ldw) and A packed
  * into panels of LANES rows (the layout of packed weights): the projection of a few rows
- * against a matrix too large to pack for one use. Blocks of FL_MR rows of W, in order,
+ * against a matrix too large to pack for one use. Blocks of FL_ROWS_MAX rows of W, in order,
  * meet every pair of A's panels (which stay in L2), so W streams once. A block's result,
  * C transposed, goes through a small tile. Each element of C adds its products in the
  * order of k, as packed_product does: the bits of C = A @ panels(W). */
@@ -178,19 +181,20 @@ FL_TARGET static void FL_NAME(rows_product)(
     ptrdiff_t N, ptrdiff_t K)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    enum { PANELS = FL_PANELS(FL_MR), WIDTH = PANELS * LANES };  /* A's rows a block meets */
-    _Static_assert(PANELS <= 2, "a block of FL_MR rows meets one or two panels of A");
-    REAL tile[FL_MR * WIDTH];
-    for (ptrdiff_t j = 0; j < N; j += FL_MR) {
-        const int mr = N - j < FL_MR ? (int)(N - j) : FL_MR;
+    /* W's rows per block, and A's rows (WIDTH) a block meets */
+    enum { MR = FL_ROWS_MAX, PANELS = FL_PANELS(MR), WIDTH = PANELS * LANES };
+    _Static_assert(PANELS <= 2, "a block of FL_ROWS_MAX rows meets one or two panels of A");
+    REAL tile[MR * WIDTH];
+    for (ptrdiff_t j = 0; j < N; j += MR) {
+        const int mr = N - j < MR ? (int)(N - j) : MR;
         for (ptrdiff_t m0 = 0; m0 < M; m0 += WIDTH) {
             const int nv = M - m0 > LANES ? PANELS : 1;
             const int rows = M - m0 < WIDTH ? (int)(M - m0) : WIDTH;
             FL_NAME(block_any)(tile, WIDTH, W + j * ldw, ldw, A_panels + m0 * K, K * LANES,
                                K, 0, mr, nv, 0);
-            if (mr == FL_MR)        /* a constant count: the moves of a row unrolled */
+            if (mr == MR)           /* a constant count: the moves of a row unrolled */
                 for (int r = 0; r < rows; r++)
-                    for (int i = 0; i < FL_MR; i++)
+                    for (int i = 0; i < MR; i++)
                         C[(m0 + r) * ldc + j + i] = tile[i * WIDTH + r];
             else
                 for (int r = 0; r < rows; r++)
