@@ -3,21 +3,27 @@
  * bytes: a panel is 64 / sizeof(FL_KVEC) of them), FL_REGISTERS the vector registers,
  * FL_ACC the accumulator vectors a register block may keep, FL_MR the rows of a block when
  * the rows take several, and FL_AT_MR its rows with A transposed (a divisor of 8). A block of
- * mr rows takes FL_PANELS(mr) panels: the most of 4 (up to FL_MAX_PANELS), 2 or 1 whose
+ * mr rows takes FL_PANELS(mr) panels: the most of 4, 3 (up to FL_MAX_PANELS), 2 or 1 whose
  * accumulators fit FL_ACC. Up to FL_ROWS_MAX rows go as one block, which reads each panel
  * once. */
 #define FL_SUB ((int)(64 / sizeof(FL_KVEC)))
 #define FL_PANELS(mr)                                                                        \
-    (FL_MAX_PANELS >= 4 && (mr) * 4 * FL_SUB <= FL_ACC ? 4 : (mr) * 2 * FL_SUB <= FL_ACC ? 2 : 1)
+    (FL_MAX_PANELS >= 4 && (mr) * 4 * FL_SUB <= FL_ACC   ? 4                                   \
+     : FL_MAX_PANELS >= 3 && (mr) * 3 * FL_SUB <= FL_ACC ? 3                                   \
+     : (mr) * 2 * FL_SUB <= FL_ACC                       ? 2                                   \
+                                                         : 1)
 #define FL_ROWS_MAX (FL_MR > FL_AT_MR ? FL_MR : FL_AT_MR)   /* the row counts compiled */
 /* The switch cases over a block's rows (in a function with `nv` in scope): CALL(MR, NV) for
- * nv panels, 4 and 2 only where FL_PANELS allows them. */
+ * nv panels, 4, 3 and 2 only where FL_PANELS allows them (3 also for fewer rows than a
+ * 3-panel block's: the last rows of A transposed). */
 #define FL_ROWS_CASE(MR, CALL)                                                               \
     case MR:                                                                                 \
         if (MR > FL_ROWS_MAX)                                                                \
             break;                                                                           \
         if (FL_PANELS(MR) == 4 && nv == 4)                                                   \
             CALL(MR, 4);                                                                     \
+        else if (FL_PANELS(FL_ROWS_MAX) == 3 && FL_PANELS(MR) >= 3 && nv == 3)               \
+            CALL(MR, 3);                                                                     \
         else if (FL_PANELS(MR) >= 2 && nv == 2)                                              \
             CALL(MR, 2);                                                                     \
         else                                                                                 \
@@ -31,13 +37,24 @@
  * of A at depth k is A[i * lda + k], or A[k * lda + i] with TA (A stored transposed). With
  * NSEG runs, the panels are NSEG * K deep and run r of A starts r * seg_stride after A
  * (depth r * K + k of the panels meets A[i * lda + r * seg_stride + k]). */
-FL_TARGET static inline __attribute__((always_inline)) void FL_NAME(block)(
+FL_TARGET FL_UNINSTRUMENTED static inline __attribute__((always_inline)) void FL_NAME(block)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
     ptrdiff_t K, int accumulate, const int MR, const int NV, const int TA, const int NSEG,
     ptrdiff_t seg_stride)
 {
     enum { LANES = (int)(64 / sizeof(REAL)), SUB = FL_SUB,
            SUB_LANES = (int)(sizeof(FL_KVEC) / sizeof(REAL)) };
+#if defined(__SANITIZE_ADDRESS__)   /* what the loops below touch (packed.h) */
+    for (int i = 0; i < MR; i++) {
+        fl_check_range(C + i * ldc, NV * LANES * sizeof(REAL));
+        for (int r = 0; r < NSEG && !TA; r++)
+            fl_check_range(A + i * lda + r * seg_stride, K * sizeof(REAL));
+    }
+    for (ptrdiff_t k = 0; k < K && TA; k++)
+        fl_check_range(A + k * lda, MR * sizeof(REAL));
+    for (int v = 0; v < NV; v++)
+        fl_check_range(P + v * panel_stride, NSEG * K * LANES * sizeof(REAL));
+#endif
     FL_KVEC acc[8][4 * SUB];
     _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)
         _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++) {
@@ -76,13 +93,13 @@ static inline int FL_NAME(panels_next)(ptrdiff_t left, int at_once)
 
 /* The block for a run-time row count mr <= FL_ROWS_MAX and nv <= FL_PANELS(mr)
  * panels, each shape compiled with constant sizes; A stored by rows, or transposed (ta,
- * nv <= 2). */
-FL_TARGET static void FL_NAME(block_any)(
+ * nv <= 3). */
+FL_TARGET FL_UNINSTRUMENTED static void FL_NAME(block_any)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *P, ptrdiff_t panel_stride,
     ptrdiff_t K, int accumulate, int mr, int nv, int ta)
 {
 #define FL_CASE(MR, NV)                                                                      \
-    (ta && NV <= 2                                                                           \
+    (ta && NV <= 3                                                                           \
      ? FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 1, 1, 0)       \
      : FL_NAME(block)(C, ldc, A, lda, P, panel_stride, K, accumulate, MR, NV, 0, 1, 0))
     switch (mr) {
@@ -141,7 +158,7 @@ FL_TARGET static void FL_NAME(packed_product)(
  * units) meeting consecutive depths of panels 4K deep. Each element adds its products in
  * the order of the depths, as four products accumulated in turn would (which is what runs
  * past FL_ROWS_MAX rows); up to FL_ROWS_MAX rows, one pass keeps C in registers. */
-FL_TARGET static void FL_NAME(gates_product)(
+FL_TARGET FL_UNINSTRUMENTED static void FL_NAME(gates_product)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, ptrdiff_t a_stride,
     const REAL *panels, ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
     int accumulate)
@@ -173,7 +190,7 @@ FL_TARGET static void FL_NAME(gates_product)(
 /* C (M, N) = A (M, K) @ W.T for W (N, K) read in its own rows (row stride ldw) and A packed
  * into panels of LANES rows (the layout of packed weights): the projection of a few rows
  * against a matrix too large to pack for one use. Blocks of FL_ROWS_MAX rows of W, in order,
- * meet every pair of A's panels (which stay in L2), so W streams once. A block's result,
+ * meet A's panels (which stay in L2) a few at a time, so W streams once. A block's result,
  * C transposed, goes through a small tile. Each element of C adds its products in the
  * order of k, as packed_product does: the bits of C = A @ panels(W). */
 FL_TARGET static void FL_NAME(rows_product)(
@@ -183,15 +200,14 @@ FL_TARGET static void FL_NAME(rows_product)(
     enum { LANES = (int)(64 / sizeof(REAL)) };
     /* W's rows per block, and A's rows (WIDTH) a block meets */
     enum { MR = FL_ROWS_MAX, PANELS = FL_PANELS(MR), WIDTH = PANELS * LANES };
-    _Static_assert(PANELS <= 2, "a block of FL_ROWS_MAX rows meets one or two panels of A");
     REAL tile[MR * WIDTH];
     for (ptrdiff_t j = 0; j < N; j += MR) {
         const int mr = N - j < MR ? (int)(N - j) : MR;
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += WIDTH) {
-            const int nv = M - m0 > LANES ? PANELS : 1;
-            const int rows = M - m0 < WIDTH ? (int)(M - m0) : WIDTH;
+        for (ptrdiff_t m0 = 0, nv; m0 < M; m0 += nv * LANES) {
+            nv = FL_NAME(panels_next)((M - m0 + LANES - 1) / LANES, PANELS);
+            const int rows = M - m0 < nv * LANES ? (int)(M - m0) : (int)nv * LANES;
             FL_NAME(block_any)(tile, WIDTH, W + j * ldw, ldw, A_panels + m0 * K, K * LANES,
-                               K, 0, mr, nv, 0);
+                               K, 0, mr, (int)nv, 0);
             if (mr == MR)           /* a constant count: the moves of a row unrolled */
                 for (int r = 0; r < rows; r++)
                     for (int i = 0; i < MR; i++)
@@ -214,7 +230,7 @@ FL_TARGET static void FL_NAME(packed_product_at)(
     ptrdiff_t K, int accumulate)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
-    _Static_assert(FL_PANELS(FL_AT_MR) <= 2, "A transposed meets one or two panels");
+    _Static_assert(FL_PANELS(FL_AT_MR) <= 3, "A transposed meets up to three panels");
     const ptrdiff_t panel_stride = K * LANES;
     for (ptrdiff_t m0 = 0; m0 < M; m0 += FL_MC) {
         const ptrdiff_t m1 = M - m0 < FL_MC ? M : m0 + FL_MC;

@@ -7,7 +7,7 @@
 #define FL_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define FL_KVEC FL_V64
 #define FL_REGISTERS 32
-#define FL_ACC 24           /* 6 rows x 4 panels; up to 8 rows in one block, x 2 panels */
+#define FL_ACC 24           /* 6 rows x 4 panels; up to 8 rows in one block, x 3 panels */
 #define FL_MAX_PANELS 4
 #define FL_MR 6
 #define FL_AT_MR 8

@@ -25,7 +25,8 @@ CONFIGS = [
 ]
 # (T, B, in, H); the last: several depth (T*B > 512) and column (H > 256) blocks of the
 # weight-gradient products, with ragged edges
-SIZES = [(6, 3, 5, 7), (1, 1, 1, 1), (5, 2, 4, 129), (4, 33, 17, 40), (9, 60, 20, 270)]
+SIZES = [(6, 3, 5, 7), (1, 1, 1, 1), (5, 2, 4, 129), (4, 33, 17, 40), (9, 60, 20, 270),
+         (3, 8, 6, 50)]
 
 
 def run_both(config, size, dtype, lengths):
@@ -143,13 +144,14 @@ def test_saturated_gates_match_float64_activations(peephole):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 130, 33), (2, 70, 33), (3, 48, 19),
                                    (4, 100, 257), (5, 90, 21), (6, 70, 33), (7, 17, 5),
                                    (9, 64, 300), (12, 70, 20), (13, 50, 40), (17, 40, 129),
-                                   (8, 32, 256), (9, 40, 1100), (3, 20, 2100), (64, 80, 24)],
+                                   (8, 32, 256), (9, 40, 1100), (3, 20, 2100), (64, 80, 24),
+                                   (8, 80, 20), (7, 100, 33)],
                          ids=str)
 def test_packed_product_matches_numpy(isa, dtype, shape):
     """Every register block (one block up to 8 rows on AVX-512, 6 on AVX2, past that blocks
-    of at most 6 rows; four, two or one panels) and ragged edge of every instruction set this
-    CPU runs, row blocks of near-even height (13 rows as 5 + 5 + 3, 64 as 10 x 6 + 4), depths
-    past one depth block (FL_KC = 1024)."""
+    of at most 6 rows; four, three, two or one panels) and ragged edge of every instruction
+    set this CPU runs, row blocks of near-even height (13 rows as 5 + 5 + 3, 64 as 10 x 6 +
+    4), depths past one depth block (FL_KC = 1024)."""
     M, N, K = shape
     rng = np.random.default_rng(0)
     A, W, C = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (M, N)))
@@ -201,7 +203,7 @@ def test_weight_gradient_packing_checks_tokens():
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 17, 5), (9, 40, 300), (70, 33, 129),
-                                   (130, 64, 20)], ids=str)
+                                   (130, 64, 20), (13, 80, 30)], ids=str)
 def test_transposed_product_matches_numpy(isa, dtype, shape):
     """The weight-gradient product (A transposed, packed in blocks of 8 rows) on every
     register block height, more rows than one row block (FL_MC = 64), ragged panels."""
