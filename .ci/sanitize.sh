@@ -46,13 +46,10 @@ one_thread_tests=(tests/kernels/test_kernels.py tests/kernels/test_kernel_proper
                   tests/kernels/test_threads.py tests/kernels/test_quantize.py
                   tests/kernels/test_layer_kernels.py tests/kernels/test_update.py
                   tests/kernels/test_arrays.py tests/api/test_lstm.py tests/api/test_lookup.py)
-tests=(tests/kernels/test_kernels.py tests/kernels/test_kernel_properties.py
-       tests/kernels/test_determinism.py tests/kernels/test_threads.py
-       tests/kernels/test_quantize.py tests/kernels/test_probe.py tests/kernels/test_update.py
-       tests/kernels/test_layer_kernels.py tests/kernels/test_arrays.py tests/api/test_lstm.py
-       tests/api/test_lookup.py tests/api/test_modules.py tests/kernels/test_gradcheck.py
-       tests/kernels/test_reference.py tests/interop/test_io.py tests/interop/test_onnx.py
-       tests/interop/test_fuzz_loaders.py tests/interop/test_torch_parity.py)
+tests=("${one_thread_tests[@]}" tests/kernels/test_determinism.py tests/kernels/test_probe.py
+       tests/api/test_modules.py tests/kernels/test_gradcheck.py tests/kernels/test_reference.py
+       tests/interop/test_io.py tests/interop/test_onnx.py tests/interop/test_fuzz_loaders.py
+       tests/interop/test_torch_parity.py)
 
 failed=0
 run() {   # run VAR=value ... -- test files: the tests under that environment
