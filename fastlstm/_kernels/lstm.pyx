@@ -70,18 +70,20 @@ cdef extern from "packed.h":
                       Py_ssize_t k_stride, Py_ssize_t K, int ncols) noexcept nogil
     void packed_product_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
                           const float* panels, Py_ssize_t panel_stride, Py_ssize_t M,
-                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate,
+                          int backwards) noexcept nogil
     void packed_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
                           const double* panels, Py_ssize_t panel_stride, Py_ssize_t M,
-                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate) noexcept nogil
+                          Py_ssize_t n_panels, Py_ssize_t K, int accumulate,
+                          int backwards) noexcept nogil
     void packed_product_isa_f(int isa, float* C, Py_ssize_t ldc, const float* A,
                               Py_ssize_t lda, const float* panels, Py_ssize_t panel_stride,
                               Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
-                              int accumulate) noexcept nogil
+                              int accumulate, int backwards) noexcept nogil
     void packed_product_isa_d(int isa, double* C, Py_ssize_t ldc, const double* A,
                               Py_ssize_t lda, const double* panels, Py_ssize_t panel_stride,
                               Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
-                              int accumulate) noexcept nogil
+                              int accumulate, int backwards) noexcept nogil
     void packed_product_at_f(float* C, Py_ssize_t ldc, const float* A, const float* panels,
                              Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
                              int accumulate) noexcept nogil
@@ -91,11 +93,11 @@ cdef extern from "packed.h":
     void gates_product_f(float* C, Py_ssize_t ldc, const float* A, Py_ssize_t lda,
                          Py_ssize_t a_stride, const float* panels, Py_ssize_t panel_stride,
                          Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
-                         int accumulate) noexcept nogil
+                         int accumulate, int backwards) noexcept nogil
     void gates_product_d(double* C, Py_ssize_t ldc, const double* A, Py_ssize_t lda,
                          Py_ssize_t a_stride, const double* panels, Py_ssize_t panel_stride,
                          Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t K,
-                         int accumulate) noexcept nogil
+                         int accumulate, int backwards) noexcept nogil
     void rows_product_f(float* C, Py_ssize_t ldc, const float* A_panels, const float* W,
                         Py_ssize_t ldw, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil
     void rows_product_d(double* C, Py_ssize_t ldc, const double* A_panels, const double* W,
@@ -335,39 +337,42 @@ cdef inline void _product(floating* C, Py_ssize_t ldc, const floating* A, Py_ssi
                           const floating* panels, Py_ssize_t M, Py_ssize_t n_panels,
                           Py_ssize_t K, int accumulate) noexcept nogil:
     # C[:, :n_panels*lanes] (+)= A @ W.T for the W packed into `panels`
-    _product_depths(C, ldc, A, lda, panels, K, M, n_panels, 0, K, accumulate)
+    _product_depths(C, ldc, A, lda, panels, K, M, n_panels, 0, K, accumulate, False)
 
 
 cdef inline void _product_depths(floating* C, Py_ssize_t ldc, const floating* A,
                                  Py_ssize_t lda, const floating* panels, Py_ssize_t depth,
                                  Py_ssize_t M, Py_ssize_t n_panels, Py_ssize_t k0,
-                                 Py_ssize_t k1, int accumulate) noexcept nogil:
+                                 Py_ssize_t k1, int accumulate, bint backwards) noexcept nogil:
     # C[:, :n_panels*lanes] (+)= A[:, k0:k1] @ W[:, k0:k1].T for the W packed into `panels`
-    # `depth` deep. Each element of C adds its products in the order of k, so the product
-    # over [0, k) then, accumulated, over [k, K) gives the bits of the one over [0, K).
+    # `depth` deep, the panels read last to first when backwards (the same bits). Each
+    # element of C adds its products in the order of k, so the product over [0, k) then,
+    # accumulated, over [k, K) gives the bits of the one over [0, K).
     cdef Py_ssize_t lanes = _lanes(C)
     if floating is float:
         packed_product_f(C, ldc, A + k0, lda, panels + k0 * lanes, depth * lanes, M, n_panels,
-                         k1 - k0, accumulate)
+                         k1 - k0, accumulate, backwards)
     else:
         packed_product_d(C, ldc, A + k0, lda, panels + k0 * lanes, depth * lanes, M, n_panels,
-                         k1 - k0, accumulate)
+                         k1 - k0, accumulate, backwards)
 
 
 cdef inline void _gates_product(floating* C, Py_ssize_t ldc, const floating* A,
                                 Py_ssize_t lda, Py_ssize_t a_stride, const floating* panels,
                                 Py_ssize_t depth, Py_ssize_t M, Py_ssize_t n_panels,
-                                Py_ssize_t k0, Py_ssize_t K, int accumulate) noexcept nogil:
+                                Py_ssize_t k0, Py_ssize_t K, int accumulate,
+                                bint backwards) noexcept nogil:
     # C[:, :n_panels*lanes] (+)= sum over g < 4 of A[:, g*a_stride : g*a_stride + K] @
     # W[:, k0 + g*K : k0 + (g+1)*K].T for the W packed into `panels` `depth` deep: four runs
-    # of A's columns (four gates of some units) in turn, as one product over 4K depths
+    # of A's columns (four gates of some units) in turn, as one product over 4K depths; the
+    # panels read last to first when backwards (the same bits)
     cdef Py_ssize_t lanes = _lanes(C)
     if floating is float:
         gates_product_f(C, ldc, A, lda, a_stride, panels + k0 * lanes, depth * lanes, M,
-                        n_panels, K, accumulate)
+                        n_panels, K, accumulate, backwards)
     else:
         gates_product_d(C, ldc, A, lda, a_stride, panels + k0 * lanes, depth * lanes, M,
-                        n_panels, K, accumulate)
+                        n_panels, K, accumulate, backwards)
 
 
 cdef inline void _product_at(floating* C, Py_ssize_t ldc, const floating* A,
@@ -612,7 +617,7 @@ cdef void _forward_slice_product(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t
             fl_prefetch_lines(h_prev + b * H + k0, (k1 - k0) * sizeof(floating))
     _product_depths(z + b0 * 4 * nj_pad, 4 * nj_pad, h_prev + b0 * H, H,
                     panels + 4 * blocks * lanes * n_in, H, b1 - b0, 4 * blocks, k0, k1,
-                    0 if w.tokens != NULL and k0 == 0 else 1)
+                    0 if w.tokens != NULL and k0 == 0 else 1, step % 2 == 1)
 
 
 cdef void _forward_slice_cells(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_t b0,
@@ -867,7 +872,7 @@ cdef void _backward_product_slice(LSTMWork* w, int s, Py_ssize_t step, Py_ssize_
         if K > 0:       # the part's four gates: four runs of each dgates row
             _gates_product(z + b0 * nj_pad, nj_pad, dgates + a0, G, H,
                            <floating*>w.packed + s * w.slice_panels, G, b1 - b0,
-                           nj_pad // lanes, k0, K, part > 0)
+                           nj_pad // lanes, k0, K, part > 0, step % 2 == 1)
     if part1 < 2:
         return
     for b in range(b0, b1):
@@ -1760,8 +1765,10 @@ cdef tuple _twin_operands(floating[:, ::1] C, const floating[:, ::1] W, str func
 
 
 def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
-                        const floating[:, ::1] W, bint accumulate, str isa):
-    """C (+)= A @ W.T through packing and the micro-kernels of `isa` (a test twin).
+                        const floating[:, ::1] W, bint accumulate, str isa,
+                        bint backwards=False):
+    """C (+)= A @ W.T through packing and the micro-kernels of `isa` (a test twin), the
+    panels read last to first when `backwards`.
 
     C (M, N), A (M, K), W (N, K); `isa` one of :data:`ISAS` this CPU supports.
     """
@@ -1777,10 +1784,12 @@ def packed_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     cdef Py_ssize_t n_panels = result.shape[1] // (64 // sizeof(floating))
     if floating is float:
         packed_product_isa_f(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
-                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate)
+                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate,
+                             backwards)
     else:
         packed_product_isa_d(level, &result[0, 0], result.shape[1], &A[0, 0], K, &panels[0],
-                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate)
+                             K * (64 // sizeof(floating)), M, n_panels, K, accumulate,
+                             backwards)
     C[:, :] = result[:, :N]
 
 
@@ -1805,10 +1814,12 @@ def packed_product_at_twin(floating[:, ::1] C, const floating[:, ::1] A_T,
 
 
 def gates_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
-                       const floating[:, ::1] W, Py_ssize_t a_stride, bint accumulate):
+                       const floating[:, ::1] W, Py_ssize_t a_stride, bint accumulate,
+                       bint backwards=False):
     """C (+)= sum over g < 4 of A[:, g*a_stride : g*a_stride + K] @ W[:, g*K:(g+1)*K].T
     through packing W and the four-run product of the instruction set in use
-    (:func:`set_packed_isa`); a test twin. C (M, N), A (M, >= 3*a_stride + K), W (N, 4K).
+    (:func:`set_packed_isa`), the panels read last to first when `backwards`; a test twin.
+    C (M, N), A (M, >= 3*a_stride + K), W (N, 4K).
     """
     cdef Py_ssize_t M = A.shape[0], N = W.shape[0], K = W.shape[1] // 4
     _expect("gates_product_twin", "C", C.shape[0], M)
@@ -1820,7 +1831,7 @@ def gates_product_twin(floating[:, ::1] C, const floating[:, ::1] A,
     cdef floating[:, ::1] result = result_array
     _gates_product(&result[0, 0], result.shape[1], &A[0, 0], A.shape[1], a_stride,
                    &panels[0], 4 * K, M, result.shape[1] // (64 // sizeof(floating)), 0, K,
-                   accumulate)
+                   accumulate, backwards)
     C[:, :] = result[:, :N]
 
 

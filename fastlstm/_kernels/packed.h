@@ -201,64 +201,70 @@ typedef double fl_v16_d __attribute__((vector_size(16)));
 #undef FL_TYPE
 
 typedef void (*fl_product_f_t)(float *, ptrdiff_t, const float *, ptrdiff_t, const float *,
-                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, int);
 typedef void (*fl_product_d_t)(double *, ptrdiff_t, const double *, ptrdiff_t, const double *,
-                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, int);
 
 /* C (M, n_panels * lanes), row stride ldc, (+)= A (M, K), row stride lda, @ panels (each
- * panel_stride elements after the last), with the products of instruction set `isa` (see
- * fl_packed_isa). */
+ * panel_stride elements after the last; read last to first with `backwards`), with the
+ * products of instruction set `isa` (see fl_packed_isa). */
 static inline void packed_product_isa_f(int isa, float *C, ptrdiff_t ldc, const float *A,
                                         ptrdiff_t lda, const float *panels,
                                         ptrdiff_t panel_stride, ptrdiff_t M,
-                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate,
+                                        int backwards)
 {
     static const fl_product_f_t by_isa[3] = {packed_product_f_portable, packed_product_f_avx2,
                                              packed_product_f_avx512};
-    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate);
+    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate, backwards);
 }
 
 static inline void packed_product_isa_d(int isa, double *C, ptrdiff_t ldc, const double *A,
                                         ptrdiff_t lda, const double *panels,
                                         ptrdiff_t panel_stride, ptrdiff_t M,
-                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                        ptrdiff_t n_panels, ptrdiff_t K, int accumulate,
+                                        int backwards)
 {
     static const fl_product_d_t by_isa[3] = {packed_product_d_portable, packed_product_d_avx2,
                                              packed_product_d_avx512};
-    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate);
+    by_isa[isa](C, ldc, A, lda, panels, panel_stride, M, n_panels, K, accumulate, backwards);
 }
 
 /* The same with the best instruction set of this CPU. */
 static inline void packed_product_f(float *C, ptrdiff_t ldc, const float *A, ptrdiff_t lda,
                                     const float *panels, ptrdiff_t panel_stride, ptrdiff_t M,
-                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate,
+                                    int backwards)
 {
     packed_product_isa_f(fl_packed_isa(), C, ldc, A, lda, panels, panel_stride, M, n_panels, K,
-                           accumulate);
+                           accumulate, backwards);
 }
 
 static inline void packed_product_d(double *C, ptrdiff_t ldc, const double *A, ptrdiff_t lda,
                                     const double *panels, ptrdiff_t panel_stride, ptrdiff_t M,
-                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+                                    ptrdiff_t n_panels, ptrdiff_t K, int accumulate,
+                                    int backwards)
 {
     packed_product_isa_d(fl_packed_isa(), C, ldc, A, lda, panels, panel_stride, M, n_panels, K,
-                           accumulate);
+                           accumulate, backwards);
 }
 
-/* C (M, n_panels * lanes) (+)= the four runs of A's rows (a_stride apart) @ panels 4K deep,
- * with the instruction set of fl_packed_isa (see gates_product in packed_impl.h). */
+/* C (M, n_panels * lanes) (+)= the four runs of A's rows (a_stride apart) @ panels 4K deep
+ * (read last to first with `backwards`), with the instruction set of fl_packed_isa (see
+ * gates_product in packed_impl.h). */
 #define FL_DEFINE_GATES_PRODUCT(REAL, T)                                                     \
 static inline void gates_product_##T(REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda,   \
                                      ptrdiff_t a_stride, const REAL *panels,                 \
                                      ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, \
-                                     ptrdiff_t K, int accumulate)                            \
+                                     ptrdiff_t K, int accumulate, int backwards)             \
 {                                                                                            \
     typedef void (*product_t)(REAL *, ptrdiff_t, const REAL *, ptrdiff_t, ptrdiff_t,         \
-                              const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int); \
+                              const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, \
+                              int);                                                          \
     static const product_t by_isa[3] = {gates_product_##T##_portable,                        \
                                         gates_product_##T##_avx2, gates_product_##T##_avx512}; \
     by_isa[fl_packed_isa()](C, ldc, A, lda, a_stride, panels, panel_stride, M, n_panels, K,  \
-                            accumulate);                                                     \
+                            accumulate, backwards);                                          \
 }
 FL_DEFINE_GATES_PRODUCT(float, f)
 FL_DEFINE_GATES_PRODUCT(double, d)

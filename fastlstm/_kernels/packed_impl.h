@@ -111,10 +111,14 @@ FL_TARGET FL_UNINSTRUMENTED static void FL_NAME(block_any)(
 
 /* C (M, n_panels * LANES) (+)= A (M, K) @ panels, K deep, each panel_stride elements after
  * the last (K * LANES for whole panels; more for depths [k0, k0 + K) of deeper panels, from
- * panels + k0 * LANES). NumPy: C[:, :N] (+)= A @ W.T for the W the panels were packed from. */
+ * panels + k0 * LANES). NumPy: C[:, :N] (+)= A @ W.T for the W the panels were packed from.
+ * With `backwards` the panels are read last to first, which gives the same bits (a column's
+ * sum does not depend on the others): a recurrence alternating the two starts each step on
+ * the panels the last one read last, still in cache when they all do not fit it. */
 FL_TARGET static void FL_NAME(packed_product)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, const REAL *panels,
-    ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K, int accumulate)
+    ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K, int accumulate,
+    int backwards)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
     if (M <= 0)
@@ -129,8 +133,9 @@ FL_TARGET static void FL_NAME(packed_product)(
     /* One block of rows over the whole depth (the step of a few sequences): one loop, as
      * the driver's own overhead counts at B = 1 (S1 forward 1-2 % with the loops below). */
     if (n_blocks == 1 && K <= FL_KC) {
-        for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
-            nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
+        for (ptrdiff_t done = 0, nv; done < n_panels; done += nv) {
+            nv = FL_NAME(panels_next)(n_panels - done, panels_at_once);
+            const ptrdiff_t p = backwards ? n_panels - done - nv : done;
             FL_NAME(block_any)(C + p * LANES, ldc, A, lda, panels + p * panel_stride,
                                panel_stride, K, accumulate, (int)M, (int)nv, 0);
         }
@@ -141,8 +146,9 @@ FL_TARGET static void FL_NAME(packed_product)(
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FL_KC) {
         const ptrdiff_t kc = K - k0 < FL_KC ? K - k0 : FL_KC;
         const int acc = accumulate || k0 > 0;
-        for (ptrdiff_t p = 0, nv; p < n_panels; p += nv) {
-            nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
+        for (ptrdiff_t done = 0, nv; done < n_panels; done += nv) {
+            nv = FL_NAME(panels_next)(n_panels - done, panels_at_once);
+            const ptrdiff_t p = backwards ? n_panels - done - nv : done;
             const REAL *P = panels + p * panel_stride + k0 * LANES;
             for (ptrdiff_t m = 0; m < M; m += rows) {
                 const int mr = M - m < rows ? (int)(M - m) : rows;
@@ -157,23 +163,26 @@ FL_TARGET static void FL_NAME(packed_product)(
  * panels[:, g * K : (g + 1) * K]: four runs of A's rows (the four gates of some hidden
  * units) meeting consecutive depths of panels 4K deep. Each element adds its products in
  * the order of the depths, as four products accumulated in turn would (which is what runs
- * past FL_ROWS_MAX rows); up to FL_ROWS_MAX rows, one pass keeps C in registers. */
+ * past FL_ROWS_MAX rows); up to FL_ROWS_MAX rows, one pass keeps C in registers. The
+ * panels are read last to first with `backwards`, as in packed_product. */
 FL_TARGET FL_UNINSTRUMENTED static void FL_NAME(gates_product)(
     REAL *C, ptrdiff_t ldc, const REAL *A, ptrdiff_t lda, ptrdiff_t a_stride,
     const REAL *panels, ptrdiff_t panel_stride, ptrdiff_t M, ptrdiff_t n_panels, ptrdiff_t K,
-    int accumulate)
+    int accumulate, int backwards)
 {
     enum { LANES = (int)(64 / sizeof(REAL)) };
     if (M > FL_ROWS_MAX) {
         for (int g = 0; g < 4; g++)
             FL_NAME(packed_product)(C, ldc, A + g * a_stride, lda, panels + g * K * LANES,
-                                    panel_stride, M, n_panels, K, accumulate || g > 0);
+                                    panel_stride, M, n_panels, K, accumulate || g > 0,
+                                    backwards);
         return;
     }
     /* as many panels at once as packed_product takes for M rows */
     const int panels_at_once = FL_PANELS((int)M);
-    for (ptrdiff_t p = 0; p < n_panels;) {
-        const int nv = FL_NAME(panels_next)(n_panels - p, panels_at_once);
+    for (ptrdiff_t done = 0; done < n_panels;) {
+        const int nv = FL_NAME(panels_next)(n_panels - done, panels_at_once);
+        const ptrdiff_t p = backwards ? n_panels - done - nv : done;
         REAL *Cp = C + p * LANES;
         const REAL *P = panels + p * panel_stride;
 #define FL_RUNS(MR, NV)                                                                      \
@@ -183,7 +192,7 @@ FL_TARGET FL_UNINSTRUMENTED static void FL_NAME(gates_product)(
         default: break;
         }
 #undef FL_RUNS
-        p += nv;
+        done += nv;
     }
 }
 

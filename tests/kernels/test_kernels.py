@@ -151,16 +151,19 @@ def test_packed_product_matches_numpy(isa, dtype, shape):
     """Every register block (one block up to 8 rows on AVX-512, 6 on AVX2, past that blocks
     of at most 6 rows; four, three, two or one panels) and ragged edge of every instruction
     set this CPU runs, row blocks of near-even height (13 rows as 5 + 5 + 3, 64 as 10 x 6 +
-    4), depths past one depth block (FL_KC = 1024)."""
+    4), depths past one depth block (FL_KC = 1024). Read last panel first (as every other
+    step of the recurrence reads them), the product gives the same bits."""
     M, N, K = shape
     rng = np.random.default_rng(0)
     A, W, C = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (M, N)))
     tol = 2e-5 if dtype == "float32" else 1e-12
     for accumulate in (False, True):
-        result = C.copy()
+        result, backwards = C.copy(), C.copy()
         lstm_kernels.packed_product_twin(result, A, W, accumulate, isa)
         assert_close(f"{isa} accumulate={accumulate}", result, A @ W.T + (C if accumulate else 0),
                      tol)
+        lstm_kernels.packed_product_twin(backwards, A, W, accumulate, isa, backwards=True)
+        np.testing.assert_array_equal(backwards, result)
 
 
 @pytest.mark.parametrize("isa", lstm_kernels.supported_isas())
@@ -254,7 +257,7 @@ def test_gates_product_sums_four_runs_as_one_product(isa, dtype, shape):
     """The backward's dh product over four runs of each row (a part's four gates): every
     register block height up to a block's rows (one pass: 8 on AVX-512, 6 on AVX2) and past
     it (four accumulated products), four, two or one panels at a time: close to NumPy, and
-    the bits of one packed product over the four runs laid end to end."""
+    the bits of one packed product over the four runs laid end to end, read in either order."""
     M, N, K = shape
     a_stride = K + 3
     rng = np.random.default_rng(0)
@@ -271,6 +274,9 @@ def test_gates_product_sums_four_runs_as_one_product(isa, dtype, shape):
                          runs @ W.T + (C if accumulate else 0),
                          2e-5 if dtype == "float32" else 1e-12)
             np.testing.assert_array_equal(result, one_product)
+            backwards = C.copy()
+            lstm_kernels.gates_product_twin(backwards, A, W, a_stride, accumulate, backwards=True)
+            np.testing.assert_array_equal(backwards, one_product)
     finally:
         lstm_kernels.set_packed_isa(None)
 
