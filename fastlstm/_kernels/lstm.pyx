@@ -3,7 +3,8 @@
 
 One call handles one layer and one direction over time-major contiguous buffers, described
 by one workspace struct (:c:type:`LSTMWork`). Inside a call OpenMP owns the cores and BLAS
-runs single-threaded. The hidden units are cut into slices, one per thread; a slice's
+runs single-threaded. The hidden units are cut into slices, one per thread (a forward
+with weights past L2 cuts more and shares them out step by step); a slice's
 W_hh rows (all four gates of its units) are packed once per call into panels
 (``packed.h``), which stay in that thread's cache. Per time step a thread multiplies
 h_{t-1} by its panels, runs the fused cell pass for its units (``cell.h``), and meets the
@@ -26,9 +27,9 @@ from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_choose
                       fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
                       fl_set_adaptive, fl_set_busy_override, fl_share, fl_shared_address,
                       shared_state,
-                      FL_LAG_MEMBERS, FL_LAG_STEPS, fl_lag_check, fl_lag_done, fl_lag_go,
+                      FL_LAG_MEMBERS, FL_LAG_STEPS, FL_SHARE_MEMBERS, fl_lag_check, fl_lag_done, fl_lag_go,
                       fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t, fl_now_ns,
-                      fl_omp_team_size, fl_omp_thread_id, fl_run_parts,
+                      fl_omp_team_size, fl_omp_thread_id, fl_run_parts, fl_share_claim,
                       fl_team_await, fl_team_barrier, fl_team_init, fl_team_join,
                       fl_team_judge_call, fl_team_publish, fl_team_report, fl_team_size,
                       fl_team_t, kernel_threads)
@@ -55,6 +56,11 @@ cdef extern from *:
             __builtin_prefetch(c + bytes - 1);   /* the last line of an unaligned range */
     }
 
+    /* Add n to a count the threads share. */
+    static inline void fl_count(Py_ssize_t *total, Py_ssize_t n) {
+        __atomic_fetch_add(total, n, __ATOMIC_RELAXED);
+    }
+
     /* The next task of a queue the team shares: the value of *next, which it advances. */
     static inline Py_ssize_t fl_claim(Py_ssize_t *next) {
         return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
@@ -62,6 +68,7 @@ cdef extern from *:
     """
     void fl_prefetch_lines(const void* p, size_t bytes) noexcept nogil
     Py_ssize_t fl_claim(Py_ssize_t* next) noexcept nogil
+    void fl_count(Py_ssize_t* total, Py_ssize_t n) noexcept nogil
 
 cdef extern from "packed.h":
     void pack_panel_f(float* panel, const float* src, Py_ssize_t col_stride,
@@ -129,6 +136,17 @@ cdef enum:
     # than line by line as the product reaches them. S1 forward 358 -> 345 us and training
     # step 1.04 -> 1.03 ms with the cores far apart, 251 -> 248 us and 676 -> 671 us near.
     PREFETCH_MAX_BYTES = 8192
+    # A forward whose packed weights pass SHARE_MIN_BYTES a thread (more than a core's L2
+    # keeps, so a slice costs the same read wherever it runs) over SHARE_MIN_ROWS sequences
+    # or more (steps long enough to share out) cuts its units into SHARE_SLICES slices a
+    # thread, claimed step by step (fl_share_claim): a virtual core the host slows for a
+    # while does fewer of them instead of holding the other at every barrier. The backward
+    # keeps a slice a thread: sharing its steps the same way measured no faster on S3's
+    # training step with a core 20 % taken and 3-4 % slower on quiet cores.
+    SHARE_MIN_BYTES = 1 << 20
+    SHARE_MIN_ROWS = 16
+    SHARE_SLICES = 8
+    SHARE_MIN_UNITS = 64    # units a slice at least: a block of C 4 panels wide
     INT_INDEX_MAX = 2147483647   # 2**31 - 1: the products and the cell pass index with C ints
 
 
@@ -235,6 +253,15 @@ cdef long long _expected_ns(LSTMWork* w, int passes):
 # How the last forward or backward call ran (for tests and diagnostics; not synchronised).
 cdef int _last_team = 0
 cdef bint _last_stalled = False
+cdef Py_ssize_t _stolen_slices = 0      # slices a sharing team's members took from another's range
+
+
+def stolen_slices():
+    """Slices the members of sharing teams (SHARE_SLICES) have taken from another member's
+    range since the module was loaded; for tests."""
+    return _stolen_slices
+
+
 cdef bint _last_by_rows = False
 
 
@@ -268,6 +295,7 @@ cdef struct LSTMWork:
     bint stream_gates               # training: store the gates past the caches (too large
                                     # to stay cached until the backward reads them)
     bint weights_fit_core           # the packed weights fit BATCH_SPLIT_MAX_BYTES
+    bint shares_slices              # forward: the team claims its slices step by step
     Py_ssize_t chunk                # steps whose x @ W_ih.T is projected at once (CHUNK_ROWS)
     double clip                     # <= 0: no clipping
     Py_ssize_t n_rows               # rows of x: T*B, or the table's rows with tokens
@@ -704,19 +732,36 @@ cdef bint _forward_steps(LSTMWork* w, int tid, int n, fl_member_t* me,
     # The time steps of member tid of a team of n meeting at a barrier after each: its own
     # slices, or every slice for its own sequences. Returns whether the member ran to the
     # end.
-    cdef int s, ds
-    cdef Py_ssize_t step, b0, b1
+    cdef int s, ds, i, r
+    cdef Py_ssize_t step, b0, b1, stolen = 0
     cdef bint member = fl_team_barrier(&w.team, me, tid)
     step = 0
     while member and step < w.T:
-        _step_share(w, tid, n, &s, &ds, &b0, &b1)
-        while s < w.n_slices:
-            _forward_slice_product(w, s, step, b0, b1, 0, w.H, kind)
-            _forward_slice_cells(w, s, step, b0, b1, kind)
-            s += ds
-        _maybe_late(tid, step)
+        if w.shares_slices and not w.team.solo:
+            # its own range from the front, then the others' from their backs (a late
+            # thread, _maybe_late, finds its range taken)
+            _maybe_late(tid, step)
+            for i in range(n):
+                r = (tid + i) % n
+                s = fl_share_claim(&w.team, r, step, r * w.n_slices // n,
+                                   (r + 1) * w.n_slices // n, i > 0)
+                while s >= 0:
+                    stolen += i > 0
+                    _forward_slice_product(w, s, step, 0, w.B, 0, w.H, kind)
+                    _forward_slice_cells(w, s, step, 0, w.B, kind)
+                    s = fl_share_claim(&w.team, r, step, r * w.n_slices // n,
+                                       (r + 1) * w.n_slices // n, i > 0)
+        else:
+            _step_share(w, tid, n, &s, &ds, &b0, &b1)
+            while s < w.n_slices:
+                _forward_slice_product(w, s, step, b0, b1, 0, w.H, kind)
+                _forward_slice_cells(w, s, step, b0, b1, kind)
+                s += ds
+            _maybe_late(tid, step)
         member = fl_team_barrier(&w.team, me, tid)
         step += 1
+    if stolen:
+        fl_count(&_stolen_slices, stolen)
     return member
 
 
@@ -739,11 +784,16 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     cdef bint member, pipelined = _pipelined(w, n), lagging = _lags(w, n), mine
     fl_team_join(&w.team, &me, n)
 
-    # 1. Each thread packs its slices' panels, which then stay in its cache.
-    s = tid
-    while s < w.n_slices:
-        _pack_forward_slice(w, s, kind)
-        s += n
+    # 1. Each thread packs its slices' panels, which then stay in its cache (a sharing
+    # team: its home range).
+    if w.shares_slices:
+        for s in range(tid * w.n_slices // n, (tid + 1) * w.n_slices // n):
+            _pack_forward_slice(w, s, kind)
+    else:
+        s = tid
+        while s < w.n_slices:
+            _pack_forward_slice(w, s, kind)
+            s += n
 
     # 2. Recurrence: the packed products and the cell pass per slice.
     if pipelined:
@@ -1431,22 +1481,35 @@ def pooled_workspace_bytes():
     return sum(_pool_size[i] for i in range(POOL_BLOCKS) if _pool_block[i] != NULL)
 
 
+cdef void _cut_slices(LSTMWork* w, int n_slices, Py_ssize_t depth) noexcept nogil:
+    # w's units in n_slices slices (fewer when they would pass the blocks of SLICE_ALIGN)
+    cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
+    w.n_slices = max(1, min(n_slices, <int>blocks))
+    w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
+    w.slice_panels = 4 * w.slice_units * depth    # a multiple of every panel width
+
+
 cdef int _scratch(LSTMWork* w, int n_threads, Py_ssize_t depth, size_t itemsize,
-                  Py_ssize_t grad_elements=0, bint table=False) except -1:
+                  Py_ssize_t grad_elements=0, bint table=False, bint share=False) except -1:
     """Slices and per-slice scratch: panels `depth` deep for all gates, product results,
     then `grad_elements` for the weight gradients (w.grad), then (with `table`) each slice's
-    projected table (w.table)."""
-    cdef Py_ssize_t blocks = (w.H + SLICE_ALIGN - 1) // SLICE_ALIGN
+    projected table (w.table). A forward (`share`) past SHARE_MIN_BYTES a thread shares
+    SHARE_SLICES slices a thread out step by step; otherwise each thread has one."""
     cdef Py_ssize_t slice_pad
     cdef size_t packed_bytes, z_bytes, grad_bytes
-    w.n_slices = max(1, min(n_threads, <int>blocks))
-    w.slice_units = (blocks + w.n_slices - 1) // w.n_slices * SLICE_ALIGN
-    slice_pad = w.slice_units   # already a multiple of every panel width
-    w.slice_panels = 4 * slice_pad * depth
-    w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
-    w.table_size = w.n_rows * 4 * slice_pad if table else 0
+    _cut_slices(w, n_threads, depth)
     packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
     w.weights_fit_core = packed_bytes <= BATCH_SPLIT_MAX_BYTES
+    w.shares_slices = (share and 1 < n_threads <= FL_SHARE_MEMBERS and w.B >= SHARE_MIN_ROWS
+                       and not _splits_batch(w, n_threads)
+                       and packed_bytes > <size_t>n_threads * SHARE_MIN_BYTES)
+    if w.shares_slices:
+        _cut_slices(w, max(n_threads, min(n_threads * SHARE_SLICES,
+                                          <int>(w.H // SHARE_MIN_UNITS))), depth)
+        packed_bytes = _aligned_bytes(w.n_slices * w.slice_panels * itemsize)
+    slice_pad = w.slice_units   # already a multiple of every panel width
+    w.z_size = max(1, w.chunk) * w.B * 4 * slice_pad
+    w.table_size = w.n_rows * 4 * slice_pad if table else 0
     z_bytes = _aligned_bytes(w.n_slices * w.z_size * itemsize)
     grad_bytes = _aligned_bytes(grad_elements * itemsize)
     w.block = _take_block(packed_bytes + z_bytes + grad_bytes
@@ -1600,7 +1663,7 @@ def run_forward(list calls, int n_threads):
 cdef bint _run_forward(ForwardCall call, int n_threads) except -1:
     cdef LSTMWork* w = &call.w
     n_threads = fl_team_size(n_threads, _expected_ns(w, 1))
-    _scratch(w, n_threads, w.n_in + w.H, 8 if call.double else 4, 0, w.tokens != NULL)
+    _scratch(w, n_threads, w.n_in + w.H, 8 if call.double else 4, 0, w.tokens != NULL, True)
     fl_team_init(&w.team, n_threads, w.T + 1)
     with nogil:     # no BLAS in the forward: nothing to hold at one thread
         with parallel(num_threads=n_threads):

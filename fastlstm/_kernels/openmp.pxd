@@ -113,6 +113,16 @@ cdef extern from *:
         char pad[48];
     } fl_progress_t;
 
+    /* A team that shares its slices (fl_share_claim): member m's home range of slices is
+     * taken from its front by m, and from its back by members done with their own. The
+     * word is (step + 1) << 32 | front << 16 | back for the step it was last claimed in;
+     * a word of an earlier step stands for the whole range. */
+    #define FL_SHARE_MEMBERS 8
+    typedef struct {
+        long long word;
+        char pad[56];
+    } fl_range_t;
+
     typedef struct {
         int n;          /* members */
         int count;      /* arrivals at the current barrier */
@@ -132,6 +142,7 @@ cdef extern from *:
         long long solo_step;
         char pad3[56];
         fl_progress_t progress[FL_LAG_MEMBERS];   /* a lagging team's members, one line each */
+        fl_range_t ranges[FL_SHARE_MEMBERS];      /* a sharing team's slices (fl_share_claim) */
     } fl_team_t;
 
     typedef struct {    /* one member's view of the team */
@@ -152,6 +163,33 @@ cdef extern from *:
             team->progress[m].done = 0;
             team->progress[m].left = -1;
         }
+        for (int m = 0; m < FL_SHARE_MEMBERS; m++)
+            team->ranges[m].word = 0;
+    }
+
+    /* The next slice of range `range`, [lo, hi), in step `step` of a sharing team: its
+     * front slice (its own member), or its back slice (another, `from_back`); -1 when none
+     * is left. */
+    static inline int fl_share_claim(fl_team_t *team, int range, long long step, int lo,
+                                     int hi, int from_back) {
+        const long long tag = (step + 1) << 32;
+        long long old = __atomic_load_n(&team->ranges[range].word, __ATOMIC_ACQUIRE), word;
+        int front, back;
+        do {
+            if ((old & ~0xffffffffLL) == tag) {
+                front = (int)((old >> 16) & 0xffff);
+                back = (int)(old & 0xffff);
+            } else {
+                front = lo;
+                back = hi;
+            }
+            if (front >= back)
+                return -1;
+            word = tag | (long long)(from_back ? front : front + 1) << 16
+                 | (from_back ? back - 1 : back);
+        } while (!__atomic_compare_exchange_n(&team->ranges[range].word, &old, word, 1,
+                                              __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+        return from_back ? back - 1 : front;
     }
 
     /* Every member states the team's size (omp_get_num_threads()) before its first
@@ -509,6 +547,9 @@ cdef extern from *:
     int fl_team_await(fl_team_t* team, fl_member_t* me, int tid, long long steps) noexcept nogil
     enum: FL_LAG_STEPS
     enum: FL_LAG_MEMBERS
+    enum: FL_SHARE_MEMBERS
+    int fl_share_claim(fl_team_t* team, int range, long long step, int lo, int hi,
+                       int from_back) noexcept nogil
     int fl_lag_go(fl_team_t* team, int tid, long long step) noexcept nogil
     void fl_lag_done(fl_team_t* team, int tid, long long steps) noexcept nogil
     int fl_lag_check(fl_team_t* team, fl_member_t* me, long long target,

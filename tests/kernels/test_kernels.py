@@ -653,6 +653,45 @@ def test_late_thread_hands_the_call_to_thread_0_with_the_same_result(dtype, batc
         np.testing.assert_array_equal(late, normal)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hidden", [400, 512])
+def test_a_sharing_team_takes_the_slices_of_a_late_thread(dtype, hidden):
+    """A forward past SHARE_MIN_BYTES of packed weights a thread, over 16 sequences, cuts its
+    units into slices the threads claim step by step (H 400: six slices of 80 units, the
+    last one empty). Thread 1 sleeps at the start of one step (stall handling off, so the
+    team stays whole): thread 0 takes its slices, and the outputs keep the bits of one
+    thread and match the reference."""
+    if fl.get_num_threads() < 2 and _threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores")
+    m = fl.LSTM(24, hidden, dtype=dtype, seed=0)
+    x = np.random.default_rng(1).standard_normal((6, 16, 24)).astype(dtype)
+    previous = fl.get_num_threads()
+    results = {}
+    try:
+        for threads, late in ((1, -1), (2, -1), (2, 2)):
+            fl.set_num_threads(threads)
+            lstm_kernels.set_adaptive_threads(False)
+            lstm_kernels.inject_late_thread(late, 20000)
+            before = lstm_kernels.stolen_slices()
+            for mode in ("eval", "train"):
+                getattr(m, mode)()
+                out, (h_n, c_n) = m(x)
+                assert lstm_kernels.last_call()[0] == threads
+                results[threads, late, mode] = [out, h_n, c_n]
+            if late >= 0:   # thread 0 took all of thread 1's slices at that step, both calls
+                assert lstm_kernels.stolen_slices() - before >= 2 * 2
+    finally:
+        lstm_kernels.inject_late_thread(-1, 0)
+        lstm_kernels.set_adaptive_threads(True)
+        fl.set_num_threads(previous)
+    params = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+    ref_out, _, _ = reference.forward(params, x.astype(np.float64))
+    for key, arrays in results.items():
+        assert_close(str(key), arrays[0], ref_out, 2e-5 if dtype == "float32" else 1e-12)
+        for got, alone in zip(arrays, results[1, -1, key[2]]):
+            np.testing.assert_array_equal(got, alone)
+
+
 def test_every_kernel_module_shares_the_one_stall_handling():
     """A stall seen by one kernel (the LSTM's, the loss's, the optimizer's) sends them all
     to one thread: each module points at the openmp module's state."""
