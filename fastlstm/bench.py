@@ -5,9 +5,10 @@ same thread count, set both through the environment (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) and through each framework's own setting,
 or with "default" threads: none of these set, each framework's own choice. The
 measurements compared with each other (the frameworks of a case, and fastlstm at its other
-thread counts on it) run in rounds, two by default: in the order given, then reversed (A B
-C D, D C B A), each process kept for its next round, warming up anew and taking its share
-of the repeats, so a slow phase of a noisy machine weighs on all of them alike. Results
+thread counts on it) run in rounds, four by default: in the order given, then reversed, and
+so on (A B C D, D C B A, A B C D, D C B A), each process kept for its next round, warming
+up anew and taking its share of the repeats, so a slow phase of a noisy machine weighs on
+all of them alike. Results
 are medians of the samples of all rounds after warm-ups that last until the timings
 settle; results.json keeps each round's median and the notes name those more than 10%
 apart. For each case the report gives the time of every framework, the speedup of fastlstm
@@ -81,9 +82,12 @@ SPINNER = ("import os, sys\n"
 # Goal under competing load: fastlstm with its default threads at most this many times
 # slower than with 1 thread.
 BUSY_GOAL = 1.3
-# Rounds per case: the frameworks in the order given, then reversed (A B C D, D C B A), so
-# a slow phase of the machine weighs on all of them alike; more rounds alternate the order.
-ROUNDS = 2
+# Rounds per case: the frameworks in the order given, then reversed, and so on (A B C D,
+# D C B A, A B C D, D C B A), so a slow phase of the machine weighs on all of them alike.
+# Two rounds let a spell of a minute or two on a shared host (1.3-1.5x on the Intel Xeon)
+# fall on one framework's turns: its S3 forward against PyTorch read 1.45x in one full run
+# and 0.96x in the next, the same kernels.
+ROUNDS = 4
 # A measurement whose round medians differ by more than this (relative) gets a note.
 DRIFT = 0.10
 # The figures of each round kept in results.json beside the pooled ones.

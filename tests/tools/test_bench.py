@@ -689,13 +689,13 @@ def test_run_measures_a_case_in_rounds_forwards_then_backwards(fake_workers):
     """A B C D, then D C B A, each with half the budget; the 1-thread fastlstm of the same
     case joins its rounds (the thread scaling compares them); S2's lone fastlstm runs once
     with the whole budget."""
-    bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    bench.run(fake_workers, bench.QUICK_TIMING, log=print, rounds=2)
     s1_order = [("S1", f, 2, 0.15) for f in FRAMEWORKS] + [("S1", "fastlstm", 1, 0.15)]
     assert FakeWorker.log == s1_order + s1_order[::-1] + [("S2", "fastlstm", 2, 0.3)]
 
 
 def test_run_pools_the_rounds_and_keeps_each_rounds_median(fake_workers, tmp_path):
-    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print, rounds=2)
     bench.write_report(report, str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rounds"] == 2 and saved["machine"]["limits"] == LIMITS
@@ -718,7 +718,7 @@ def test_run_pools_the_rounds_and_keeps_each_rounds_median(fake_workers, tmp_pat
 def test_round_medians_apart_by_more_than_a_tenth_get_a_note(fake_workers, tmp_path):
     """fastlstm (2 -> 5 ms), its sgemm (+45%) and torch (+25%) drifted; NumPy (+5%), ONNX
     Runtime and the single-round S2 did not."""
-    markdown = bench.write_report(bench.run(fake_workers, bench.QUICK_TIMING, log=print),
+    markdown = bench.write_report(bench.run(fake_workers, bench.QUICK_TIMING, log=print, rounds=2),
                                   str(tmp_path))
     print(markdown)
     notes = [line for line in _sections(markdown)["Notes"].splitlines() if "drifted" in line]
@@ -751,7 +751,7 @@ def test_one_round_measures_each_framework_once_with_the_whole_budget(fake_worke
 def test_markdown_shows_the_fma_peak_column_and_the_measured_limits(fake_workers):
     """% of FMA peak divides by the peak at the row's threads; the limits are stated in the
     header and under the table."""
-    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print)
+    report = bench.run(fake_workers, bench.QUICK_TIMING, log=print, rounds=2)
     sections = _sections(bench.to_markdown(report))
     print(sections[""])
     lines = sections[""].splitlines()
