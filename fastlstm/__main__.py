@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "step beside PyTorch's bfloat16 or quantize_dynamic int8 LSTM and "
                           "ONNX Runtime's int8 DynamicQuantizeLSTM, after float32 rows "
                           "(default: float32, the main benchmark)")
-    run.add_argument("--rounds", type=_positive_int, default=bench.ROUNDS, metavar="N",
+    run.add_argument("--rounds", type=_positive_int, default=None, metavar="N",
                      help="rounds per case, alternately in the order given and reversed "
                           "(A B C D, D C B A), each with 1/N of the repeats, samples pooled; "
-                          f"1: each framework once (default: {bench.ROUNDS})")
+                          f"1: each framework once (default: {bench.ROUNDS}, "
+                          f"{bench.QUICK_ROUNDS} with --quick)")
     return parser
 
 

@@ -5,13 +5,12 @@ same thread count, set both through the environment (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``) and through each framework's own setting,
 or with "default" threads: none of these set, each framework's own choice. The
 measurements compared with each other (the frameworks of a case, and fastlstm at its other
-thread counts on it) run in rounds, four by default: in the order given, then reversed, and
-so on (A B C D, D C B A, A B C D, D C B A), each process kept for its next round, warming
-up anew and taking its share of the repeats, so a slow phase of a noisy machine weighs on
-all of them alike. Results
-are medians of the samples of all rounds after warm-ups that last until the timings
-settle; results.json keeps each round's median and the notes name those more than 10%
-apart. For each case the report gives the time of every framework, the speedup of fastlstm
+thread counts on it) run in rounds, four by default (two with ``quick``): in the order
+given, then reversed, and so on (A B C D, D C B A, A B C D, D C B A), each process kept
+for its next round, warming up anew and taking its share of the repeats, so a slow phase
+of a noisy machine weighs on all of them alike. Results are medians of the samples of all
+rounds after warm-ups that last until the timings settle; results.json keeps each round's
+median and the notes name those more than 10% apart. For each case the report gives the time of every framework, the speedup of fastlstm
 over each peer (peer time / fastlstm time, > 1 means fastlstm is faster), fastlstm's
 GFLOP/s, its fraction of this machine's float32 FMA peak (measured once per run, with one
 core's L2 read bandwidth, by :mod:`fastlstm._kernels.probe` in a process of its own) and
@@ -88,6 +87,8 @@ BUSY_GOAL = 1.3
 # fall on one framework's turns: its S3 forward against PyTorch read 1.45x in one full run
 # and 0.96x in the next, the same kernels.
 ROUNDS = 4
+# --quick's rounds: a first look, not a figure to publish.
+QUICK_ROUNDS = 2
 # A measurement whose round medians differ by more than this (relative) gets a note.
 DRIFT = 0.10
 # The figures of each round kept in results.json beside the pooled ones.
@@ -1032,17 +1033,19 @@ def write_report(report: Report, out_dir: str) -> str:
 
 def main(quick: bool = False, threads: int | None = None, out_dir: str | None = None,
          frameworks: Iterable[str] | None = None, modes: Iterable[str] = MODES,
-         busy: int = 0, dtype: str = "float32", rounds: int = ROUNDS) -> int:
+         busy: int = 0, dtype: str = "float32", rounds: int | None = None) -> int:
     """Run the benchmark, print the tables and write the files; return the exit status
     (1 if fastlstm itself failed on some case, else 0).
 
     ``out_dir`` None: :func:`default_out_dir`. ``frameworks`` None: fastlstm, NumPy and
     every peer that is installed (:func:`missing_peers` are left out, with a note); named
     frameworks that are not installed are measured and reported absent. ``dtype`` bfloat16
-    or int8: the reduced-precision run (see :func:`plan`). ``rounds``: see :func:`run`.
+    or int8: the reduced-precision run (see :func:`plan`). ``rounds``: see :func:`run`;
+    None: ROUNDS, or QUICK_ROUNDS with ``quick``.
     """
     import fastlstm
     threads = fastlstm.get_num_threads() if threads is None else threads
+    rounds = (QUICK_ROUNDS if quick else ROUNDS) if rounds is None else rounds
     out_dir = default_out_dir() if out_dir is None else out_dir
     missing: dict[str, str] = {}
     if frameworks is None:

@@ -27,8 +27,9 @@ from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_choose
                       fl_chooser_record, fl_chooser_t, fl_chooser_threads, fl_chooser_way,
                       fl_set_adaptive, fl_set_busy_override, fl_share, fl_shared_address,
                       shared_state,
-                      FL_LAG_MEMBERS, FL_LAG_STEPS, FL_SHARE_MEMBERS, fl_lag_check, fl_lag_done, fl_lag_go,
-                      fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t, fl_now_ns,
+                      FL_LAG_MEMBERS, FL_LAG_STEPS, FL_SHARE_MEMBERS, fl_lag_check, fl_lag_done,
+                      fl_lag_go, fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t,
+                      fl_now_ns,
                       fl_omp_team_size, fl_omp_thread_id, fl_run_parts, fl_share_claim,
                       fl_team_await, fl_team_barrier, fl_team_init, fl_team_join,
                       fl_team_judge_call, fl_team_publish, fl_team_report, fl_team_size,
@@ -253,7 +254,7 @@ cdef long long _expected_ns(LSTMWork* w, int passes):
 # How the last forward or backward call ran (for tests and diagnostics; not synchronised).
 cdef int _last_team = 0
 cdef bint _last_stalled = False
-cdef Py_ssize_t _stolen_slices = 0      # slices a sharing team's members took from another's range
+cdef Py_ssize_t _stolen_slices = 0     # slices sharing teams took from another member's range
 
 
 def stolen_slices():

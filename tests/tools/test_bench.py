@@ -819,3 +819,20 @@ def test_a_worker_that_hangs_is_killed_and_reported(fake_peers):
     print(result)
     assert result["status"] == "error" and result["message"] == "timed out after 0.5 s"
     assert worker.proc.returncode is not None
+
+
+@pytest.mark.parametrize("quick, expected", [(True, bench.QUICK_ROUNDS), (False, bench.ROUNDS)])
+def test_main_runs_four_rounds_and_two_with_quick(monkeypatch, tmp_path, quick, expected):
+    """Without --rounds a full run alternates the frameworks over four rounds, a quick
+    look over two."""
+    seen = []
+
+    def fake_run(entries, timing, rounds):
+        seen.append(rounds)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.main(quick=quick, frameworks=["fastlstm"], out_dir=str(tmp_path))
+    assert seen == [expected]
+    assert (bench.QUICK_ROUNDS, bench.ROUNDS) == (2, 4)

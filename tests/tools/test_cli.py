@@ -158,7 +158,7 @@ def test_bench_rounds_option_reaches_the_runner(monkeypatch):
     monkeypatch.setattr(bench, "main", lambda **options: calls.append(options) or 0)
     assert main(["bench", "--rounds", "1"]) == 0
     assert main(["bench"]) == 0
-    assert [options["rounds"] for options in calls] == [1, bench.ROUNDS]
+    assert [options["rounds"] for options in calls] == [1, None]   # None: bench.main's default
 
 
 def test_bench_rejects_zero_rounds(capsys):
