@@ -10,8 +10,9 @@ given, then reversed, and so on (A B C D, D C B A, A B C D, D C B A), each proce
 for its next round, warming up anew and taking its share of the repeats, so a slow phase
 of a noisy machine weighs on all of them alike. Results are medians of the samples of all
 rounds after warm-ups that last until the timings settle; results.json keeps each round's
-median and the notes name those more than 10% apart. For each case the report gives the time of every framework, the speedup of fastlstm
-over each peer (peer time / fastlstm time, > 1 means fastlstm is faster), fastlstm's
+median and the notes name those more than 10% apart. For each case the report gives the
+time of every framework, the speedup of fastlstm over each peer (peer time / fastlstm
+time, > 1 means fastlstm is faster), fastlstm's
 GFLOP/s, its fraction of this machine's float32 FMA peak (measured once per run, with one
 core's L2 read bandwidth, by :mod:`fastlstm._kernels.probe` in a process of its own) and
 of the throughput of one float32 sgemm of the same FLOPs timed in the same run; then the

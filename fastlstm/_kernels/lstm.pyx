@@ -482,6 +482,11 @@ cdef inline bint _splits_batch(LSTMWork* w, int n) noexcept nogil:
     return n > 1 and w.B >= n * BATCH_SPLIT_ROWS and w.weights_fit_core and w.dpeep == NULL
 
 
+cdef inline int _home_slice(LSTMWork* w, int m, int n) noexcept nogil:
+    # The first slice of member m's home range in a sharing team of n (m = n: the end).
+    return m * w.n_slices // n
+
+
 cdef inline bint _lags(LSTMWork* w, int n) noexcept nogil:
     # A team of n that splits the batch lags (fl_lag_go in openmp.pxd) instead of meeting
     # after every step, as no member reads another's rows. Alternated in one process with
@@ -744,14 +749,14 @@ cdef bint _forward_steps(LSTMWork* w, int tid, int n, fl_member_t* me,
             _maybe_late(tid, step)
             for i in range(n):
                 r = (tid + i) % n
-                s = fl_share_claim(&w.team, r, step, r * w.n_slices // n,
-                                   (r + 1) * w.n_slices // n, i > 0)
-                while s >= 0:
+                while True:
+                    s = fl_share_claim(&w.team, r, step, _home_slice(w, r, n),
+                                       _home_slice(w, r + 1, n), i > 0)
+                    if s < 0:
+                        break
                     stolen += i > 0
                     _forward_slice_product(w, s, step, 0, w.B, 0, w.H, kind)
                     _forward_slice_cells(w, s, step, 0, w.B, kind)
-                    s = fl_share_claim(&w.team, r, step, r * w.n_slices // n,
-                                       (r + 1) * w.n_slices // n, i > 0)
         else:
             _step_share(w, tid, n, &s, &ds, &b0, &b1)
             while s < w.n_slices:
@@ -788,7 +793,7 @@ cdef void _forward_thread(LSTMWork* w, int tid, int n, floating* kind) noexcept 
     # 1. Each thread packs its slices' panels, which then stay in its cache (a sharing
     # team: its home range).
     if w.shares_slices:
-        for s in range(tid * w.n_slices // n, (tid + 1) * w.n_slices // n):
+        for s in range(_home_slice(w, tid, n), _home_slice(w, tid + 1, n)):
             _pack_forward_slice(w, s, kind)
     else:
         s = tid
