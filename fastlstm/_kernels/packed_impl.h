@@ -66,6 +66,10 @@ FL_TARGET FL_UNINSTRUMENTED static inline __attribute__((always_inline)) void FL
     for (int r = 0; r < NSEG; r++, A += seg_stride, P += K * LANES)
     for (ptrdiff_t k = 0; k < K; k++) {
         FL_KVEC w[4 * SUB];
+        /* Several rows: fetch each panel FL_PREFETCH_K depths ahead into L1 (packed.h) */
+        if (MR > 1)
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)
+                __builtin_prefetch(P + v * panel_stride + (k + FL_PREFETCH_K) * LANES, 0, 3);
         _Pragma("GCC unroll 16") for (int v = 0; v < NV * SUB; v++) {
             memcpy(&w[v], P + (v / SUB) * panel_stride + k * LANES + (v % SUB) * SUB_LANES,
                    sizeof(FL_KVEC));
