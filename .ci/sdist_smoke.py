@@ -1,4 +1,5 @@
-"""Smoke test of an installed fastlstm, run from outside the source tree by sdist_check.sh.
+"""Smoke test of an installed fastlstm, run from outside the source tree: by sdist_check.sh on
+the serial wheel built from the sdist, and by .ci/run on the README's OpenMP install.
 
 Usage: python sdist_smoke.py {openmp|serial}. Checks that the package imports from
 site-packages with its typing files, that forward, backward, streaming and save/load run
