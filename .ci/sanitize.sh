@@ -5,36 +5,14 @@
 # on 1 and 2 threads.
 # Any sanitizer report fails the job. Leak detection is off: the interpreter itself keeps
 # memory to the end on purpose. Needs the test extras installed (README, command 2).
-# Usage: bash .ci/sanitize.sh               build in a temporary directory, then test
-#        bash .ci/sanitize.sh --build DIR   only build, into the empty directory DIR
-#        bash .ci/sanitize.sh --tests DIR   only test the build in DIR, then remove DIR
-# (.ci/run starts the build beside the docs, whose one core leaves the other free.)
 set -euo pipefail
-mode=all
-build=""
-case "${1:-}" in
-    --build|--tests) mode=${1#--}; build=${2:?"$1 needs a directory"} ;;
-    "") ;;
-    *) echo "usage: bash .ci/sanitize.sh [--build DIR | --tests DIR]" >&2; exit 2 ;;
-esac
 cd "$(dirname "$0")/.."
-if [[ $mode == tests ]]; then
-    trap 'rm -rf "$build"' EXIT
-    [[ -f $build/build.log ]] || { echo "no sanitized build in $build"; exit 1; }
-else
-    if [[ $mode == all ]]; then
-        build=$(mktemp -d)
-        trap 'rm -rf "$build"' EXIT
-    fi
-    git ls-files --cached --others --exclude-standard | tar cf - -T - | tar xf - -C "$build"
-    (cd "$build" && FASTLSTM_SANITIZE=1 python setup.py -q build_ext --inplace -j 2 \
-        > build.log 2>&1) || { cat "$build/build.log"; exit 1; }
-    if [[ $mode == build ]]; then
-        echo "sanitized build in $build"
-        exit 0
-    fi
-fi
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+git ls-files --cached --others --exclude-standard | tar cf - -T - | tar xf - -C "$build"
 cd "$build"
+FASTLSTM_SANITIZE=1 python setup.py -q build_ext --inplace -j 2 > build.log 2>&1 || {
+    cat build.log; exit 1; }
 
 logs="$build/sanitizer-logs"
 mkdir -p "$logs"
