@@ -12,13 +12,13 @@ of a noisy machine weighs on all of them alike. Results are medians of the sampl
 rounds after warm-ups that last until the timings settle; results.json keeps each round's
 median and the notes name those more than 10% apart. For each case the report gives the
 time of every framework, the speedup of fastlstm over each peer (peer time / fastlstm
-time, > 1 means fastlstm is faster), fastlstm's
-GFLOP/s, its fraction of this machine's float32 FMA peak (measured once per run, with one
-core's L2 read bandwidth, by :mod:`fastlstm._kernels.probe` in a process of its own) and
-of the throughput of one float32 sgemm of the same FLOPs timed in the same run; then the
-thread scaling, one training epoch of a char-LM (``Sequential.fit`` against PyTorch) and,
-on request, the same under competing CPU load. A peer that is not installed is reported
-``absent``; one that fails is reported ``error`` and the run goes on.
+time, > 1 means fastlstm is faster), fastlstm's GFLOP/s, its fraction of this machine's
+float32 FMA peak (measured once per run, with one core's L2 read bandwidth, by
+:mod:`fastlstm._kernels.probe` in a process of its own) and of the throughput of one
+float32 sgemm of the same FLOPs timed in the same run; then the thread scaling, one
+training epoch of a char-LM (``Sequential.fit`` against PyTorch) and, on request, the same
+under competing CPU load. A peer that is not installed is reported ``absent``; one that
+fails is reported ``error`` and the run goes on.
 
 Peers that are not installed are left out of a default run, with a note saying how to add
 them: the benchmark needs only NumPy (and ONNX Runtime for its column); PyTorch's rows

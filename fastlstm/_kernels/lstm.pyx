@@ -29,8 +29,7 @@ from .openmp cimport (fl_adaptive, fl_backoff_reset, fl_busy_override, fl_choose
                       shared_state,
                       FL_LAG_MEMBERS, FL_LAG_STEPS, FL_SHARE_MEMBERS, fl_lag_check, fl_lag_done,
                       fl_lag_go, fl_lag_mark, fl_lag_release, fl_lag_stopped, fl_member_t,
-                      fl_now_ns,
-                      fl_omp_team_size, fl_omp_thread_id, fl_run_parts, fl_share_claim,
+                      fl_now_ns, fl_omp_team_size, fl_omp_thread_id, fl_run_parts, fl_share_claim,
                       fl_team_await, fl_team_barrier, fl_team_init, fl_team_join,
                       fl_team_judge_call, fl_team_publish, fl_team_report, fl_team_size,
                       fl_team_t, kernel_threads)
