@@ -54,9 +54,12 @@ if os.environ.get("FASTLSTM_NATIVE"):
     compile_args.append("-march=native")
 link_args = list(omp_link)
 if os.environ.get("FASTLSTM_SANITIZE"):
+    # -O1 and line tables, as the sanitizers' own documentation suggests: the sanitized
+    # lstm.c compiled in 50 s instead of 114 s at -O3 with full debug information, and the
+    # sanitized tests ran no slower (the CI's sanitizer job 499 -> 264 s).
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                "-fno-omit-frame-pointer", "-g"]
-    compile_args += sanitize
+                "-fno-omit-frame-pointer", "-g1"]
+    compile_args = ["-O1" if arg == "-O3" else arg for arg in compile_args] + sanitize
     link_args += sanitize
 compile_args += omp_compile
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
