@@ -46,20 +46,21 @@ if not omp_compile:
     print("\n" + "!" * 78 + "\n!! WARNING: OpenMP not found; fastlstm kernels are built SERIAL "
           "(single thread).\n" + "!" * 78 + "\n", file=sys.stderr)
 
+sanitized = bool(os.environ.get("FASTLSTM_SANITIZE"))
 # -fno-wrapv undoes the -fwrapv of Python's own flags: with wrapping int indices gcc cannot
-# prove the cell loops contiguous and gathers element by element.
-compile_args = ["-O3", "-fno-wrapv", "-fno-math-errno", "-fno-trapping-math",
-                "-fno-semantic-interposition"]
+# prove the cell loops contiguous and gathers element by element. A sanitized build takes
+# -O1 and line tables, as the sanitizers' own documentation suggests: its lstm.c compiled in
+# 50 s instead of 114 s at -O3 with full debug information, and the sanitized tests ran no
+# slower (the CI's sanitizer job 499 -> 264 s).
+compile_args = ["-O1" if sanitized else "-O3", "-fno-wrapv", "-fno-math-errno",
+                "-fno-trapping-math", "-fno-semantic-interposition"]
 if os.environ.get("FASTLSTM_NATIVE"):
     compile_args.append("-march=native")
 link_args = list(omp_link)
-if os.environ.get("FASTLSTM_SANITIZE"):
-    # -O1 and line tables, as the sanitizers' own documentation suggests: the sanitized
-    # lstm.c compiled in 50 s instead of 114 s at -O3 with full debug information, and the
-    # sanitized tests ran no slower (the CI's sanitizer job 499 -> 264 s).
+if sanitized:
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                 "-fno-omit-frame-pointer", "-g1"]
-    compile_args = ["-O1" if arg == "-O3" else arg for arg in compile_args] + sanitize
+    compile_args += sanitize
     link_args += sanitize
 compile_args += omp_compile
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
