@@ -145,14 +145,15 @@ def test_saturated_gates_match_float64_activations(peephole):
                                    (4, 100, 257), (5, 90, 21), (6, 70, 33), (7, 17, 5),
                                    (9, 64, 300), (12, 70, 20), (13, 50, 40), (17, 40, 129),
                                    (8, 32, 256), (9, 40, 1100), (3, 20, 2100), (64, 80, 24),
-                                   (8, 80, 20), (7, 100, 33)],
+                                   (8, 80, 20), (7, 100, 33), (16, 70, 33), (14, 130, 300)],
                          ids=str)
 def test_packed_product_matches_numpy(isa, dtype, shape):
-    """Every register block (one block up to 8 rows on AVX-512, 6 on AVX2, past that blocks
-    of at most 6 rows; four, three, two or one panels) and ragged edge of every instruction
-    set this CPU runs, row blocks of near-even height (13 rows as 5 + 5 + 3, 64 as 10 x 6 +
-    4), depths past one depth block (FL_KC = 1024). Read last panel first (as every other
-    step of the recurrence reads them), the product gives the same bits."""
+    """Every register block (one block up to 8 rows on AVX-512, 6 on AVX2, two blocks up to
+    twice that, past that blocks of at most 6 rows; four, three, two or one panels) and
+    ragged edge of every instruction set this CPU runs, row blocks of near-even height (16
+    rows as 8 + 8 and 13 as 7 + 6 on AVX-512, 13 as 5 + 5 + 3 on AVX2, 64 as 10 x 6 + 4),
+    depths past one depth block (FL_KC = 1024). Read last panel first (as every other step
+    of the recurrence reads them), the product gives the same bits."""
     M, N, K = shape
     rng = np.random.default_rng(0)
     A, W, C = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (N, K), (M, N)))
