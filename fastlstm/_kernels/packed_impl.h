@@ -127,16 +127,15 @@ FL_TARGET static void FL_NAME(packed_product)(
     enum { LANES = (int)(64 / sizeof(REAL)) };
     if (M <= 0)
         return;
-    /* Up to FL_ROWS_MAX rows in one block, which reads the panels once; up to twice that
-     * in two blocks (16 rows as 8 + 8 x 3 panels, not 6 + 6 + 4 x 4: the 4-row block is
-     * short of accumulators); more in row blocks of even height, at most FL_MR: a short
-     * last block (8 rows as 6 + 2) would leave the FMA units waiting on too few
-     * accumulators. Each block takes as many panels as its accumulators allow: a row or a
-     * few, bound by reading the panels, stream several at once for independent
-     * accumulators. */
-    const ptrdiff_t n_blocks = M <= FL_ROWS_MAX ? 1
-                             : M <= 2 * FL_ROWS_MAX ? 2
-                             : (M + FL_MR - 1) / FL_MR;
+    /* Rows in blocks of even height: up to twice FL_ROWS_MAX rows in blocks of at most
+     * FL_ROWS_MAX (up to it one block, which reads the panels once; 16 rows as 8 + 8 x 3
+     * panels, not 6 + 6 + 4 x 4, whose 4-row block is short of accumulators), more in
+     * blocks of at most FL_MR. A short last block (8 rows as 6 + 2) would leave the FMA
+     * units waiting on too few accumulators. Each block takes as many panels as its
+     * accumulators allow: a row or a few, bound by reading the panels, stream several at
+     * once for independent accumulators. */
+    const ptrdiff_t block_rows = M <= 2 * FL_ROWS_MAX ? FL_ROWS_MAX : FL_MR;
+    const ptrdiff_t n_blocks = (M + block_rows - 1) / block_rows;
     const int rows = (int)((M + n_blocks - 1) / n_blocks), panels_at_once = FL_PANELS(rows);
     /* One block of rows over the whole depth (the step of a few sequences): one loop, as
      * the driver's own overhead counts at B = 1 (S1 forward 1-2 % with the loops below). */
