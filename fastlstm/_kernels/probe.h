@@ -33,7 +33,8 @@
 #define FL_PROBE_BLOCK 1024                 /* rounds of the chains between clock reads */
 #define FL_PROBE_SUMS 8                     /* accumulators of the L2 sum */
 #define FL_PROBE_L2_BYTES (256 * 1024)      /* the buffer the L2 probe reads */
-#define FL_PROBE_PING_CHECK 1024            /* round trips (or spins) between clock reads */
+#define FL_PROBE_PING_CHECK 1024            /* spins between clock reads while waiting */
+#define FL_PROBE_PING_CHUNK 64              /* round trips between clock reads */
 
 typedef float fl_probe_v64 __attribute__((vector_size(64)));
 typedef float fl_probe_v32 __attribute__((vector_size(32)));
@@ -158,20 +159,24 @@ static double fl_l2_read_gbps(double seconds)
 /* Nanoseconds per round trip of one cache line between two OpenMP threads, over about
  * `seconds`: thread 0 writes an odd count and waits for the next even one, which thread 1
  * writes when it sees the odd one (both spin without pausing, which would add its own
- * latency). -1 without a second thread; 0 when no trip completed (the scheduler ran both
- * threads on one core throughout, as it may for a few ms after creating the second).
- * Thread 1 also watches a stop flag and thread 0 the clock, so neither waits forever when
- * the other loses its core. */
+ * latency). Thread 0 reads the clock every FL_PROBE_PING_CHUNK trips and keeps the fastest
+ * chunk: a chunk in which the host or the scheduler took either thread's CPU away is
+ * slower, so the result is the hardware's round trip whenever one chunk ran undisturbed
+ * (otherwise the mean over all trips). -1 without a second thread; 0 when no trip
+ * completed (the scheduler ran both threads on one core throughout, as it may for a few ms
+ * after creating the second). Thread 1 also watches a stop flag and thread 0 the clock, so
+ * neither waits forever when the other loses its core. */
 static double fl_core_round_trip_ns(double seconds)
 {
     double result = -1.0;
 #ifdef _OPENMP
     struct { _Alignas(64) long long count; _Alignas(64) int stop; } shared = {0, 0};
     long long trips = 0;
-    double elapsed = 0.0;
+    double elapsed = 0.0, best_chunk = -1.0;
     #pragma omp parallel num_threads(2)
     if (omp_get_num_threads() == 2 && omp_get_thread_num() == 0) {
         const double start = fl_probe_seconds();
+        double chunk_start = start;
         long long rounds = 0, spins = 0;
         int late = 0;
         while (!late) {
@@ -185,7 +190,13 @@ static double fl_core_round_trip_ns(double seconds)
             if (late)
                 break;
             rounds++;
-            late = rounds % FL_PROBE_PING_CHECK == 0 && fl_probe_seconds() - start > seconds;
+            if (rounds % FL_PROBE_PING_CHUNK == 0) {
+                const double now = fl_probe_seconds();
+                if (best_chunk < 0.0 || now - chunk_start < best_chunk)
+                    best_chunk = now - chunk_start;
+                chunk_start = now;
+                late = now - start > seconds;
+            }
         }
         elapsed = fl_probe_seconds() - start;
         trips = rounds;
@@ -200,7 +211,9 @@ static double fl_core_round_trip_ns(double seconds)
             }
         }
     }
-    if (trips > 0)
+    if (best_chunk > 0.0)
+        result = best_chunk / FL_PROBE_PING_CHUNK * 1e9;
+    else if (trips > 0)
         result = elapsed / (double)trips * 1e9;
 #else
     (void)seconds;

@@ -110,8 +110,9 @@ def l2_read_gbps(seconds=0.1):
 
 def core_round_trip_ns(seconds=0.05):
     """Nanoseconds for one cache line to go from one thread to another and back (two
-    OpenMP threads passing a counter for ``seconds``): the best of :data:`TRIALS` runs, or
-    None without a second thread (a build without OpenMP). It bounds how fast threads can
+    OpenMP threads passing a counter for ``seconds``, timed in chunks of 64 trips of which
+    the fastest counts, so a thread losing its CPU does not): the best of :data:`TRIALS`
+    runs, or None without a second thread (a build without OpenMP). It bounds how fast threads can
     meet at a barrier or hand each other a hidden state. A run in which no trip completed
     (both threads on one core) is run again, up to :data:`TRIALS` times over."""
     _check_seconds(seconds)

@@ -31,14 +31,31 @@ def test_l2_read_bandwidth_is_a_positive_rate_measured_quickly():
     assert elapsed < 2.0
 
 
+def _stolen_jiffies():
+    """The time the hypervisor ran something else on this machine's CPUs (the steal
+    column of /proc/stat), or 0 where there is no such count."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return 0
+    return int(fields[8]) if len(fields) > 8 else 0
+
+
 def test_core_round_trip_is_a_positive_time_measured_quickly():
     """Two OpenMP threads pass a cache line back and forth (the build has OpenMP: CI checks
-    it); a round trip takes more than a nanosecond and far less than a time slice."""
+    it); a round trip takes more than a nanosecond and, the fastest chunk of trips being
+    reported, far less than a time slice, unless the hypervisor took a CPU away throughout
+    (seen on a 2-vCPU guest: 4 ms, one trip a host time slice)."""
+    stolen = _stolen_jiffies()
     started = time.perf_counter()
     trip = probe.core_round_trip_ns(SECONDS)
     elapsed = time.perf_counter() - started
-    print(f"core-to-core round trip {trip:.0f} ns, measured in {elapsed:.3f} s")
-    assert trip is not None and 1 < trip < 1e6
+    stolen = _stolen_jiffies() - stolen
+    print(f"core-to-core round trip {trip:.0f} ns, measured in {elapsed:.3f} s "
+          f"({stolen} jiffies stolen by the host)")
+    assert trip is not None and 1 < trip < elapsed * 1e9
+    assert trip < 1e6 or stolen > 0
     assert elapsed < 2.0
 
 
