@@ -1625,7 +1625,7 @@ def prepare_forward(out, Py_ssize_t out_col, h_n, c_n, gates, hidden, cells, cli
     w.clipped = <unsigned char*>p_clipped if _dim(clipped, 0) > 0 else NULL
     chunk_rows = (SHORT_CHUNK_ROWS if 4 * H * w.n_in * itemsize <= SHORT_CHUNK_MAX_BYTES
                   else CHUNK_ROWS)
-    w.chunk = max(1, w.T if w.T * B <= CHUNK_ROWS else chunk_rows // B)
+    w.chunk = max(1, T if T * B <= CHUNK_ROWS else chunk_rows // B)
     w.stream_gates = training and _dim(gates, 0) * itemsize > _stream_gates_bytes
     call.arrays = (out, h_n, c_n, gates, hidden, cells, clipped, x, tokens, h0, c0, W_ih, W_hh,
                    peep, lengths)
